@@ -1,0 +1,149 @@
+"""Files on disk: atomic writes, content digests, and the run manifest.
+
+Everything a stage produces goes through ``atomic_dir`` / ``atomic_file``: the output is written under
+a temporary name next to its final place and renamed into place only when complete, so an interrupted
+stage never leaves something that looks finished, and an older output is replaced in one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hex sha256 of an object's canonical JSON form (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def list_files(path: Path) -> list[Path]:
+    """``path`` itself when it is a file, else every file below it, sorted."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def file_records(root: Path, rel_paths: list[str], known: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Describe every file under ``rel_paths`` (relative to ``root``) by size, mtime and sha256.
+
+    A file whose size and mtime match its ``known`` record keeps that record's digest without being
+    read again: re-checking a finished run must stay fast even with large weights in it.
+    """
+    known = known or {}
+    records: dict[str, dict] = {}
+    for rel in rel_paths:
+        for f in list_files(root / rel):
+            key = f.relative_to(root).as_posix()
+            st = f.stat()
+            old = known.get(key)
+            if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
+                records[key] = old
+            else:
+                records[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(f)}
+    return records
+
+
+def digest_records(records: dict[str, dict]) -> str:
+    """One digest for a set of file records (content only: names and sha256s)."""
+    return sha256_json({k: v["sha256"] for k, v in sorted(records.items())})
+
+
+def digest_tree(path: Path, known: dict[str, dict] | None = None) -> tuple[str, dict[str, dict]]:
+    """Digest of a file or folder outside the run (a teacher, a data file), with its file records."""
+    records = file_records(path.parent, [path.name], known)
+    return digest_records(records), records
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def replace_path(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing whatever is there (file or folder) as close to atomically as
+    the filesystem allows: a folder is first renamed aside, then the new one renamed in."""
+    if dst.is_dir() and not dst.is_symlink():
+        trash = _tmp_name(dst)
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it replaces ``path``, on failure it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_path(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary file path; on success it replaces ``path``, on failure it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def file_size_mb(path: Path) -> float:
+    """Total size in MB (10^6 bytes) of a file or of every file in a folder."""
+    return sum(f.stat().st_size for f in list_files(Path(path))) / 1e6
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What the pipeline hands a stage besides the recipe: where the run lives and the stage's key
+    (a digest of its configuration and inputs, recorded in checkpoints and caches so that nothing made
+    for other inputs is reused)."""
+
+    run_dir: Path
+    key: str
+    progress: bool = True
+    fresh: bool = False  # --force: ignore checkpoints and caches left by an earlier attempt

@@ -1,0 +1,21 @@
+"""Configuration of the ``bench`` stage: where and how latency and memory are measured."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BenchConfig(BaseModel):
+    """Benchmark settings; every model runs in a fresh process on the target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field("local", description="Where to run: a target name (`local`).")
+    batch_size: int = Field(1, gt=0, description="Batch of the benchmark input.")
+    seq_len: int = Field(128, gt=0, description="Tokens per input (all real tokens, no padding).")
+    threads: int | None = Field(2, gt=0, description="Intra-op threads for every runtime; null = all cores.")
+    warmup_runs: int = Field(10, ge=1, description="Minimum untimed runs before timing.")
+    runs: int = Field(100, ge=5, description="Timed runs per model.")
+    teacher: bool = Field(True, description="Also benchmark the teacher in PyTorch (the baseline).")
+    student_torch: bool = Field(True, description="Also benchmark the distilled student in PyTorch.")
+    timeout_s: float = Field(600, gt=0, description="Give up on one model's benchmark after this long.")

@@ -1,0 +1,63 @@
+"""The ``bench`` stage: latency and memory of the teacher, the student and every artifact on the
+target, each in a fresh process. Writes bench/<model>@<target>.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
+from kd_edge.bench import RUNNER_PATH, TARGETS
+from kd_edge.errors import TargetError
+from kd_edge.preflight import teacher_dir
+
+if TYPE_CHECKING:
+    from kd_edge.config import Recipe
+
+
+def models_to_bench(recipe: "Recipe", run_dir: Path) -> list[dict]:
+    """(row name, path, runtime) of everything the bench stage measures, baseline first."""
+    models = []
+    pool = {"pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize}
+    if recipe.bench.teacher:
+        models.append({"name": "teacher", "path": teacher_dir(recipe), "runtime": "torch", **pool})
+    if recipe.bench.student_torch:
+        models.append({"name": "student", "path": run_dir / "student", "runtime": "torch", **pool})
+    for sidecar in sorted((run_dir / "artifacts").glob("*.json")):
+        info = read_json(sidecar)
+        models.append({"name": info["name"], "path": run_dir / "artifacts" / info["name"], "runtime": info["runtime"]})
+    return models
+
+
+def runner_args(recipe: "Recipe", model: dict) -> list[str]:
+    """Command-line arguments of the device runner for one model."""
+    cfg = recipe.bench
+    args = ["--runtime", model["runtime"], "--batch", str(cfg.batch_size), "--seq", str(cfg.seq_len),
+            "--warmup", str(cfg.warmup_runs), "--runs", str(cfg.runs), "--seed", str(recipe.seed)]
+    if cfg.threads:
+        args += ["--threads", str(cfg.threads)]
+    if model["runtime"] == "torch":
+        args += ["--pooling", model["pooling"]] + (["--normalize"] if model["normalize"] else [])
+    return args
+
+
+def run(recipe: "Recipe", ctx: StageContext) -> None:
+    """Benchmark every model on the recipe's target."""
+    from tqdm.auto import tqdm
+
+    cfg = recipe.bench
+    target = TARGETS.get(cfg.target)()
+    models = models_to_bench(recipe, ctx.run_dir)
+    with atomic_dir(ctx.run_dir / "bench") as out:
+        bar = tqdm(models, desc="bench", unit="model", disable=not ctx.progress or None)
+        for model in bar:
+            bar.set_postfix_str(model["name"])
+            try:
+                doc = target.run(RUNNER_PATH, model["path"], runner_args(recipe, model),
+                                 threads=cfg.threads, timeout_s=cfg.timeout_s)
+            except TargetError as e:
+                # One model that cannot run on the target does not hide the others' figures: the
+                # failure is recorded and shown in the report.
+                doc = {"error": str(e), "runtime": model["runtime"], "target": target.name}
+            doc["name"] = model["name"]
+            write_json(out / f"{model['name']}@{target.name}.json", doc)

@@ -1,0 +1,67 @@
+"""The ``local`` target: run the device runner in a fresh subprocess on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kd_edge.errors import TargetError
+
+
+def parse_runner_output(stdout: str, where: str) -> dict:
+    """The runner's JSON document: the last stdout line that parses as a JSON object."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise TargetError(f"the runner on {where} printed no result; run it by hand to see why")
+
+
+class LocalTarget:
+    """Subprocess on this machine with thread variables set (and optional CPU pinning)."""
+
+    name = "local"
+
+    def __init__(self, python: str | None = None, cpus: list[int] | None = None):
+        self.python = python or sys.executable
+        self.cpus = cpus
+
+    def run(self, runner: Path, model: Path, args: list[str], *, threads: int | None, timeout_s: float) -> dict:
+        """Run the runner on ``model``; return its JSON plus what the parent saw (wall time, maxrss)."""
+        env = dict(os.environ)
+        if threads:
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[var] = str(threads)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        cmd = [self.python, str(runner), str(model), *args]
+        preexec = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                                preexec_fn=preexec, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TargetError(f"benchmark of {model.name} on local took longer than {timeout_s:.0f} s; "
+                              "raise bench.timeout_s or lower bench.runs") from None
+        wall = time.perf_counter() - t0
+        # Peak memory comes from the runner's own VmHWM readings (per phase); the parent adds the
+        # wall time of the whole process, start-up included.
+        doc = parse_runner_output(stdout, "local")
+        if "error" in doc:
+            raise TargetError(f"{model.name} on local: {doc['error']} (phase: {doc.get('phase')})")
+        if proc.returncode != 0:
+            last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+            raise TargetError(f"the runner for {model.name} exited with {proc.returncode}: {last}")
+        doc["process_wall_s"] = round(wall, 3)
+        doc["target"] = self.name
+        return doc

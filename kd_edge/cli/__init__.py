@@ -1,0 +1,41 @@
+"""The `kd-edge` command line: parse, call the library, print. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="kd-edge",
+    help="Distill a Hugging Face teacher into a small student, export it to ONNX/TFLite, prove it equal, "
+    "benchmark it where it will run, and report teacher vs student.\n\n"
+    "Start with `kd-edge run` (the bundled MiniLM recipe) or `kd-edge init` (a recipe of your own).",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+from kd_edge.cli import bench, distill, doctor, export, gate, init, report, run  # noqa: E402,F401  (registers commands)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for every error.")) -> None:
+    if debug:
+        os.environ["KD_EDGE_DEBUG"] = "1"
+
+
+def main() -> None:
+    """Entry point: a KdEdgeError becomes `error: <message>` and exit code 2."""
+    from kd_edge.errors import KdEdgeError
+
+    try:
+        app(standalone_mode=True)
+    except KdEdgeError as e:
+        if os.environ.get("KD_EDGE_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,20 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+RecipeArg = Annotated[Optional[str], typer.Argument(
+    help="Recipe YAML file or bundled recipe name; default: the MiniLM-L6 -> 2-layer recipe.", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `kd-edge run`.", show_default=False)]
+OutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", help="Run folder; default runs/<recipe name>.", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-s", help="Override a recipe key, e.g. --set distill.epochs=1 (repeatable).", show_default=False)]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Reuse a folder holding another run's stages where they are still valid.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo every stage, replacing what the folder holds.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]

@@ -1,0 +1,76 @@
+"""`kd-edge run`: the whole job, from recipe to report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kd_edge.cli import app
+from kd_edge.cli.options import ForceOpt, OutOpt, QuietOpt, RecipeArg, ResumeOpt, SetOpt
+
+
+def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: bool, quiet: bool,
+            stop_after: str | None = None, only: tuple[str, ...] | None = None, from_run: Path | None = None) -> int:
+    """Load, check and run a recipe (or a run folder's own recipe); print progress and the outcome."""
+    from kd_edge.config import load_recipe
+    from kd_edge.errors import ConfigError
+    from kd_edge.pipeline import RESOLVED, STAGE_NAMES, run_pipeline
+    from kd_edge.preflight import resolve
+    from kd_edge.cli.printing import stage_printer
+
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other; pass one of them")
+    if from_run is not None:
+        resolved = from_run / RESOLVED
+        if not resolved.is_file():
+            raise ConfigError(f"{from_run} is not a kd-edge run folder ({RESOLVED} missing); pass the folder "
+                              "`kd-edge run` wrote, e.g. runs/minilm-l6-to-l2")
+        recipe, source = load_recipe(resolved, overrides)
+        out, resume = from_run, True
+    else:
+        recipe, source = load_recipe(recipe_ref, overrides)
+    recipe = resolve(recipe)
+    out = out or Path("runs") / recipe.name
+    last = STAGE_NAMES.index(stop_after) + 1 if stop_after else len(STAGE_NAMES)
+    typer.echo(f"kd-edge: recipe {source} -> {out}")
+    result = run_pipeline(recipe, out, resume=resume, force=force, stop_after=stop_after, only=only,
+                          progress=not quiet, on_event=stage_printer(last))
+    if not result.ran:
+        typer.echo("nothing to do: every stage is up to date (--force redoes them)")
+    report = out / "report.html"
+    if report.is_file() and (stop_after is None or stop_after in ("report", "gate")):
+        from kd_edge.report.render import headline
+        from kd_edge.report.run import load_report
+
+        typer.echo("")
+        for line in headline(load_report(out)):
+            typer.echo(line)
+        typer.echo(f"report: {report}  (also report.md, report.json)")
+    if result.gate and result.gate.get("n_budgets"):
+        from kd_edge.gate import verdict_table
+
+        typer.echo("")
+        typer.echo(verdict_table(result.gate))
+        return 0 if result.gate["passed"] else 1
+    return 0
+
+
+@app.command("run")
+def run_command(recipe: RecipeArg = None, out: OutOpt = None, set_: SetOpt = None, resume: ResumeOpt = False,
+                force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+    """Distill, evaluate, export, verify, benchmark, report and gate: the whole job, one command.
+
+    Stages already done with the same inputs are skipped, so a stopped run continues where it
+    stopped, and a finished one returns at once. Exit 0 when done (and every gate budget holds), 1
+    when a budget is broken, 2 on bad input.
+
+    Examples:
+
+      kd-edge run                                   # the bundled MiniLM-L6 -> 2-layer recipe
+
+      kd-edge run my-recipe.yaml --out runs/try1
+
+      kd-edge run --set distill.epochs=1 --set data.max_samples=2000 --out runs/quick
+    """
+    raise typer.Exit(execute(recipe, out, set_, resume=resume, force=force, quiet=quiet))

@@ -1,0 +1,184 @@
+"""The recipe: one YAML file describing a whole run, validated by pydantic.
+
+``load_recipe`` reads the YAML, applies ``--set key=value`` overrides and validates, turning every
+mistake into a one-line ``ConfigError`` that names the file, the line or the dotted key, and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kd_edge.bench.config import BenchConfig
+from kd_edge.data.config import DataConfig
+from kd_edge.distill.config import DistillConfig, StudentConfig, TeacherConfig
+from kd_edge.errors import ConfigError
+from kd_edge.evaluate.config import EvaluateConfig
+from kd_edge.export.config import ExportConfig
+from kd_edge.gate import GateConfig
+from kd_edge.registry import closest
+from kd_edge.report.config import ReportConfig
+from kd_edge.verify.config import VerifyConfig
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "minilm-l6-to-l2"
+
+
+class Recipe(BaseModel):
+    """A teacher -> student job from data to report."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Run name; the default output folder is runs/<name>.")
+    task: str = Field("sentence_embedding", description="Task adapter: sentence_embedding.")
+    seed: int = Field(0, description="Seed for splits, initialisation and data order.")
+    teacher: TeacherConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain folder name (no '/', not starting with '.')")
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from kd_edge.tasks import TASKS
+
+        TASKS.check(v)
+        return v
+
+
+def default_recipe_path() -> Path:
+    """The recipe used when `kd-edge run` is given none (shipped inside the package)."""
+    return RECIPES_DIR / f"{DEFAULT_RECIPE}.yaml"
+
+
+def find_recipe(ref: str | Path | None) -> Path:
+    """Resolve a recipe argument: a path, or the name of a bundled recipe, or None for the default."""
+    if ref is None:
+        return default_recipe_path()
+    path = Path(ref)
+    if path.is_file():
+        return path
+    bundled = RECIPES_DIR / f"{ref}.yaml"
+    if not path.suffix and bundled.is_file():
+        return bundled
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    if path.is_dir():
+        raise ConfigError(f"recipe '{ref}' is a folder, not a YAML file; pass the recipe file inside it")
+    raise ConfigError(
+        f"recipe file '{ref}' does not exist; pass a path to a .yaml recipe, a bundled recipe name "
+        f"({', '.join(names)}), or write a starter with `kd-edge init`"
+    )
+
+
+def parse_yaml(text: str, origin: str) -> dict[str, Any]:
+    """Parse recipe YAML, reporting syntax errors with their line and column."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{origin}: YAML syntax error{where}: {e.problem or e.context}; fix the YAML there") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{origin}: not valid YAML ({e}); fix the file") from e
+    if data is None:
+        raise ConfigError(f"{origin} is empty; write a recipe into it (see `kd-edge init`)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a mapping of recipe keys (name, teacher, data, ...), not a {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested recipe mapping."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set '{item}' must look like key.sub=value, e.g. --set distill.epochs=2")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set '{item}': the value is not valid YAML; quote it") from e
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set '{item}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The valid keys of the recipe section at ``loc`` (for 'did you mean')."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif args:
+            model = args[0]
+        else:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def validation_message(err: ValidationError, origin: str) -> str:
+    """Turn pydantic's errors into one line: each offending dotted key and what is wrong."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            hint = closest(str(loc[-1]), _fields_at(loc))
+            parts.append(f"unknown key '{key}'{hint}")
+        elif e["type"] == "missing":
+            parts.append(f"missing key '{key}'")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"'{key}': {msg} (got {e.get('input')!r})" if key else msg)
+    return f"{origin}: " + "; ".join(parts)
+
+
+def recipe_from_dict(data: dict[str, Any], origin: str) -> Recipe:
+    """Validate a recipe mapping."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(validation_message(e, origin) + "; fix the recipe (`kd-edge init` writes a valid one)") from e
+
+
+def load_recipe(ref: str | Path | None = None, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
+    """Find, parse, override and validate a recipe; return it with the file it came from."""
+    path = find_recipe(ref)
+    data = parse_yaml(path.read_text(), str(path))
+    data = apply_overrides(data, overrides or [])
+    return recipe_from_dict(data, str(path)), path
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The recipe with every default filled in, as YAML."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,78 @@
+"""The ``data`` stage: read the source, filter, split into train and test, write them as JSONL."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from kd_edge.artifacts import StageContext, atomic_dir, write_json
+from kd_edge.data.loaders import matches, read_rows
+from kd_edge.errors import ArtifactError, ConfigError
+from kd_edge.runfiles import write_jsonl
+
+if TYPE_CHECKING:
+    from kd_edge.config import Recipe
+
+
+def _label(value: Any, field: str, row_no: int) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        as_float = None
+    if as_float is None or as_float != int(as_float):
+        raise ArtifactError(f"row {row_no}: {field}={value!r} is not an integer class label; "
+                            "map labels to 0..K-1 or set data.label_field: null")
+    return int(as_float)
+
+
+def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
+    """Rows of the source after filtering and sampling, as {"text", "label"} dicts."""
+    cfg = recipe.data
+    rows = read_rows(cfg)
+    if not rows:
+        raise ArtifactError(f"data.source '{cfg.source}' holds no rows; give it some text")
+    if cfg.text_field not in rows[0]:
+        raise ConfigError(f"data.text_field '{cfg.text_field}' is not a column of '{cfg.source}' "
+                          f"(columns: {', '.join(map(str, rows[0]))}); set data.text_field")
+    rows = [r for r in rows if matches(r, cfg.where)]
+    if not rows:
+        raise ArtifactError(f"no row of '{cfg.source}' matches data.where={cfg.where}; loosen the filter")
+    if cfg.max_samples is not None and len(rows) > cfg.max_samples:
+        rows = random.Random(recipe.seed).sample(rows, cfg.max_samples)
+    examples = []
+    for i, r in enumerate(rows):
+        text = r.get(cfg.text_field)
+        if not isinstance(text, str) or not text.strip():
+            continue
+        label = _label(r.get(cfg.label_field), cfg.label_field, i) if cfg.label_field else None
+        examples.append({"text": text, "label": label})
+    if len(examples) < 4:
+        raise ArtifactError(f"data.source '{cfg.source}' has only {len(examples)} non-empty texts after filtering; "
+                            "kd-edge needs at least a few for training and testing")
+    return examples
+
+
+def split(examples: list[dict[str, Any]], test_size: float, seed: int) -> tuple[list, list]:
+    """Shuffle with ``seed`` and cut off the test split (fraction or count)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_test = int(test_size) if test_size >= 1 else max(1, round(len(examples) * test_size))
+    if n_test >= len(examples):
+        raise ConfigError(f"data.test_size={test_size} leaves no training rows out of {len(examples)}; lower it")
+    return [examples[i] for i in order[n_test:]], [examples[i] for i in order[:n_test]]
+
+
+def run(recipe: "Recipe", ctx: StageContext) -> None:
+    """Write data/train.jsonl, data/test.jsonl and data/meta.json."""
+    train, test = split(load_examples(recipe), recipe.data.test_size, recipe.seed)
+    labels = sorted({r["label"] for r in train + test if r["label"] is not None})
+    with atomic_dir(ctx.run_dir / "data") as out:
+        write_jsonl(out / "train.jsonl", train)
+        write_jsonl(out / "test.jsonl", test)
+        write_json(out / "meta.json", {
+            "source": recipe.data.source, "n_train": len(train), "n_test": len(test),
+            "labels": labels, "n_labelled_train": sum(r["label"] is not None for r in train),
+            "n_labelled_test": sum(r["label"] is not None for r in test),
+        })

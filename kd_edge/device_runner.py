@@ -1,0 +1,368 @@
+#!/usr/bin/env python3
+"""kd-edge device runner: measure one model in this fresh process and print one JSON document.
+
+Standalone on purpose: it needs only the Python standard library, numpy and the one runtime that
+loads the model (onnxruntime, ai-edge-litert / tflite-runtime / tensorflow.lite, or torch for a
+Hugging Face folder), so it can be copied to a board or phone and run there as it is.
+
+    python3 device_runner.py MODEL --runtime onnxruntime --batch 1 --seq 128 --threads 2 --runs 100
+
+Phases, each timed: import of the runtime, model load, first inference, warm-up (at least
+``--warmup`` runs, then until the median of the last 10 runs moves by less than 5 %, capped), timed
+runs. Peak memory (VmHWM) is read after import, after load and after the runs. On failure it prints
+``{"error": ..., "phase": ...}`` and exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+SCHEMA = "kd-edge.bench/1"
+SETTLE_WINDOW = 10
+SETTLE_TOLERANCE = 0.05
+WARMUP_CAP_FACTOR = 10
+WARMUP_CAP_S = 20.0
+
+
+class RunnerError(Exception):
+    """A failure with the phase it happened in."""
+
+    def __init__(self, phase: str, message: str):
+        super().__init__(message)
+        self.phase = phase
+
+
+# -- memory and environment -------------------------------------------------------------------------
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB: VmHWM on Linux, ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def fingerprint(threads: int | None) -> dict:
+    """Where this ran: CPU, cores, governor, OS, Python, emulation."""
+    cpu_model, flags = None, ""
+    info = _read("/proc/cpuinfo") or ""
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "processor") and cpu_model is None and not value.strip().isdigit():
+            cpu_model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = value
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {
+        "hostname": platform.node(), "machine": platform.machine(), "system": platform.system(),
+        "release": platform.release(), "python": platform.python_version(),
+        "cpu_model": cpu_model or platform.processor() or None, "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity, "threads": threads,
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "avx512_vnni": "avx512_vnni" in flags.split(), "avx2": "avx2" in flags.split(),
+        "emulated": bool(os.environ.get("KD_EDGE_EMULATED")),
+    }
+
+
+# -- runtimes ----------------------------------------------------------------------------------------
+class OrtBackend:
+    """ONNX Runtime, CPU execution provider."""
+
+    runtime = "onnxruntime"
+
+    @staticmethod
+    def import_runtime():
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def __init__(self, path: str, threads: int | None, **_):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        # ORT ignores CPU affinity when it picks a thread count: always set it.
+        so.intra_op_num_threads = threads or 0
+        so.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        types = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32"}
+        self.inputs = {i.name: types.get(i.type, "float32") for i in self.session.get_inputs()}
+
+    def run(self, feeds: dict, signature: str | None = None) -> list:
+        return self.session.run(None, {k: v.astype(self.inputs[k]) for k, v in feeds.items() if k in self.inputs})
+
+
+def _tflite_interpreter():
+    """The first TFLite interpreter available: LiteRT, then tflite-runtime, then TensorFlow."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        import ai_edge_litert
+
+        return Interpreter, f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        import tflite_runtime
+
+        return Interpreter, f"tflite-runtime {getattr(tflite_runtime, '__version__', '?')}"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, f"tensorflow {tf.__version__}"
+    except ImportError:
+        raise RunnerError("import", "no TFLite interpreter: pip install ai-edge-litert "
+                                    "(or tflite-runtime, or tensorflow)") from None
+
+
+class TfliteBackend:
+    """A TFLite interpreter; fixed shapes, one signature per (batch, sequence)."""
+
+    runtime = "tflite"
+
+    @staticmethod
+    def import_runtime():
+        return _tflite_interpreter()[1]
+
+    def __init__(self, path: str, threads: int | None, **_):
+        interpreter_cls, _ = _tflite_interpreter()
+        self.interpreter = interpreter_cls(model_path=path, num_threads=threads or os.cpu_count())
+        self.signatures = self.interpreter.get_signature_list()
+        self._runners: dict = {}
+
+    def signature_for(self, batch: int, seq: int) -> str:
+        name = f"b{batch}_s{seq}"
+        if name in self.signatures:
+            return name
+        if len(self.signatures) == 1 and not next(iter(self.signatures)).startswith("b"):
+            return next(iter(self.signatures))
+        raise RunnerError("load", f"no signature for batch {batch} x sequence {seq}; "
+                                  f"the file has {', '.join(sorted(self.signatures))}")
+
+    def run(self, feeds: dict, signature: str | None = None) -> list:
+        import numpy as np
+
+        batch, seq = next(iter(feeds.values())).shape
+        sig = signature or self.signature_for(batch, seq)
+        if sig not in self._runners:
+            self._runners[sig] = self.interpreter.get_signature_runner(sig)
+        out = self._runners[sig](**{k: np.ascontiguousarray(v, dtype=np.int32) for k, v in feeds.items()})
+        return [out[k] for k in sorted(out)]
+
+
+class TorchBackend:
+    """A Hugging Face encoder folder in PyTorch, pooled like the kd-edge task (the baseline)."""
+
+    runtime = "torch"
+
+    @staticmethod
+    def import_runtime():
+        import torch
+        import transformers  # noqa: F401
+
+        return f"torch {torch.__version__}, transformers {transformers.__version__}"
+
+    def __init__(self, path: str, threads: int | None, pooling: str = "mean", normalize: bool = True, **_):
+        import torch
+        from transformers import AutoModel
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.pooling, self.normalize = pooling, normalize
+
+    def run(self, feeds: dict, signature: str | None = None) -> list:
+        torch = self.torch
+        with torch.inference_mode():
+            ids = torch.from_numpy(feeds["input_ids"].astype("int64"))
+            mask = torch.from_numpy(feeds["attention_mask"].astype("int64"))
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            if self.pooling == "cls":
+                out = hidden[:, 0]
+            else:
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                out = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            if self.normalize:
+                out = torch.nn.functional.normalize(out, dim=-1)
+            return [out.numpy()]
+
+
+BACKENDS = {"onnxruntime": OrtBackend, "tflite": TfliteBackend, "torch": TorchBackend}
+
+
+# -- measurement ---------------------------------------------------------------------------------------
+def make_inputs(batch: int, seq: int, seed: int = 0) -> dict:
+    """Token ids (drawn from a common-vocabulary range) and a full attention mask: every token real."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 2000, size=(batch, seq), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones((batch, seq), dtype=np.int64)}
+
+
+def percentile(sorted_values: list, q: float) -> float:
+    """Linear-interpolated percentile of an already sorted list (as numpy's default)."""
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def latency_stats(samples_ms: list, batch: int, seed: int = 0) -> dict:
+    """p50/p90/p99/mean/std/min/max, a bootstrap 95 % interval of the p50, and throughput."""
+    import numpy as np
+
+    s = sorted(samples_ms)
+    arr = np.asarray(samples_ms)
+    rng = np.random.default_rng(seed)
+    boots = np.median(rng.choice(arr, size=(1000, len(arr)), replace=True), axis=1)
+    mean = float(arr.mean())
+    return {
+        "p50_ms": percentile(s, 50), "p90_ms": percentile(s, 90), "p99_ms": percentile(s, 99),
+        "mean_ms": mean, "std_ms": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+        "min_ms": s[0], "max_ms": s[-1],
+        "p50_ci95_ms": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+        "throughput_per_s": batch * 1000.0 / mean,
+    }
+
+
+def _timed(backend, feeds) -> float:
+    t0 = time.perf_counter_ns()
+    backend.run(feeds)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def warm_up(backend, feeds, minimum: int) -> list:
+    """Run at least ``minimum`` times, then until the median of the last window settles (capped)."""
+    import statistics
+
+    times: list = []
+    t_start = time.perf_counter()
+    cap = max(minimum, SETTLE_WINDOW * 2) * WARMUP_CAP_FACTOR
+    while len(times) < cap and time.perf_counter() - t_start < WARMUP_CAP_S:
+        times.append(_timed(backend, feeds))
+        if len(times) >= max(minimum, 2 * SETTLE_WINDOW):
+            last = statistics.median(times[-SETTLE_WINDOW:])
+            prev = statistics.median(times[-2 * SETTLE_WINDOW:-SETTLE_WINDOW])
+            if abs(last - prev) <= SETTLE_TOLERANCE * prev:
+                break
+    return times
+
+
+def measure(args) -> dict:
+    """Run every phase and return the result document."""
+    phase = "import"
+    result: dict = {"schema": SCHEMA, "model": os.path.basename(args.model.rstrip("/")), "runtime": args.runtime,
+                    "batch": args.batch, "seq": args.seq, "threads": args.threads}
+    backend_cls = BACKENDS[args.runtime]
+    t0 = time.perf_counter()
+    try:
+        import numpy as np
+
+        result["runtime_version"] = backend_cls.import_runtime()
+        result["numpy_version"] = np.__version__
+    except RunnerError:
+        raise
+    except ImportError as e:
+        raise RunnerError(phase, f"cannot import the {args.runtime} runtime ({e}); install it on this device") from e
+    result["import_ms"] = (time.perf_counter() - t0) * 1000
+    memory = {"after_import_mb": peak_rss_mb()}
+
+    phase = "load"
+    t0 = time.perf_counter()
+    try:
+        backend = backend_cls(args.model, args.threads, pooling=args.pooling, normalize=args.normalize)
+    except RunnerError:
+        raise
+    except Exception as e:
+        raise RunnerError(phase, f"{args.runtime} cannot load {args.model}: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
+    result["load_ms"] = (time.perf_counter() - t0) * 1000
+    memory["after_load_mb"] = peak_rss_mb()
+
+    phase = "run"
+    feeds = make_inputs(args.batch, args.seq, args.seed)
+    try:
+        result["first_inference_ms"] = _timed(backend, feeds)
+        warm = warm_up(backend, feeds, args.warmup)
+        timed = [_timed(backend, feeds) for _ in range(args.runs)]
+    except RunnerError:
+        raise
+    except Exception as e:
+        raise RunnerError(phase, f"{args.runtime} failed to run {args.model}: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
+    memory["after_runs_mb"] = peak_rss_mb()
+    result.update({
+        "warmup_runs": len(warm), "timed_runs": len(timed), "latency": latency_stats(timed, args.batch, args.seed),
+        "samples_ms": [round(t, 4) for t in timed], "memory": memory,
+        "peak_rss_mb": max(v for v in memory.values() if v is not None) if any(memory.values()) else None,
+        "file_size_bytes": _size(args.model), "environment": fingerprint(args.threads),
+    })
+    return result
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith((".safetensors", ".bin")))
+    return total
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Measure one model's latency and memory; print JSON.")
+    p.add_argument("model", help="an .onnx or .tflite file, or a Hugging Face model folder (runtime torch)")
+    p.add_argument("--runtime", choices=sorted(BACKENDS), required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pooling", default="mean", help="torch runtime: pooling of the encoder output")
+    p.add_argument("--normalize", action="store_true", help="torch runtime: L2-normalise the embedding")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        doc = measure(args)
+    except RunnerError as e:
+        print(json.dumps({"schema": SCHEMA, "error": str(e), "phase": e.phase}))
+        return 3
+    print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""ONNX export with dynamic batch and sequence axes."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from kd_edge.errors import ExportError
+
+_TWO_GB = 2 * 1024**3
+
+
+class OnnxExporter:
+    """torch.onnx export of a module taking (input_ids, attention_mask)."""
+
+    name = "onnx"
+    runtime = "onnxruntime"
+    suffix = ".onnx"
+
+    def export(self, module: torch.nn.Module, out: Path, *, input_names: tuple[str, ...], output_name: str,
+               opset: int, **_: object) -> dict:
+        """Write ``out``; return what the artifact's sidecar records about its inputs."""
+        sample = {n: torch.ones(2, 16, dtype=torch.int64) for n in input_names}
+        dynamic = {n: {0: "batch", 1: "sequence"} for n in input_names}
+        params = sum(p.numel() * p.element_size() for p in module.parameters())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # The TorchScript-based exporter (dynamo=False) takes ~1 s here against 4-10 s for
+                # dynamo, and its graph of eager attention is the one ONNX Runtime's fusions match.
+                torch.onnx.export(module, tuple(sample.values()), str(out), input_names=list(input_names),
+                                  output_names=[output_name], dynamic_axes=dynamic, opset_version=opset,
+                                  dynamo=False, do_constant_folding=True)
+        except Exception as e:
+            raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}; "
+                              "try another export.opset or the tflite format") from e
+        self.check(out, large=params > _TWO_GB)
+        return {"inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in input_names],
+                "outputs": [output_name], "opset": opset}
+
+    @staticmethod
+    def check(path: Path, large: bool = False) -> None:
+        """Fail if the file is not a valid ONNX model or ONNX Runtime cannot load it."""
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            onnx.checker.check_model(str(path) if large else onnx.load(str(path)))
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ExportError(f"{path.name} is not a loadable ONNX model ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from e

@@ -1,0 +1,45 @@
+"""TFLite export through litert-torch (no TensorFlow). Shapes are fixed: one signature per
+(batch, sequence) bucket, all sharing one copy of the weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kd_edge.errors import ExportError
+from kd_edge.export.capture import captured, tail
+
+
+def signature_name(batch: int, seq: int) -> str:
+    """The signature name of a bucket, e.g. ``b1_s128``."""
+    return f"b{batch}_s{seq}"
+
+
+class TfliteExporter:
+    """litert-torch conversion of a module taking (input_ids, attention_mask) as int32."""
+
+    name = "tflite"
+    runtime = "tflite"
+    suffix = ".tflite"
+
+    def export(self, module: torch.nn.Module, out: Path, *, input_names: tuple[str, ...], output_name: str,
+               shapes: list[tuple[int, int]], log_path: Path, **_: object) -> dict:
+        """Write ``out`` with one signature per shape; return the sidecar's description of it."""
+        import litert_torch
+
+        converter = None
+        # TFLite has no int64 inputs: litert-torch turns them into int32, so trace with int32.
+        for batch, seq in shapes:
+            sample = {n: torch.ones(batch, seq, dtype=torch.int32) for n in input_names}
+            add = litert_torch.signature if converter is None else converter.signature
+            converter = add(signature_name(batch, seq), module, sample_kwargs=sample)
+        try:
+            with captured(log_path):
+                converter.convert().export(str(out))
+        except Exception as e:
+            raise ExportError(f"TFLite conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} "
+                              f"[{tail(log_path)}]; see {log_path}, or export to onnx only") from e
+        return {"inputs": [{"name": n, "dtype": "int32", "shape": ["batch", "sequence"]} for n in input_names],
+                "outputs": [output_name],
+                "signatures": [{"name": signature_name(b, s), "batch": b, "seq": s} for b, s in shapes]}

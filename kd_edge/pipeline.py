@@ -1,0 +1,265 @@
+"""The pipeline: the only module that knows the stage order.
+
+It owns the run folder and its ``manifest.json``. For each stage the manifest records a key (a digest
+of the stage's recipe sections, of the files it reads from outside the run, and of its upstream
+stages' outputs), its outputs with their digests, timings and status. A stage whose key is unchanged
+and whose outputs are intact is skipped: a stopped run resumes where it stopped, and running a
+finished recipe again does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import importlib
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from kd_edge import __version__
+from kd_edge.artifacts import (StageContext, digest_records, digest_tree, file_records, read_json, sha256_json,
+                               write_json, write_text)
+from kd_edge.config import Recipe, recipe_to_yaml
+from kd_edge.errors import ArtifactError, ConfigError
+
+MANIFEST = "manifest.json"
+RESOLVED = "recipe.resolved.yaml"
+LIBRARIES = ("torch", "transformers", "accelerate", "onnx", "onnxruntime", "litert-torch", "ai-edge-litert",
+             "numpy", "scikit-learn")
+
+
+def _teacher(recipe: Recipe) -> dict[str, Path]:
+    from kd_edge.preflight import teacher_dir
+
+    return {"teacher": teacher_dir(recipe)}
+
+
+def _data(recipe: Recipe) -> dict[str, Path]:
+    from kd_edge.data.loaders import source_path
+
+    return {"data": source_path(recipe.data.source)}
+
+
+def _bench_inputs(recipe: Recipe) -> dict[str, Path]:
+    return _teacher(recipe) if recipe.bench.teacher else {}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline."""
+
+    name: str
+    target: str  # "module:function", imported only when the stage runs
+    outputs: tuple[str, ...]  # files or folders it writes, relative to the run folder
+    needs: tuple[str, ...] = ()  # upstream stages whose outputs it reads
+    sections: tuple[str, ...] = ()  # dotted recipe keys its behaviour depends on
+    external: Callable[[Recipe], dict[str, Path]] | None = None  # files it reads from outside the run
+    summary: str = ""
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "kd_edge.data.run:run", ("data",), (), ("data", "seed"), _data,
+          "read, filter and split the text"),
+    Stage("teacher", "kd_edge.distill.cache:run", ("teacher_cache",), ("data",),
+          ("task", "teacher", "data.max_length", "distill.losses"), _teacher,
+          "tokenize once and cache the teacher's outputs"),
+    Stage("student", "kd_edge.distill.students:run", ("student_init",), (), ("task", "teacher", "student"), _teacher,
+          "build the student from the teacher"),
+    Stage("distill", "kd_edge.distill.run:run", ("student", "train/metrics.jsonl", "train/summary.json"),
+          ("teacher", "student"), ("task", "seed", "distill"), None, "train the student on the teacher's outputs"),
+    Stage("evaluate", "kd_edge.evaluate.run:run", ("eval",), ("teacher", "distill"), ("task", "seed", "evaluate"), None,
+          "teacher and student on held-out data"),
+    Stage("export", "kd_edge.export.run:run", ("artifacts",), ("distill",), ("task", "export"), None,
+          "ONNX / TFLite files, quantized as asked"),
+    Stage("verify", "kd_edge.verify.run:run", ("verify",), ("teacher", "evaluate", "export"),
+          ("verify", "bench.threads"), None, "parity and task metrics of every file in its runtime"),
+    Stage("bench", "kd_edge.bench.run:run", ("bench",), ("distill", "export"), ("seed", "bench"), _bench_inputs,
+          "latency and memory on the target, fresh process per model"),
+    Stage("report", "kd_edge.report.run:run", ("report.json", "report.md", "report.html"),
+          ("data", "distill", "evaluate", "verify", "bench"), ("name", "report", "gate"), None,
+          "report.json, report.md, report.html"),
+    Stage("gate", "kd_edge.gate:run", ("gate.json",), ("report",), ("gate",), None, "check the budgets"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def stage(name: str) -> Stage:
+    """The stage called ``name``."""
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise ConfigError(f"unknown stage '{name}'; stages are: {', '.join(STAGE_NAMES)}")
+
+
+@dataclass
+class StageEvent:
+    """What the pipeline reports to its caller as it goes (the CLI prints these)."""
+
+    stage: Stage
+    index: int
+    status: str  # "skipped" | "running" | "done" | "failed"
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    """The outcome of a pipeline run."""
+
+    run_dir: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    gate: dict | None = None
+
+
+def _section(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries a run depends on (no imports)."""
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+class RunDir:
+    """A run folder and its manifest."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.manifest_path = path / MANIFEST
+        self.manifest: dict[str, Any] = read_json(self.manifest_path) if self.manifest_path.is_file() else {}
+
+    def save(self) -> None:
+        """Write the manifest atomically."""
+        write_json(self.manifest_path, self.manifest)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run folder: two commands never write one run at once."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ArtifactError(f"another kd-edge command is using {self.path}; wait for it or choose another --out") from None
+            yield
+
+    def stage_record(self, name: str) -> dict[str, Any] | None:
+        return self.manifest.get("stages", {}).get(name)
+
+    def outputs_intact(self, record: dict[str, Any], st: Stage) -> bool:
+        """True when every recorded output still exists with the recorded content."""
+        recorded = record.get("outputs") or {}
+        if not recorded:
+            return False
+        try:
+            now = file_records(self.path, list(st.outputs), known=recorded)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return {k: v["sha256"] for k, v in now.items()} == {k: v["sha256"] for k, v in recorded.items()}
+
+
+def check_out_dir(run: RunDir, recipe_digest: str, *, resume: bool, force: bool) -> None:
+    """Refuse to write into a folder holding something else than this run."""
+    path = run.path
+    if not path.exists() or not any(p for p in path.iterdir() if p.name != ".lock"):
+        return
+    if not run.manifest:
+        raise ConfigError(f"--out {path} is not empty and holds no kd-edge run ({MANIFEST} missing); "
+                          "choose a new or empty folder")
+    if run.manifest.get("recipe_digest") != recipe_digest and not (resume or force):
+        raise ConfigError(f"--out {path} holds a run of a different recipe ('{run.manifest.get('name')}', or the same "
+                          "one edited); pass --resume to keep its still-valid stages, --force to redo every stage, "
+                          "or choose another --out")
+
+
+def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: bool = False,
+                 stop_after: str | None = None, only: tuple[str, ...] | None = None, progress: bool = True,
+                 on_event: Callable[[StageEvent], None] | None = None) -> RunResult:
+    """Run the stages of a resolved recipe into ``out_dir``, skipping those already done.
+
+    ``stop_after`` ends the run after that stage; ``only`` restricts which stages may run (the
+    others must already be done). ``force`` reruns every selected stage from scratch.
+    """
+    emit = on_event or (lambda e: None)
+    run = RunDir(out_dir)
+    data = recipe.model_dump(mode="json")
+    recipe_digest = sha256_json(data)
+    check_out_dir(run, recipe_digest, resume=resume, force=force)
+    last = STAGE_NAMES.index(stop_after) if stop_after else len(STAGES) - 1
+    result = RunResult(out_dir)
+    with run.lock():
+        m = run.manifest
+        m.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        m.update({"name": recipe.name, "kd_edge_version": __version__, "recipe_digest": recipe_digest,
+                  "versions": library_versions()})
+        from kd_edge.device_runner import fingerprint
+
+        m["machine"] = fingerprint(None)
+        m.setdefault("stages", {})
+        m.setdefault("external", {})
+        write_text(out_dir / RESOLVED, recipe_to_yaml(recipe))
+        run.save()
+        for index, st in enumerate(STAGES[:last + 1]):
+            record = run.stage_record(st.name)
+            inputs: dict[str, str] = {}
+            for ext_name, ext_path in (st.external(recipe) if st.external else {}).items():
+                digest, records = digest_tree(ext_path, m["external"].get(str(ext_path)))
+                m["external"][str(ext_path)] = records
+                inputs[f"{ext_name}:{ext_path}"] = digest
+            for up in st.needs:
+                up_record = run.stage_record(up)
+                if not up_record or up_record.get("status") != "done":
+                    raise ArtifactError(f"stage '{st.name}' needs '{up}', which has not run in {out_dir}; "
+                                        f"run `kd-edge run` on the recipe first")
+                inputs[up] = digest_records(up_record["outputs"])
+            config = {s: _section(data, s) for s in st.sections}
+            key = sha256_json({"stage": st.name, "version": __version__, "config": config, "inputs": inputs})
+            selected = only is None or st.name in only
+            done = (record and record.get("status") == "done" and record.get("key") == key
+                    and run.outputs_intact(record, st))
+            if done and not (force and selected):
+                result.skipped.append(st.name)
+                emit(StageEvent(st, index, "skipped"))
+                continue
+            if not selected:
+                raise ArtifactError(f"stage '{st.name}' in {out_dir} is out of date or missing; "
+                                    f"run `kd-edge run` on the recipe to bring it up to date")
+            m["stages"][st.name] = {"status": "running", "key": key, "config": config, "inputs": inputs,
+                                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            run.save()
+            emit(StageEvent(st, index, "running"))
+            module_name, func = st.target.split(":")
+            t0 = time.perf_counter()
+            try:
+                getattr(importlib.import_module(module_name), func)(
+                    recipe, StageContext(out_dir, key, progress=progress, fresh=force))
+            except BaseException as e:
+                m["stages"][st.name].update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
+                                             "error": f"{type(e).__name__}: {e}"[:500],
+                                             "seconds": round(time.perf_counter() - t0, 2)})
+                run.save()
+                emit(StageEvent(st, index, "failed", time.perf_counter() - t0, str(e)))
+                raise
+            seconds = time.perf_counter() - t0
+            m["stages"][st.name].update({"status": "done", "seconds": round(seconds, 2),
+                                         "outputs": file_records(out_dir, list(st.outputs))})
+            run.save()
+            result.ran.append(st.name)
+            emit(StageEvent(st, index, "done", seconds))
+        gate_file = out_dir / "gate.json"
+        if last == len(STAGES) - 1 and gate_file.is_file():
+            result.gate = read_json(gate_file)
+    return result

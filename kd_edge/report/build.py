@@ -1,0 +1,91 @@
+"""Gather a run's records (evaluation, parity, benchmarks, training) into one report document."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from kd_edge import __version__
+from kd_edge.artifacts import read_json
+
+SCHEMA = "kd-edge.report/1"
+QUALITY = ("probe_accuracy", "cosine_to_teacher", "knn_agreement")
+
+
+def _weights_mb(folder: Path) -> float | None:
+    files = [f for f in Path(folder).rglob("*") if f.suffix in (".safetensors", ".bin", ".gguf")]
+    return sum(f.stat().st_size for f in files) / 1e6 if files else None
+
+
+def _bench_fields(doc: dict | None) -> dict[str, Any]:
+    if not doc:
+        return {}
+    if "error" in doc:
+        return {"bench_error": doc["error"]}
+    lat = doc["latency"]
+    return {"latency_p50_ms": lat["p50_ms"], "latency_p90_ms": lat["p90_ms"], "latency_p99_ms": lat["p99_ms"],
+            "latency_p50_ci95_ms": lat["p50_ci95_ms"], "throughput_per_s": lat["throughput_per_s"],
+            "peak_rss_mb": doc.get("peak_rss_mb"), "load_ms": doc.get("load_ms"), "runtime_version": doc.get("runtime_version")}
+
+
+def build_report(run_dir: Path, recipe: dict, teacher_dir: str | None) -> dict[str, Any]:
+    """The report document of a run folder (every file it reads is optional but eval/metrics.json)."""
+    evaluation = read_json(run_dir / "eval" / "metrics.json")
+    bench = {}
+    for f in sorted((run_dir / "bench").glob("*@*.json")) if (run_dir / "bench").is_dir() else []:
+        doc = read_json(f)
+        bench[doc["name"]] = doc
+    models = evaluation["models"]
+    rows: list[dict[str, Any]] = []
+    teacher_mb = _weights_mb(Path(teacher_dir)) if teacher_dir and Path(teacher_dir).is_dir() else None
+    rows.append({"name": "teacher", "kind": "teacher", "format": "pytorch", "precision": "fp32", "runtime": "torch",
+                 "params": models["teacher"]["params"], "file_size_mb": teacher_mb,
+                 **{k: models["teacher"].get(k) for k in QUALITY}, **_bench_fields(bench.get("teacher"))})
+    rows.append({"name": "student", "kind": "student", "format": "pytorch", "precision": "fp32", "runtime": "torch",
+                 "params": models["student"]["params"], "file_size_mb": _weights_mb(run_dir / "student"),
+                 **{k: models["student"].get(k) for k in QUALITY}, **_bench_fields(bench.get("student"))})
+    for sidecar in sorted((run_dir / "artifacts").glob("*.json")) if (run_dir / "artifacts").is_dir() else []:
+        info = read_json(sidecar)
+        ver_path = run_dir / "verify" / f"{info['name']}.json"
+        ver = read_json(ver_path) if ver_path.is_file() else {}
+        rows.append({"name": info["name"], "kind": "artifact", "format": info["format"], "precision": info["precision"],
+                     "runtime": info["runtime"], "params": info["params"], "file_size_mb": info["size_bytes"] / 1e6,
+                     **{k: ver.get(k) for k in QUALITY}, "max_abs_diff": ver.get("max_abs_diff"),
+                     "mean_abs_diff": ver.get("mean_abs_diff"), "prediction_agreement": ver.get("prediction_agreement"),
+                     "parity_passed": ver.get("passed"), "parity_reason": ver.get("reason"),
+                     **_bench_fields(bench.get(info["name"]))})
+    base = rows[0]
+    for row in rows:
+        if base.get("latency_p50_ms") and row.get("latency_p50_ms"):
+            row["speedup_p50"] = base["latency_p50_ms"] / row["latency_p50_ms"]
+        if base.get("probe_accuracy") is not None and row.get("probe_accuracy") is not None:
+            row["probe_accuracy_drop"] = base["probe_accuracy"] - row["probe_accuracy"]
+            row["probe_accuracy_ratio"] = row["probe_accuracy"] / base["probe_accuracy"] if base["probe_accuracy"] else None
+        if base.get("file_size_mb") and row.get("file_size_mb"):
+            row["size_ratio"] = row["file_size_mb"] / base["file_size_mb"]
+    environment = next((d["environment"] for d in bench.values() if "environment" in d), None)
+    curve = []
+    metrics_file = run_dir / "train" / "metrics.jsonl"
+    if metrics_file.is_file():
+        import json
+
+        curve = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    summary = run_dir / "train" / "summary.json"
+    data_meta = run_dir / "data" / "meta.json"
+    any_bench = next((d for d in bench.values() if "error" not in d), {})
+    return {
+        "schema": SCHEMA, "kd_edge_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": recipe["name"], "title": (recipe.get("report") or {}).get("title") or recipe["name"],
+        "task": recipe["task"], "teacher": recipe["teacher"]["model"],
+        "data": read_json(data_meta) if data_meta.is_file() else None,
+        "evaluation": {"knn_k": evaluation["knn_k"], "n_test": evaluation["n_test"],
+                       "n_test_labelled": evaluation.get("n_test_labelled")},
+        "bench_settings": {"target": recipe["bench"]["target"], "batch": any_bench.get("batch"),
+                           "seq": any_bench.get("seq"), "threads": any_bench.get("threads"),
+                           "timed_runs": any_bench.get("timed_runs")},
+        "environment": environment,
+        "rows": rows,
+        "training": {"summary": read_json(summary) if summary.is_file() else None, "curve": curve},
+    }

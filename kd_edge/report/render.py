@@ -1,0 +1,234 @@
+"""Render a report document as Markdown (for a pull request or CI summary) and as one self-contained
+HTML page (inline CSS and SVG plots, no network)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Callable
+
+# (column key, header, formatter)
+Fmt = Callable[[Any], str]
+
+
+def _num(digits: int, suffix: str = "") -> Fmt:
+    return lambda v: "—" if v is None else f"{v:,.{digits}f}{suffix}"
+
+
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{v * 100:.1f} %"
+
+
+def _params(v: Any) -> str:
+    return "—" if v is None else f"{v / 1e6:.1f} M"
+
+
+def _sci(v: Any) -> str:
+    return "—" if v is None else f"{v:.1e}"
+
+
+def _x(v: Any) -> str:
+    return "—" if v is None else f"{v:.1f}×"
+
+
+COLUMNS: list[tuple[str, str, Fmt]] = [
+    ("params", "params", _params),
+    ("file_size_mb", "size MB", _num(1)),
+    ("latency_p50_ms", "p50 ms", _num(2)),
+    ("latency_p90_ms", "p90 ms", _num(2)),
+    ("latency_p99_ms", "p99 ms", _num(2)),
+    ("speedup_p50", "speed-up", _x),
+    ("throughput_per_s", "items/s", _num(0)),
+    ("peak_rss_mb", "peak MB", _num(0)),
+    ("load_ms", "load ms", _num(0)),
+    ("probe_accuracy", "probe acc", _pct),
+    ("cosine_to_teacher", "cos→teacher", _num(4)),
+    ("knn_agreement", "kNN agree", _pct),
+    ("max_abs_diff", "max |Δ|", _sci),
+]
+
+
+def _label(row: dict) -> str:
+    if row["kind"] == "artifact":
+        return f"{row['name']}"
+    return f"{row['name']} (PyTorch)"
+
+
+def headline(report: dict) -> list[str]:
+    """Two or three sentences a reader needs first."""
+    rows = {r["name"]: r for r in report["rows"]}
+    t, s = rows.get("teacher", {}), rows.get("student", {})
+    lines = []
+    if t.get("probe_accuracy") and s.get("probe_accuracy") is not None:
+        lines.append(f"The student keeps {s['probe_accuracy'] / t['probe_accuracy'] * 100:.1f} % of the teacher's probe "
+                     f"accuracy ({_pct(s['probe_accuracy'])} vs {_pct(t['probe_accuracy'])}) with "
+                     f"{_params(s.get('params'))} of {_params(t.get('params'))} parameters.")
+    fastest = max((r for r in report["rows"] if r.get("speedup_p50")), key=lambda r: r["speedup_p50"], default=None)
+    if fastest and fastest["name"] != "teacher":
+        lines.append(f"Fastest: {fastest['name']} at {_num(2)(fastest['latency_p50_ms'])} ms p50, "
+                     f"{fastest['speedup_p50']:.1f}× the teacher's PyTorch p50, "
+                     f"{_num(1)(fastest.get('file_size_mb'))} MB.")
+    failed = [r["name"] for r in report["rows"] if r.get("parity_passed") is False]
+    checked = [r for r in report["rows"] if r.get("parity_passed") is not None]
+    if checked:
+        lines.append("Parity: " + ("all exported files match the student." if not failed
+                                   else f"FAILED for {', '.join(failed)}."))
+    gate = report.get("gate")
+    if gate:
+        lines.append(f"Gate: {'PASSED' if gate['passed'] else 'FAILED'} ({gate['n_passed']}/{gate['n_budgets']} budgets).")
+    return lines
+
+
+def _settings(report: dict) -> str:
+    b, env = report.get("bench_settings") or {}, report.get("environment") or {}
+    machine = env.get("cpu_model") or env.get("machine") or "unknown CPU"
+    return (f"Latency at batch {b.get('batch')} × {b.get('seq')} tokens, {b.get('threads')} threads, "
+            f"{b.get('timed_runs')} timed runs in a fresh process per model on `{b.get('target')}` "
+            f"({machine}, {env.get('cpu_count')} cores). Quality on {report['evaluation']['n_test']} held-out texts "
+            f"({report['evaluation'].get('n_test_labelled')} labelled); neighbours: top-{report['evaluation']['knn_k']}.")
+
+
+def to_markdown(report: dict) -> str:
+    """The report as GitHub-flavoured Markdown."""
+    out = [f"# {report['title']}: teacher vs student", ""]
+    out += [" ".join(headline(report)), "", _settings(report), ""]
+    out.append("| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |")
+    out.append("|---|" + "---:|" * len(COLUMNS))
+    for row in report["rows"]:
+        out.append(f"| {_label(row)} | " + " | ".join(fmt(row.get(k)) for k, _, fmt in COLUMNS) + " |")
+    out.append("")
+    checked = [r for r in report["rows"] if r.get("parity_reason")]
+    if checked:
+        out += ["## Parity of each exported file", "", "| file | runtime | verdict | why |", "|---|---|---|---|"]
+        out += [f"| {r['name']} | {r['runtime']} | {'pass' if r['parity_passed'] else '**FAIL**'} | {r['parity_reason']} |"
+                for r in checked]
+        out.append("")
+    errors = [r for r in report["rows"] if r.get("bench_error")]
+    if errors:
+        out += ["## Benchmarks that failed", ""] + [f"- {r['name']}: {r['bench_error']}" for r in errors] + [""]
+    gate = report.get("gate")
+    if gate:
+        out += ["## Gate", "", "| row | metric | bound | value | verdict |", "|---|---|---|---|---|"]
+        for c in gate["checks"]:
+            out.append(f"| {c['artifact']} | {c['metric']} | {c['bound']} | {_num(4)(c['value'])} | "
+                       f"{'pass' if c['passed'] else '**FAIL**'} |")
+        out.append("")
+    return "\n".join(out)
+
+
+# -- HTML --------------------------------------------------------------------------------------------
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d2330;padding:0 1rem}
+h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #e3e6ec;padding-bottom:.3rem}
+p.lead{font-size:1.05rem}p.muted,.muted{color:#5b6475}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;margin:.5rem 0}
+th,td{padding:.35rem .5rem;border-bottom:1px solid #eceff3;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}th{background:#f5f7fa;font-weight:600}
+tr.teacher td{background:#fbf7ee}.pass{color:#137333;font-weight:600}.fail{color:#b3261e;font-weight:600}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1.5rem}
+figure{margin:0}figcaption{font-weight:600;margin-bottom:.3rem}svg text{font:12px system-ui,sans-serif;fill:#1d2330}
+"""
+_COLORS = {"teacher": "#c98a1b", "student": "#3b6fd4", "artifact": "#2e9d6b"}
+
+
+def _bar_chart(rows: list[dict], key: str, unit: str, whisker: str | None = None) -> str:
+    data = [r for r in rows if r.get(key) is not None]
+    if not data:
+        return "<p class='muted'>no data</p>"
+    width, bar_h, gap, left = 560, 22, 8, 170
+    top = max(max((r.get(whisker) or 0) for r in data) if whisker else 0, max(r[key] for r in data)) or 1
+    height = len(data) * (bar_h + gap) + 10
+    parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>"]
+    for i, r in enumerate(data):
+        y = 5 + i * (bar_h + gap)
+        w = (width - left - 80) * r[key] / top
+        parts.append(f"<text x='{left - 6}' y='{y + bar_h * 0.7}' text-anchor='end'>{html.escape(r['name'])}</text>")
+        parts.append(f"<rect x='{left}' y='{y}' width='{w:.1f}' height='{bar_h}' fill='{_COLORS[r['kind']]}' rx='3'/>")
+        if whisker and r.get(whisker):
+            wx = left + (width - left - 80) * r[whisker] / top
+            parts.append(f"<line x1='{left + w:.1f}' x2='{wx:.1f}' y1='{y + bar_h / 2}' y2='{y + bar_h / 2}' stroke='#1d2330'/>"
+                         f"<line x1='{wx:.1f}' x2='{wx:.1f}' y1='{y + 5}' y2='{y + bar_h - 5}' stroke='#1d2330'/>")
+            end = wx
+        else:
+            end = left + w
+        parts.append(f"<text x='{end + 6:.1f}' y='{y + bar_h * 0.7}'>{r[key]:,.2f} {unit}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _line_chart(curve: list[dict], keys: list[str]) -> str:
+    pts = [c for c in curve if "loss" in c]
+    if len(pts) < 2:
+        return "<p class='muted'>no training curve</p>"
+    width, height, pad = 560, 240, 44
+    xs = [c["step"] for c in pts]
+    series = {k: [c.get(k) for c in pts] for k in keys if all(c.get(k) is not None for c in pts)}
+    hi = max(max(v) for v in series.values()) or 1
+    colors = ["#3b6fd4", "#c98a1b", "#2e9d6b", "#8e44ad", "#b3261e"]
+
+    def sx(x):
+        return pad + (width - 2 * pad) * (x - xs[0]) / max(xs[-1] - xs[0], 1)
+
+    def sy(y):
+        return height - pad - (height - 2 * pad) * y / hi
+
+    parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>",
+             f"<line x1='{pad}' y1='{height - pad}' x2='{width - pad}' y2='{height - pad}' stroke='#aab'/>",
+             f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{height - pad}' stroke='#aab'/>",
+             f"<text x='{pad}' y='{pad - 8}'>{hi:.3g}</text><text x='{pad - 4}' y='{height - pad + 14}'>0</text>",
+             f"<text x='{width - pad}' y='{height - pad + 16}' text-anchor='end'>step {xs[-1]}</text>"]
+    for i, (k, vals) in enumerate(series.items()):
+        path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(v):.1f}" for j, (x, v) in enumerate(zip(xs, vals)))
+        parts.append(f"<path d='{path}' fill='none' stroke='{colors[i % 5]}' stroke-width='2'/>")
+        parts.append(f"<text x='{width - pad}' y='{pad + 14 * i}' text-anchor='end' fill='{colors[i % 5]}'>{html.escape(k)}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def to_html(report: dict) -> str:
+    """The report as one self-contained HTML page."""
+    e = html.escape
+    rows = report["rows"]
+    head = "".join(f"<th>{e(h)}</th>" for _, h, _ in COLUMNS)
+    body = "".join(
+        f"<tr class='{r['kind']}'><td>{e(_label(r))}</td>" + "".join(f"<td>{e(f(r.get(k)))}</td>" for k, _, f in COLUMNS) + "</tr>"
+        for r in rows)
+    parity = "".join(
+        f"<tr><td>{e(r['name'])}</td><td>{e(r['runtime'])}</td><td class='{'pass' if r['parity_passed'] else 'fail'}'>"
+        f"{'pass' if r['parity_passed'] else 'FAIL'}</td><td>{e(r['parity_reason'])}</td>"
+        f"<td>{e(_pct(r.get('prediction_agreement')))}</td></tr>"
+        for r in rows if r.get("parity_reason"))
+    errors = "".join(f"<li>{e(r['name'])}: {e(r['bench_error'])}</li>" for r in rows if r.get("bench_error"))
+    loss_keys = ["loss"] + sorted({k for c in report["training"]["curve"] for k in c if k.startswith("loss_")})
+    gate = report.get("gate")
+    gate_html = ""
+    if gate:
+        gate_rows = "".join(
+            f"<tr><td>{e(c['artifact'])}</td><td>{e(c['metric'])}</td><td>{e(c['bound'])}</td><td>{e(_num(4)(c['value']))}</td>"
+            f"<td class='{'pass' if c['passed'] else 'fail'}'>{'pass' if c['passed'] else 'FAIL'}</td></tr>" for c in gate["checks"])
+        gate_html = (f"<h2>Gate</h2><table><tr><th>row</th><th>metric</th><th>bound</th><th>value</th><th>verdict</th></tr>"
+                     f"{gate_rows}</table>")
+    env = report.get("environment") or {}
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{e(report['title'])} — kd-edge report</title><style>{_CSS}</style></head><body>
+<h1>{e(report['title'])}: teacher vs student</h1>
+<p class="muted">task {e(report['task'])} · teacher {e(str(report['teacher']))} · kd-edge {e(report['kd_edge_version'])} · {e(report['created'])}</p>
+<p class="lead">{e(' '.join(headline(report)))}</p>
+<p class="muted">{e(_settings(report))}</p>
+<h2>Side by side</h2>
+<table><tr><th>model</th>{head}</tr>{body}</table>
+<div class="charts">
+<figure><figcaption>Latency p50 (whisker: p90), ms</figcaption>{_bar_chart(rows, 'latency_p50_ms', 'ms', 'latency_p90_ms')}</figure>
+<figure><figcaption>File size, MB</figcaption>{_bar_chart(rows, 'file_size_mb', 'MB')}</figure>
+<figure><figcaption>Peak memory, MB</figcaption>{_bar_chart(rows, 'peak_rss_mb', 'MB')}</figure>
+<figure><figcaption>Training loss</figcaption>{_line_chart(report['training']['curve'], loss_keys)}</figure>
+</div>
+<h2>Parity of each exported file</h2>
+<table><tr><th>file</th><th>runtime</th><th>verdict</th><th>why</th><th>same prediction as student</th></tr>{parity}</table>
+{'<h2>Benchmarks that failed</h2><ul>' + errors + '</ul>' if errors else ''}
+{gate_html}
+<h2>Machine</h2>
+<p class="muted">{e(str(env.get('cpu_model')))} · {e(str(env.get('cpu_count')))} cores · {e(str(env.get('machine')))} ·
+AVX-512 VNNI: {e(str(env.get('avx512_vnni')))} · governor {e(str(env.get('governor')))} · Python {e(str(env.get('python')))}</p>
+</body></html>
+"""

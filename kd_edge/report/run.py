@@ -1,0 +1,43 @@
+"""The ``report`` stage: report.json, report.md and report.html at the top of the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kd_edge.artifacts import StageContext, write_json, write_text
+from kd_edge.gate import evaluate_budgets
+from kd_edge.report.build import build_report
+from kd_edge.report.render import to_html, to_markdown
+
+if TYPE_CHECKING:
+    from kd_edge.config import Recipe
+
+
+def render_run(run_dir: Path, recipe: "Recipe") -> dict:
+    """Build and write the three report files of a run folder; return the document."""
+    from kd_edge.tasks.hub import resolve_model_dir
+
+    try:
+        tdir = str(resolve_model_dir(recipe.teacher.model, revision=recipe.teacher.revision))
+    except Exception:  # the report still renders when the teacher moved since the run
+        tdir = None
+    report = build_report(run_dir, recipe.model_dump(mode="json"), tdir)
+    if recipe.gate.budgets:
+        report["gate"] = evaluate_budgets(report, recipe.gate.budgets)
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", to_markdown(report))
+    write_text(run_dir / "report.html", to_html(report))
+    return report
+
+
+def run(recipe: "Recipe", ctx: StageContext) -> None:
+    """Write report.json, report.md, report.html."""
+    render_run(ctx.run_dir, recipe)
+
+
+def load_report(path: Path) -> dict:
+    """A report.json, from a run folder or the file itself."""
+    path = Path(path)
+    return json.loads((path / "report.json" if path.is_dir() else path).read_text())

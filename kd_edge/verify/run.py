@@ -1,0 +1,110 @@
+"""The ``verify`` stage: prove each exported file equal to the PyTorch student.
+
+For every artifact, on the held-out split and through the artifact's own runtime: max and mean |Δ|
+against the student's embeddings, the task metrics (with the probe fitted on the PyTorch student, as
+deployed), agreement with the student's predictions, and a pass/fail verdict by precision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kd_edge import device_runner
+from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
+from kd_edge.data.packed import Packed, length_batches, pad
+from kd_edge.errors import ExportError
+from kd_edge.runfiles import load_cache, need, split_arrays
+from kd_edge.tasks.embedding_metrics import embedding_metrics, probe_predict
+
+if TYPE_CHECKING:
+    from kd_edge.config import Recipe
+
+ONNX_BATCH = 32
+
+
+def run_onnx(path: Path, ids: Packed, pad_id: int, threads: int | None) -> np.ndarray:
+    """Outputs of an ONNX file on every sequence (dynamic shapes: length-sorted batches)."""
+    backend = device_runner.OrtBackend(str(path), threads)
+    out = None
+    for idx in length_batches(ids.lengths(), ONNX_BATCH):
+        arr, mask = pad([ids[i] for i in idx], pad_id)
+        y = backend.run({"input_ids": arr, "attention_mask": mask})[0]
+        if out is None:
+            out = np.zeros((len(ids), y.shape[1]), np.float32)
+        out[idx] = y
+    return out
+
+
+def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signatures: list[dict]) -> np.ndarray:
+    """Outputs of a TFLite file: each sequence padded to the smallest batch-1 bucket that holds it."""
+    buckets = sorted((s["seq"], s["name"]) for s in signatures if s["batch"] == 1)
+    if not buckets:
+        raise ExportError(f"{path.name} has no batch-1 signature to verify with; add (1, N) to export.tflite_shapes")
+    backend = device_runner.TfliteBackend(str(path), threads)
+    out = None
+    for i in range(len(ids)):
+        seq = ids[i]
+        fit = [b for b in buckets if b[0] >= len(seq)]
+        if not fit:
+            raise ExportError(f"a test text has {len(seq)} tokens, longer than every TFLite bucket "
+                              f"({', '.join(n for _, n in buckets)}); add a longer shape to export.tflite_shapes")
+        length, name = fit[0]
+        arr, mask = pad([seq], pad_id, length=length)
+        y = backend.run({"input_ids": arr, "attention_mask": mask}, signature=name)[0]
+        if out is None:
+            out = np.zeros((len(ids), y.shape[1]), np.float32)
+        out[i] = y[0]
+    return out
+
+
+def verdict(info: dict, record: dict, student: dict, cfg) -> tuple[bool, str]:
+    """Pass/fail of one artifact, and why."""
+    if info["precision"] == "fp32":
+        ok = record["max_abs_diff"] <= cfg.fp32_max_abs_diff
+        return ok, f"max |Δ| {record['max_abs_diff']:.2e} {'≤' if ok else '>'} {cfg.fp32_max_abs_diff:.0e}"
+    if "probe_accuracy" in record and "probe_accuracy" in student:
+        drop = student["probe_accuracy"] - record["probe_accuracy"]
+        ok = drop <= cfg.int8_max_metric_drop
+        return ok, f"probe accuracy drop {drop * 100:+.2f} pt {'≤' if ok else '>'} {cfg.int8_max_metric_drop * 100:.1f} pt"
+    ok = record["cosine_to_student"] >= 0.99
+    return ok, f"cosine to student {record['cosine_to_student']:.4f} {'≥' if ok else '<'} 0.99"
+
+
+def run(recipe: "Recipe", ctx: StageContext) -> None:
+    """Write verify/<artifact>.json for every artifact."""
+    cfg = recipe.verify
+    meta, _ = load_cache(ctx.run_dir)
+    ids, teacher, labels = split_arrays(ctx.run_dir, "test")
+    reference = np.load(need(ctx.run_dir / "eval" / "student_test.npy", "run the evaluate stage first"))
+    if cfg.max_examples and len(ids) > cfg.max_examples:
+        n = cfg.max_examples
+        ids, teacher, labels, reference = Packed(ids.values, ids.offsets[:n + 1]), teacher[:n], labels[:n], reference[:n]
+    probe_path = ctx.run_dir / "eval" / "probe_student.json"
+    probe = read_json(probe_path) if probe_path.is_file() else None
+    evaluation = read_json(ctx.run_dir / "eval" / "metrics.json")
+    student = embedding_metrics(reference, teacher, labels, probe, evaluation["knn_k"])
+    threads = recipe.bench.threads
+    with atomic_dir(ctx.run_dir / "verify") as out:
+        for sidecar in sorted((ctx.run_dir / "artifacts").glob("*.json")):
+            info = read_json(sidecar)
+            path = ctx.run_dir / "artifacts" / info["name"]
+            if info["runtime"] == "onnxruntime":
+                emb = run_onnx(path, ids, meta["pad_id"], threads)
+            else:
+                emb = run_tflite(path, ids, meta["pad_id"], threads, info["signatures"])
+            diff = np.abs(emb - reference)
+            record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
+                      "runtime": info["runtime"], "n_examples": len(ids),
+                      "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                      "cosine_to_student": float(np.mean(np.sum(emb * reference, 1) /
+                                                         (np.linalg.norm(emb, axis=1) * np.linalg.norm(reference, axis=1)))),
+                      **embedding_metrics(emb, teacher, labels, probe, evaluation["knn_k"])}
+            if probe is not None:
+                keep = labels >= 0
+                record["prediction_agreement"] = float(np.mean(probe_predict(probe, emb[keep]) == probe_predict(probe, reference[keep])))
+            record["passed"], record["reason"] = verdict(info, record, student, cfg)
+            write_json(out / f"{info['name']}.json", record)
+        write_json(out / "student.json", {"name": "student", **student})
