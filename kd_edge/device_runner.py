@@ -219,12 +219,14 @@ BACKENDS = {"onnxruntime": OrtBackend, "tflite": TfliteBackend, "torch": TorchBa
 
 
 # -- measurement ---------------------------------------------------------------------------------------
-def make_inputs(batch: int, seq: int, seed: int = 0) -> dict:
-    """Token ids (drawn from a common-vocabulary range) and a full attention mask: every token real."""
+def make_inputs(batch: int, seq: int, seed: int = 0, vocab_size: int = 2000) -> dict:
+    """Token ids and a full attention mask (every token real). Ids come from [1000, 2000) (ordinary
+    words in BERT-like vocabularies, past the special and unused tokens), clipped to the vocabulary."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, 2000, size=(batch, seq), dtype=np.int64)
+    lo, hi = min(1000, vocab_size // 2), min(2000, vocab_size)
+    ids = rng.integers(lo, hi, size=(batch, seq), dtype=np.int64)
     return {"input_ids": ids, "attention_mask": np.ones((batch, seq), dtype=np.int64)}
 
 
@@ -281,7 +283,7 @@ def measure(args) -> dict:
     """Run every phase and return the result document."""
     phase = "import"
     result: dict = {"schema": SCHEMA, "model": os.path.basename(args.model.rstrip("/")), "runtime": args.runtime,
-                    "batch": args.batch, "seq": args.seq, "threads": args.threads}
+                    "batch": args.batch, "seq": args.seq, "threads": args.threads, "vocab_size": args.vocab_size}
     backend_cls = BACKENDS[args.runtime]
     t0 = time.perf_counter()
     try:
@@ -309,7 +311,7 @@ def measure(args) -> dict:
     memory["after_load_mb"] = peak_rss_mb()
 
     phase = "run"
-    feeds = make_inputs(args.batch, args.seq, args.seed)
+    feeds = make_inputs(args.batch, args.seq, args.seed, args.vocab_size)
     try:
         result["first_inference_ms"] = _timed(backend, feeds)
         warm = warm_up(backend, feeds, args.warmup)
@@ -348,6 +350,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=30000, help="token ids are drawn below this")
     p.add_argument("--pooling", default="mean", help="torch runtime: pooling of the encoder output")
     p.add_argument("--normalize", action="store_true", help="torch runtime: L2-normalise the embedding")
     return p.parse_args(argv)

@@ -47,6 +47,12 @@ def _bench_inputs(recipe: Recipe) -> dict[str, Path]:
     return _teacher(recipe) if recipe.bench.teacher else {}
 
 
+def _cached_layers(recipe: Recipe) -> dict[str, Any]:
+    from kd_edge.preflight import hidden_layers_needed
+
+    return {"teacher_hidden_layers": hidden_layers_needed(recipe)[1]}
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline."""
@@ -58,14 +64,15 @@ class Stage:
     sections: tuple[str, ...] = ()  # dotted recipe keys its behaviour depends on
     external: Callable[[Recipe], dict[str, Path]] | None = None  # files it reads from outside the run
     summary: str = ""
+    derived: Callable[[Recipe], dict[str, Any]] | None = None  # key parts computed from the recipe
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "kd_edge.data.run:run", ("data",), (), ("data", "seed"), _data,
           "read, filter and split the text"),
     Stage("teacher", "kd_edge.distill.cache:run", ("teacher_cache",), ("data",),
-          ("task", "teacher", "data.max_length", "distill.losses"), _teacher,
-          "tokenize once and cache the teacher's outputs"),
+          ("task", "teacher", "data.max_length"), _teacher, "tokenize once and cache the teacher's outputs",
+          derived=_cached_layers),
     Stage("student", "kd_edge.distill.students:run", ("student_init",), (), ("task", "teacher", "student"), _teacher,
           "build the student from the teacher"),
     Stage("distill", "kd_edge.distill.run:run", ("student", "train/metrics.jsonl", "train/summary.json"),
@@ -226,6 +233,8 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
                                         f"run `kd-edge run` on the recipe first")
                 inputs[up] = digest_records(up_record["outputs"])
             config = {s: _section(data, s) for s in st.sections}
+            if st.derived:
+                config.update(st.derived(recipe))
             key = sha256_json({"stage": st.name, "version": __version__, "config": config, "inputs": inputs})
             selected = only is None or st.name in only
             done = (record and record.get("status") == "done" and record.get("key") == key

@@ -10,6 +10,7 @@ from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.bench import RUNNER_PATH, TARGETS
 from kd_edge.errors import TargetError
 from kd_edge.preflight import teacher_dir
+from kd_edge.runfiles import load_cache
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -29,11 +30,12 @@ def models_to_bench(recipe: "Recipe", run_dir: Path) -> list[dict]:
     return models
 
 
-def runner_args(recipe: "Recipe", model: dict) -> list[str]:
+def runner_args(recipe: "Recipe", model: dict, vocab_size: int) -> list[str]:
     """Command-line arguments of the device runner for one model."""
     cfg = recipe.bench
     args = ["--runtime", model["runtime"], "--batch", str(cfg.batch_size), "--seq", str(cfg.seq_len),
-            "--warmup", str(cfg.warmup_runs), "--runs", str(cfg.runs), "--seed", str(recipe.seed)]
+            "--warmup", str(cfg.warmup_runs), "--runs", str(cfg.runs), "--seed", str(recipe.seed),
+            "--vocab-size", str(vocab_size)]
     if cfg.threads:
         args += ["--threads", str(cfg.threads)]
     if model["runtime"] == "torch":
@@ -48,12 +50,13 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     cfg = recipe.bench
     target = TARGETS.get(cfg.target)()
     models = models_to_bench(recipe, ctx.run_dir)
+    vocab_size = load_cache(ctx.run_dir)[0]["vocab_size"]
     with atomic_dir(ctx.run_dir / "bench") as out:
         bar = tqdm(models, desc="bench", unit="model", disable=not ctx.progress or None)
         for model in bar:
             bar.set_postfix_str(model["name"])
             try:
-                doc = target.run(RUNNER_PATH, model["path"], runner_args(recipe, model),
+                doc = target.run(RUNNER_PATH, model["path"], runner_args(recipe, model, vocab_size),
                                  threads=cfg.threads, timeout_s=cfg.timeout_s)
             except TargetError as e:
                 # One model that cannot run on the target does not hide the others' figures: the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -25,9 +26,21 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
         os.environ["KD_EDGE_DEBUG"] = "1"
 
 
+# Library chatter that says nothing to a kd-edge user: weight-loading bars, TensorFlow/absl C++ logs.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TF_CPP_MIN_LOG_LEVEL": "3",
+             "GLOG_minloglevel": "2", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+# torchao (pulled in by litert-torch) warns about CUDA kernels it cannot load on a CPU machine.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def main() -> None:
     """Entry point: a KdEdgeError becomes `error: <message>` and exit code 2."""
     from kd_edge.errors import KdEdgeError
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     try:
         app(standalone_mode=True)

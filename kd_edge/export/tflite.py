@@ -26,7 +26,8 @@ class TfliteExporter:
     def export(self, module: torch.nn.Module, out: Path, *, input_names: tuple[str, ...], output_name: str,
                shapes: list[tuple[int, int]], log_path: Path, **_: object) -> dict:
         """Write ``out`` with one signature per shape; return the sidecar's description of it."""
-        import litert_torch
+        with captured(log_path):  # its import prints absl / oneDNN start-up lines from C++
+            import litert_torch
 
         converter = None
         # TFLite has no int64 inputs: litert-torch turns them into int32, so trace with int32.

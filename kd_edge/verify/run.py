@@ -7,6 +7,7 @@ deployed), agreement with the student's predictions, and a pass/fail verdict by 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from kd_edge import device_runner
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.data.packed import Packed, length_batches, pad
 from kd_edge.errors import ExportError
+from kd_edge.export.capture import captured
 from kd_edge.runfiles import load_cache, need, split_arrays
 from kd_edge.tasks.embedding_metrics import embedding_metrics, probe_predict
 
@@ -38,7 +40,8 @@ def run_onnx(path: Path, ids: Packed, pad_id: int, threads: int | None) -> np.nd
     return out
 
 
-def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signatures: list[dict]) -> np.ndarray:
+def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signatures: list[dict],
+               log_path: Path) -> np.ndarray:
     """Outputs of a TFLite file: each sequence padded to the smallest batch-1 bucket that holds it."""
     buckets = sorted((s["seq"], s["name"]) for s in signatures if s["batch"] == 1)
     if not buckets:
@@ -53,7 +56,8 @@ def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signat
                               f"({', '.join(n for _, n in buckets)}); add a longer shape to export.tflite_shapes")
         length, name = fit[0]
         arr, mask = pad([seq], pad_id, length=length)
-        y = backend.run({"input_ids": arr, "attention_mask": mask}, signature=name)[0]
+        with captured(log_path) if i == 0 else contextlib.nullcontext():  # XNNPACK announces itself from C++
+            y = backend.run({"input_ids": arr, "attention_mask": mask}, signature=name)[0]
         if out is None:
             out = np.zeros((len(ids), y.shape[1]), np.float32)
         out[i] = y[0]
@@ -94,7 +98,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             if info["runtime"] == "onnxruntime":
                 emb = run_onnx(path, ids, meta["pad_id"], threads)
             else:
-                emb = run_tflite(path, ids, meta["pad_id"], threads, info["signatures"])
+                emb = run_tflite(path, ids, meta["pad_id"], threads, info["signatures"],
+                                 ctx.run_dir / "logs" / "verify-tflite.log")
             diff = np.abs(emb - reference)
             record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
                       "runtime": info["runtime"], "n_examples": len(ids),

@@ -51,7 +51,7 @@ class LocalTarget:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise TargetError(f"benchmark of {model.name} on local took longer than {timeout_s:.0f} s; "
+            raise TargetError(f"benchmark of {model.name} on local took longer than {timeout_s:g} s; "
                               "raise bench.timeout_s or lower bench.runs") from None
         wall = time.perf_counter() - t0
         # Peak memory comes from the runner's own VmHWM readings (per phase); the parent adds the

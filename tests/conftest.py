@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny real transformers models built from configs, tiny data, tiny recipes.
+
+Nothing here downloads anything: the tiny teacher is a BertModel with random weights and a real
+WordPiece tokenizer built from a word list, written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+POSITIVE = "good great wonderful lovely excellent superb delightful moving brilliant fun".split()
+NEGATIVE = "bad awful terrible boring dull poor weak dreadful tedious messy".split()
+FILLER = "the movie film story plot acting is was a an and but very quite really this that it".split()
+WORDS = sorted(set(POSITIVE + NEGATIVE + FILLER))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def sentences(n: int, seed: int = 0) -> list[dict]:
+    """Short labelled sentences: label 1 when the sentiment word is positive."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        word = rng.choice(POSITIVE if label else NEGATIVE)
+        words = rng.sample(FILLER, rng.randint(2, 8)) + [word] + rng.sample(FILLER, rng.randint(0, 4))
+        rows.append({"text": " ".join(words), "label": label, "group": "a" if i % 3 else "b"})
+    return rows
+
+
+def write_tiny_bert(folder: Path, *, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0) -> Path:
+    """A real BertModel (random weights) plus a real WordPiece tokenizer, save_pretrained to ``folder``."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] \
+        + list("abcdefghijklmnopqrstuvwxyz")
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer.save_pretrained(str(folder))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=64)
+    BertModel(config).eval().save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A 4-layer, 32-wide BERT teacher folder."""
+    return write_tiny_bert(tmp_path_factory.mktemp("teacher") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def wide_teacher(tmp_path_factory) -> Path:
+    """A 2-layer, 128-wide BERT: big enough that weights, not graph overhead, dominate file sizes."""
+    return write_tiny_bert(tmp_path_factory.mktemp("wide") / "wide-bert", layers=2, hidden=128, heads=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """120 labelled sentences as JSONL."""
+    path = tmp_path_factory.mktemp("data") / "sentences.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in sentences(120)))
+    return path
+
+
+def tiny_recipe_dict(teacher: Path, data: Path, **over) -> dict:
+    """A recipe that runs every stage on the tiny teacher in seconds."""
+    recipe = {
+        "name": "tiny",
+        "teacher": {"model": str(teacher), "batch_size": 32},
+        "data": {"source": str(data), "test_size": 0.25, "max_length": 32},
+        "student": {"layers": 2},
+        "distill": {"max_steps": 8, "batch_size": 8, "lr": 5e-4, "checkpoint_every": 4, "log_every": 2,
+                    "losses": [{"name": "embedding_cosine"}, {"name": "hidden_mse", "layer_map": "uniform"}]},
+        "evaluate": {"knn_k": 5},
+        "export": {"tflite_shapes": [[1, 32]]},
+        "bench": {"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32},
+        "gate": {"budgets": [{"artifact": "student.fp32.onnx", "metric": "max_abs_diff", "max": 1e-4}]},
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        if field:
+            recipe.setdefault(section, {})[field] = value
+        else:
+            recipe[section] = value
+    return recipe
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_teacher, tiny_data) -> Path:
+    """The tiny recipe written to a YAML file."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_teacher, tiny_data)))
+    return path
