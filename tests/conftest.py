@@ -74,12 +74,13 @@ def tiny_data(tmp_path_factory) -> Path:
     return path
 
 
-def tiny_recipe_dict(teacher: Path, data: Path, **over) -> dict:
-    """A recipe that runs every stage on the tiny teacher in seconds."""
+def tiny_recipe_dict(teacher_dir: Path | str, data_path: Path, **over) -> dict:
+    """A recipe that runs every stage on the tiny teacher in seconds. ``section=value`` replaces a
+    section, ``section__key=value`` one key of it."""
     recipe = {
         "name": "tiny",
-        "teacher": {"model": str(teacher), "batch_size": 32},
-        "data": {"source": str(data), "test_size": 0.25, "max_length": 32},
+        "teacher": {"model": str(teacher_dir), "batch_size": 32},
+        "data": {"source": str(data_path), "test_size": 0.25, "max_length": 32},
         "student": {"layers": 2},
         "distill": {"max_steps": 8, "batch_size": 8, "lr": 5e-4, "checkpoint_every": 4, "log_every": 2,
                     "losses": [{"name": "embedding_cosine"}, {"name": "hidden_mse", "layer_map": "uniform"}]},

@@ -20,5 +20,5 @@ def report_command(run_dir: RunDirArg) -> None:
     """
     from kd_edge.cli.run import execute
 
-    raise typer.Exit(execute(None, None, None, resume=True, force=True, quiet=True, stop_after="report",
+    raise typer.Exit(execute(None, None, None, resume=False, force=True, quiet=True, stop_after="report",
                              only=("report",), from_run=run_dir))

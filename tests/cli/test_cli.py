@@ -1,0 +1,167 @@
+"""The command line as a user meets it: fast help, one-line errors with exit code 2, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_recipe_dict
+
+KD_EDGE = [sys.executable, "-m", "kd_edge"]
+
+
+def kd_edge(*args, cwd=None, timeout=300):
+    return subprocess.run([*KD_EDGE, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def assert_one_line_error(p, *fragments):
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    err = p.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "Traceback" not in p.stdout + p.stderr
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_cli_import_leaves_heavy_libraries_out():
+    code = ("import sys, kd_edge.cli, kd_edge.config, kd_edge.pipeline, kd_edge.preflight;"
+            "print(','.join(m for m in ('torch','transformers','onnxruntime','tensorflow','litert_torch','onnx','sklearn')"
+            " if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "", p.stdout + p.stderr
+
+
+def test_help_is_fast_and_teaches():
+    kd_edge("--help")  # warm the file cache
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        p = subprocess.run([*KD_EDGE, "--help"], capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        assert p.returncode == 0
+    assert min(times) < 0.5, times
+    for command in ("run", "init", "doctor", "distill", "export", "bench", "report", "gate"):
+        assert command in p.stdout
+    run_help = kd_edge("run", "--help").stdout
+    assert "--set" in run_help and "--resume" in run_help and "--force" in run_help and "Examples" in run_help
+
+
+@pytest.fixture
+def recipe_file(tmp_path, tiny_teacher, tiny_data):
+    def write(**over):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_teacher, tiny_data, **over)))
+        return path
+    return write
+
+
+def test_missing_recipe(tmp_path):
+    assert_one_line_error(kd_edge("run", tmp_path / "nope.yaml"), "does not exist", "kd-edge init")
+
+
+def test_yaml_syntax_error_says_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nteacher: {model: a\n")
+    assert_one_line_error(kd_edge("run", bad), "YAML syntax error at line")
+
+
+def test_unknown_recipe_key(recipe_file):
+    path = recipe_file()
+    path.write_text(path.read_text().replace("lr:", "learning_rate:"))
+    assert_one_line_error(kd_edge("run", path), "unknown key 'distill.learning_rate'")
+
+
+def test_teacher_does_not_exist(recipe_file, tmp_path):
+    assert_one_line_error(kd_edge("run", recipe_file(teacher={"model": str(tmp_path / "gone")})), "does not exist")
+
+
+def test_teacher_without_config(recipe_file, tmp_path):
+    (tmp_path / "noconfig").mkdir()
+    assert_one_line_error(kd_edge("run", recipe_file(teacher={"model": str(tmp_path / "noconfig")})), "has no config.json")
+
+
+def test_dataset_missing_and_empty(recipe_file, tmp_path):
+    assert_one_line_error(kd_edge("run", recipe_file(data={"source": str(tmp_path / "none.jsonl")})), "does not exist")
+    (tmp_path / "empty.jsonl").write_text("")
+    assert_one_line_error(kd_edge("run", recipe_file(data={"source": str(tmp_path / "empty.jsonl")})), "is empty")
+
+
+def test_too_many_student_layers(recipe_file):
+    assert_one_line_error(kd_edge("run", recipe_file(student={"layers": 9})), "more layers than the teacher has (4)")
+
+
+def test_bad_inputs_write_nothing(recipe_file, tmp_path):
+    out = tmp_path / "out"
+    p = kd_edge("run", recipe_file(student={"layers": 9}), "--out", out)
+    assert p.returncode == 2 and not out.exists()
+
+
+def test_out_is_a_foreign_folder(recipe_file, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert_one_line_error(kd_edge("run", recipe_file(), "--out", out, "--force"), "holds no kd-edge run")
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_resume_and_force_together(recipe_file, tmp_path):
+    assert_one_line_error(kd_edge("run", recipe_file(), "--resume", "--force"), "contradict")
+
+
+def test_bad_set_override(recipe_file):
+    assert_one_line_error(kd_edge("run", recipe_file(), "--set", "distill.epochs"), "must look like key.sub=value")
+
+
+def test_init_writes_a_recipe_that_loads_and_refuses_to_overwrite(tmp_path, tiny_teacher, tiny_data):
+    target = tmp_path / "mine.yaml"
+    p = kd_edge("init", target, "--teacher", tiny_teacher, "--data", tiny_data)
+    assert p.returncode == 0, p.stderr
+    data = yaml.safe_load(target.read_text())
+    assert data["name"] == "mine" and data["teacher"]["model"] == str(tiny_teacher)
+    assert data["data"]["source"] == str(tiny_data) and data["data"]["where"] == {}
+    assert "#" in target.read_text()  # comments survive: it teaches
+    from kd_edge.config import load_recipe
+
+    load_recipe(target)
+    assert_one_line_error(kd_edge("init", target), "already exists")
+
+
+def test_doctor_reports_runtimes_and_cpu():
+    p = kd_edge("doctor", "--json", timeout=600)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["runtimes"]["onnxruntime"].startswith("ok")
+    assert doc["runtimes"]["ai-edge-litert"].startswith("ok")
+    assert isinstance(doc["cpu"]["avx512_vnni"], bool) and doc["cpu"]["cpu_count"] >= 1
+    assert doc["libraries"]["torch"].startswith("2.13")
+
+
+def test_subcommand_on_a_folder_that_is_no_run(tmp_path):
+    assert_one_line_error(kd_edge("bench", tmp_path), "is not a kd-edge run folder")
+    assert_one_line_error(kd_edge("report", tmp_path), "is not a kd-edge run folder")
+
+
+def test_gate_command_exit_codes(tmp_path):
+    report = {"rows": [{"name": "student.int8.onnx", "speedup_p50": 7.0, "file_size_mb": 15.6}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("budgets:\n  - {artifact: student.int8.onnx, metric: speedup_p50, min: 5}\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("budgets:\n  - {artifact: student.int8.onnx, metric: file_size_mb, max: 10}\n")
+    summary = tmp_path / "summary.md"
+    p = kd_edge("gate", tmp_path, "--budget", ok, "--markdown", summary)
+    assert p.returncode == 0 and "gate PASSED" in p.stdout and "PASSED" in summary.read_text()
+    p = kd_edge("gate", tmp_path / "report.json", "--budget", broken)
+    assert p.returncode == 1 and "FAIL" in p.stdout
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text("budgets:\n  - {artifact: student.int8.onnx, metric: speedup_p50, minimum: 5}\n")
+    assert_one_line_error(kd_edge("gate", tmp_path, "--budget", malformed), "unknown key 'budgets.0.minimum'")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("budgets:\n  - {artifact: student.int8.onnx, metric: latency_p99_ms, max: 5}\n")
+    assert_one_line_error(kd_edge("gate", tmp_path, "--budget", missing), "no metric 'latency_p99_ms'")
+    assert_one_line_error(kd_edge("gate", tmp_path / "nothing"), "no report at")
