@@ -29,7 +29,7 @@ def _bench_fields(doc: dict | None) -> dict[str, Any]:
             "peak_rss_mb": doc.get("peak_rss_mb"), "load_ms": doc.get("load_ms"), "runtime_version": doc.get("runtime_version")}
 
 
-def build_report(run_dir: Path, recipe: dict, teacher_dir: str | None) -> dict[str, Any]:
+def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
     """The report document of a run folder (every file it reads is optional but eval/metrics.json)."""
     evaluation = read_json(run_dir / "eval" / "metrics.json")
     bench = {}
@@ -38,7 +38,8 @@ def build_report(run_dir: Path, recipe: dict, teacher_dir: str | None) -> dict[s
         bench[doc["name"]] = doc
     models = evaluation["models"]
     rows: list[dict[str, Any]] = []
-    teacher_mb = _weights_mb(Path(teacher_dir)) if teacher_dir and Path(teacher_dir).is_dir() else None
+    # the teacher lives outside the run: its size is what the bench runner measured of its weights
+    teacher_mb = bench.get("teacher", {}).get("file_size_bytes", 0) / 1e6 or None
     rows.append({"name": "teacher", "kind": "teacher", "format": "pytorch", "precision": "fp32", "runtime": "torch",
                  "params": models["teacher"]["params"], "file_size_mb": teacher_mb,
                  **{k: models["teacher"].get(k) for k in QUALITY}, **_bench_fields(bench.get("teacher"))})

@@ -109,7 +109,7 @@ def to_markdown(report: dict) -> str:
     if gate:
         out += ["## Gate", "", "| row | metric | bound | value | verdict |", "|---|---|---|---|---|"]
         for c in gate["checks"]:
-            out.append(f"| {c['artifact']} | {c['metric']} | {c['bound']} | {_num(4)(c['value'])} | "
+            out.append(f"| {c['artifact']} | {c['metric']} | {c['bound']} | {c['value']:.4g} | "
                        f"{'pass' if c['passed'] else '**FAIL**'} |")
         out.append("")
     return "\n".join(out)
@@ -124,7 +124,8 @@ table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;marg
 th,td{padding:.35rem .5rem;border-bottom:1px solid #eceff3;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}th{background:#f5f7fa;font-weight:600}
 tr.teacher td{background:#fbf7ee}.pass{color:#137333;font-weight:600}.fail{color:#b3261e;font-weight:600}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1.5rem}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1.5rem}
+table.text td,table.text th{text-align:left}
 figure{margin:0}figcaption{font-weight:600;margin-bottom:.3rem}svg text{font:12px system-ui,sans-serif;fill:#1d2330}
 """
 _COLORS = {"teacher": "#c98a1b", "student": "#3b6fd4", "artifact": "#2e9d6b"}
@@ -203,9 +204,9 @@ def to_html(report: dict) -> str:
     gate_html = ""
     if gate:
         gate_rows = "".join(
-            f"<tr><td>{e(c['artifact'])}</td><td>{e(c['metric'])}</td><td>{e(c['bound'])}</td><td>{e(_num(4)(c['value']))}</td>"
+            f"<tr><td>{e(c['artifact'])}</td><td>{e(c['metric'])}</td><td>{e(c['bound'])}</td><td>{e(format(c['value'], '.4g'))}</td>"
             f"<td class='{'pass' if c['passed'] else 'fail'}'>{'pass' if c['passed'] else 'FAIL'}</td></tr>" for c in gate["checks"])
-        gate_html = (f"<h2>Gate</h2><table><tr><th>row</th><th>metric</th><th>bound</th><th>value</th><th>verdict</th></tr>"
+        gate_html = (f"<h2>Gate</h2><table class='text'><tr><th>row</th><th>metric</th><th>bound</th><th>value</th><th>verdict</th></tr>"
                      f"{gate_rows}</table>")
     env = report.get("environment") or {}
     return f"""<!doctype html>
@@ -224,11 +225,11 @@ def to_html(report: dict) -> str:
 <figure><figcaption>Training loss</figcaption>{_line_chart(report['training']['curve'], loss_keys)}</figure>
 </div>
 <h2>Parity of each exported file</h2>
-<table><tr><th>file</th><th>runtime</th><th>verdict</th><th>why</th><th>same prediction as student</th></tr>{parity}</table>
+<table class="text"><tr><th>file</th><th>runtime</th><th>verdict</th><th>why</th><th>same prediction as student</th></tr>{parity}</table>
 {'<h2>Benchmarks that failed</h2><ul>' + errors + '</ul>' if errors else ''}
 {gate_html}
 <h2>Machine</h2>
 <p class="muted">{e(str(env.get('cpu_model')))} · {e(str(env.get('cpu_count')))} cores · {e(str(env.get('machine')))} ·
-AVX-512 VNNI: {e(str(env.get('avx512_vnni')))} · governor {e(str(env.get('governor')))} · Python {e(str(env.get('python')))}</p>
+AVX-512 VNNI: {e(str(env.get('avx512_vnni')))} · governor {e(str(env.get('governor') or 'not readable'))} · Python {e(str(env.get('python')))}</p>
 </body></html>
 """

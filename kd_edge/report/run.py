@@ -17,13 +17,7 @@ if TYPE_CHECKING:
 
 def render_run(run_dir: Path, recipe: "Recipe") -> dict:
     """Build and write the three report files of a run folder; return the document."""
-    from kd_edge.tasks.hub import resolve_model_dir
-
-    try:
-        tdir = str(resolve_model_dir(recipe.teacher.model, revision=recipe.teacher.revision))
-    except Exception:  # the report still renders when the teacher moved since the run
-        tdir = None
-    report = build_report(run_dir, recipe.model_dump(mode="json"), tdir)
+    report = build_report(run_dir, recipe.model_dump(mode="json"))
     if recipe.gate.budgets:
         report["gate"] = evaluate_budgets(report, recipe.gate.budgets)
     write_json(run_dir / "report.json", report)
