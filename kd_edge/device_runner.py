@@ -40,13 +40,10 @@ class RunnerError(Exception):
 # -- memory and environment -------------------------------------------------------------------------
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory in MB: VmHWM on Linux, ru_maxrss elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    status = _read("/proc/self/status") or ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     try:
         import resource
 
@@ -119,27 +116,21 @@ class OrtBackend:
 
 def _tflite_interpreter():
     """The first TFLite interpreter available: LiteRT, then tflite-runtime, then TensorFlow."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        import ai_edge_litert
+    import importlib
 
-        return Interpreter, f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
-        import tflite_runtime
-
-        return Interpreter, f"tflite-runtime {getattr(tflite_runtime, '__version__', '?')}"
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
-
-        return tf.lite.Interpreter, f"tensorflow {tf.__version__}"
-    except ImportError:
-        raise RunnerError("import", "no TFLite interpreter: pip install ai-edge-litert "
-                                    "(or tflite-runtime, or tensorflow)") from None
+    for module, attr, package in (("ai_edge_litert.interpreter", "Interpreter", "ai-edge-litert"),
+                                  ("tflite_runtime.interpreter", "Interpreter", "tflite-runtime"),
+                                  ("tensorflow", "lite.Interpreter", "tensorflow")):
+        try:
+            interpreter = importlib.import_module(module)
+        except ImportError:
+            continue
+        for part in attr.split("."):
+            interpreter = getattr(interpreter, part)
+        top = importlib.import_module(module.split(".")[0])
+        return interpreter, f"{package} {getattr(top, '__version__', '?')}"
+    raise RunnerError("import", "no TFLite interpreter: pip install ai-edge-litert "
+                                "(or tflite-runtime, or tensorflow)")
 
 
 class TfliteBackend:
