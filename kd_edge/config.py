@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kd_edge.bench.config import BenchConfig
 from kd_edge.data.config import DataConfig
-from kd_edge.distill.config import DistillConfig, StudentConfig, TeacherConfig
+from kd_edge.distill.config import DistillConfig, EnsembleConfig, StudentConfig, TeacherConfig
 from kd_edge.errors import ConfigError
 from kd_edge.evaluate.config import EvaluateConfig
 from kd_edge.export.config import ExportConfig
@@ -33,9 +33,11 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Run name; the default output folder is runs/<name>.")
-    task: str = Field("sentence_embedding", description="Task adapter: sentence_embedding.")
+    task: str = Field("sentence_embedding",
+                      description="Task adapter: sentence_embedding, sequence_classification or causal_lm.")
     seed: int = Field(0, description="Seed for splits, initialisation and data order.")
     teacher: TeacherConfig
+    ensemble: EnsembleConfig | None = Field(None, description="More teachers, distilled from together.")
     data: DataConfig = Field(default_factory=DataConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)

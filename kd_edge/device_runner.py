@@ -169,9 +169,12 @@ class TfliteBackend:
 
 
 class TorchBackend:
-    """A Hugging Face encoder folder in PyTorch, pooled like the kd-edge task (the baseline)."""
+    """A Hugging Face model folder in PyTorch (the baseline): an encoder pooled into an embedding, a
+    sequence classifier, or a causal LM (full-sequence logits, no KV cache)."""
 
     runtime = "torch"
+    AUTO = {"embedding": "AutoModel", "classification": "AutoModelForSequenceClassification",
+            "causal_lm": "AutoModelForCausalLM"}
 
     @staticmethod
     def import_runtime():
@@ -180,14 +183,16 @@ class TorchBackend:
 
         return f"torch {torch.__version__}, transformers {transformers.__version__}"
 
-    def __init__(self, path: str, threads: int | None, pooling: str = "mean", normalize: bool = True, **_):
+    def __init__(self, path: str, threads: int | None, pooling: str = "mean", normalize: bool = True,
+                 task: str = "embedding", gguf_file: str | None = None, **_):
         import torch
-        from transformers import AutoModel
+        import transformers
 
         if threads:
             torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.torch, self.task = torch, task
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        self.model = getattr(transformers, self.AUTO[task]).from_pretrained(path, **kwargs).eval()
         self.pooling, self.normalize = pooling, normalize
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
@@ -195,6 +200,10 @@ class TorchBackend:
         with torch.inference_mode():
             ids = torch.from_numpy(feeds["input_ids"].astype("int64"))
             mask = torch.from_numpy(feeds["attention_mask"].astype("int64"))
+            if self.task == "classification":
+                return [self.model(input_ids=ids, attention_mask=mask).logits.numpy()]
+            if self.task == "causal_lm":
+                return [self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.numpy()]
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
             if self.pooling == "cls":
                 out = hidden[:, 0]
@@ -292,7 +301,8 @@ def measure(args) -> dict:
     phase = "load"
     t0 = time.perf_counter()
     try:
-        backend = backend_cls(args.model, args.threads, pooling=args.pooling, normalize=args.normalize)
+        backend = backend_cls(args.model, args.threads, pooling=args.pooling, normalize=args.normalize,
+                              task=args.task, gguf_file=args.gguf_file)
     except RunnerError:
         raise
     except Exception as e:
@@ -344,6 +354,9 @@ def parse_args(argv=None):
     p.add_argument("--vocab-size", type=int, default=30000, help="token ids are drawn below this")
     p.add_argument("--pooling", default="mean", help="torch runtime: pooling of the encoder output")
     p.add_argument("--normalize", action="store_true", help="torch runtime: L2-normalise the embedding")
+    p.add_argument("--task", default="embedding", choices=sorted(TorchBackend.AUTO),
+                   help="torch runtime: what the folder holds")
+    p.add_argument("--gguf-file", default=None, help="torch runtime: a .gguf file inside the folder")
     return p.parse_args(argv)
 
 

@@ -31,10 +31,16 @@ LIBRARIES = ("torch", "transformers", "accelerate", "onnx", "onnxruntime", "lite
              "numpy", "scikit-learn")
 
 
-def _teacher(recipe: Recipe) -> dict[str, Path]:
-    from kd_edge.preflight import teacher_dir
+def _teachers(recipe: Recipe) -> dict[str, Path]:
+    from kd_edge.preflight import resolve_teacher, teacher_configs
 
-    return {"teacher": teacher_dir(recipe)}
+    return {f"teacher{i}": resolve_teacher(cfg) for i, cfg in enumerate(teacher_configs(recipe))}
+
+
+def _primary_teacher(recipe: Recipe) -> dict[str, Path]:
+    from kd_edge.preflight import resolve_teacher
+
+    return {"teacher0": resolve_teacher(recipe.teacher)}
 
 
 def _data(recipe: Recipe) -> dict[str, Path]:
@@ -44,13 +50,19 @@ def _data(recipe: Recipe) -> dict[str, Path]:
 
 
 def _bench_inputs(recipe: Recipe) -> dict[str, Path]:
-    return _teacher(recipe) if recipe.bench.teacher else {}
+    return _primary_teacher(recipe) if recipe.bench.teacher and recipe.teacher.prepare_head is None else {}
 
 
-def _cached_layers(recipe: Recipe) -> dict[str, Any]:
-    from kd_edge.preflight import hidden_layers_needed
+def _cached(recipe: Recipe) -> dict[str, Any]:
+    from kd_edge.preflight import hidden_layers_needed, logit_temperatures, teacher_configs
 
-    return {"teacher_hidden_layers": hidden_layers_needed(recipe)[1]}
+    return {"teacher_hidden_layers": [hidden_layers_needed(recipe, i)[1] for i in range(len(teacher_configs(recipe)))],
+            "temperatures": logit_temperatures(recipe) if recipe.task == "causal_lm" else None}
+
+
+def _generates(recipe: Recipe) -> bool:
+    d = recipe.distill
+    return bool(d.augment or d.generate or (d.rationale and d.rationale.source == "teacher"))
 
 
 @dataclass(frozen=True)
@@ -65,26 +77,34 @@ class Stage:
     external: Callable[[Recipe], dict[str, Path]] | None = None  # files it reads from outside the run
     summary: str = ""
     derived: Callable[[Recipe], dict[str, Any]] | None = None  # key parts computed from the recipe
+    enabled: Callable[[Recipe], bool] | None = None  # stages a recipe does not use are left out
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "kd_edge.data.run:run", ("data",), (), ("data", "seed"), _data,
+    Stage("data", "kd_edge.data.run:run", ("data",), (), ("task", "data", "seed", "distill.rationale"), _data,
           "read, filter and split the text"),
-    Stage("teacher", "kd_edge.distill.cache:run", ("teacher_cache",), ("data",),
-          ("task", "teacher", "data.max_length"), _teacher, "tokenize once and cache the teacher's outputs",
-          derived=_cached_layers),
-    Stage("student", "kd_edge.distill.students:run", ("student_init",), (), ("task", "teacher", "student"), _teacher,
-          "build the student from the teacher"),
+    Stage("prepare", "kd_edge.distill.prepare:run", ("teacher",), ("data",),
+          ("task", "seed", "teacher.prepare_head", "data.max_length"), _primary_teacher,
+          "fit the teacher's classification head", enabled=lambda r: r.teacher.prepare_head is not None),
+    Stage("generate", "kd_edge.distill.generate:run", ("generated",), ("data", "prepare"),
+          ("task", "seed", "distill.augment", "distill.generate", "distill.rationale", "teacher.batch_size"),
+          _primary_teacher, "make training data from the teacher", enabled=_generates),
+    Stage("teacher", "kd_edge.distill.cache:run", ("teacher_cache",), ("data", "prepare", "generate"),
+          ("task", "teacher", "ensemble", "data.max_length", "distill.mode"), _teachers,
+          "tokenize once and cache the teachers' outputs", derived=_cached),
+    Stage("student", "kd_edge.distill.students:run", ("student_init",), ("prepare",),
+          ("task", "seed", "teacher", "ensemble", "student"), _teachers, "build the student and check its tokenizer"),
     Stage("distill", "kd_edge.distill.run:run", ("student", "train/metrics.jsonl", "train/summary.json"),
-          ("teacher", "student"), ("task", "seed", "distill"), None, "train the student on the teacher's outputs"),
+          ("teacher", "student", "prepare"), ("task", "seed", "distill", "ensemble"), _teachers,
+          "train the student on the teachers' outputs"),
     Stage("evaluate", "kd_edge.evaluate.run:run", ("eval",), ("teacher", "distill"), ("task", "seed", "evaluate"), None,
-          "teacher and student on held-out data"),
+          "teachers and student on held-out data"),
     Stage("export", "kd_edge.export.run:run", ("artifacts",), ("distill",), ("task", "export"), None,
           "ONNX / TFLite files, quantized as asked"),
     Stage("verify", "kd_edge.verify.run:run", ("verify",), ("teacher", "evaluate", "export"),
           ("verify", "bench.threads"), None, "parity and task metrics of every file in its runtime"),
-    Stage("bench", "kd_edge.bench.run:run", ("bench",), ("distill", "export"), ("seed", "bench"), _bench_inputs,
-          "latency and memory on the target, fresh process per model"),
+    Stage("bench", "kd_edge.bench.run:run", ("bench",), ("prepare", "distill", "export"), ("seed", "bench"),
+          _bench_inputs, "latency and memory on the target, fresh process per model"),
     Stage("report", "kd_edge.report.run:run", ("report.json", "report.md", "report.html"),
           ("data", "distill", "evaluate", "verify", "bench"), ("name", "report", "gate"), None,
           "report.json, report.md, report.html"),
@@ -107,6 +127,7 @@ class StageEvent:
 
     stage: Stage
     index: int
+    total: int
     status: str  # "skipped" | "running" | "done" | "failed"
     seconds: float = 0.0
     detail: str = ""
@@ -169,7 +190,7 @@ class RunDir:
     def outputs_intact(self, record: dict[str, Any], st: Stage) -> bool:
         """True when every recorded output still exists with the recorded content."""
         recorded = record.get("outputs") or {}
-        if not recorded:
+        if not all((self.path / rel).exists() for rel in st.outputs):
             return False
         try:
             now = file_records(self.path, list(st.outputs), known=recorded)
@@ -206,6 +227,8 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
     recipe_digest = sha256_json(data)
     check_out_dir(run, recipe_digest, resume=resume, force=force)
     last = STAGE_NAMES.index(stop_after) if stop_after else len(STAGES) - 1
+    active = [st for st in STAGES[:last + 1] if st.enabled is None or st.enabled(recipe)]
+    active_names = {st.name for st in active}
     result = RunResult(out_dir)
     with run.lock():
         m = run.manifest
@@ -219,14 +242,14 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
         m.setdefault("external", {})
         write_text(out_dir / RESOLVED, recipe_to_yaml(recipe))
         run.save()
-        for index, st in enumerate(STAGES[:last + 1]):
+        for index, st in enumerate(active):
             record = run.stage_record(st.name)
             inputs: dict[str, str] = {}
             for ext_name, ext_path in (st.external(recipe) if st.external else {}).items():
                 digest, records = digest_tree(ext_path, m["external"].get(str(ext_path)))
                 m["external"][str(ext_path)] = records
                 inputs[f"{ext_name}:{ext_path}"] = digest
-            for up in st.needs:
+            for up in (u for u in st.needs if u in active_names or u not in STAGE_NAMES):
                 up_record = run.stage_record(up)
                 if not up_record or up_record.get("status") != "done":
                     raise ArtifactError(f"stage '{st.name}' needs '{up}', which has not run in {out_dir}; "
@@ -241,7 +264,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
                     and run.outputs_intact(record, st))
             if done and not (force and selected):
                 result.skipped.append(st.name)
-                emit(StageEvent(st, index, "skipped"))
+                emit(StageEvent(st, index, len(active), "skipped"))
                 continue
             if not selected:
                 raise ArtifactError(f"stage '{st.name}' in {out_dir} is out of date or missing; "
@@ -249,7 +272,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
             m["stages"][st.name] = {"status": "running", "key": key, "config": config, "inputs": inputs,
                                     "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
             run.save()
-            emit(StageEvent(st, index, "running"))
+            emit(StageEvent(st, index, len(active), "running"))
             module_name, func = st.target.split(":")
             t0 = time.perf_counter()
             try:
@@ -260,15 +283,15 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
                                              "error": f"{type(e).__name__}: {e}"[:500],
                                              "seconds": round(time.perf_counter() - t0, 2)})
                 run.save()
-                emit(StageEvent(st, index, "failed", time.perf_counter() - t0, str(e)))
+                emit(StageEvent(st, index, len(active), "failed", time.perf_counter() - t0, str(e)))
                 raise
             seconds = time.perf_counter() - t0
             m["stages"][st.name].update({"status": "done", "seconds": round(seconds, 2),
                                          "outputs": file_records(out_dir, list(st.outputs))})
             run.save()
             result.ran.append(st.name)
-            emit(StageEvent(st, index, "done", seconds))
+            emit(StageEvent(st, index, len(active), "done", seconds))
         gate_file = out_dir / "gate.json"
-        if last == len(STAGES) - 1 and gate_file.is_file():
+        if stop_after is None and gate_file.is_file():
             result.gate = read_json(gate_file)
     return result

@@ -6,17 +6,74 @@ Everything here reads small JSON files only; no torch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kd_edge.config import Recipe
 from kd_edge.data.loaders import source_path
 from kd_edge.distill import LOSSES
-from kd_edge.distill.config import LossConfig
+from kd_edge.distill.config import LossConfig, TeacherConfig
 from kd_edge.errors import ArtifactError, ConfigError
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.hub import hidden_size, num_layers, read_config, resolve_model_dir, sentence_transformers_pooling
+from kd_edge.tasks.hub import (hidden_size, num_layers, read_config, resolve_model_dir,
+                               sentence_transformers_pooling)
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
+PREPARED_TEACHER = "teacher"  # folder in the run where a prepared teacher (classification head) is written
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a model that layer maps and projections depend on."""
+
+    layers: int
+    hidden: int
+    heads: int | None
+    labels: int | None
+
+
+def teacher_configs(recipe: Recipe) -> list[TeacherConfig]:
+    """Every teacher: `teacher` first, then the ensemble's."""
+    return [recipe.teacher] + (list(recipe.ensemble.teachers) if recipe.ensemble else [])
+
+
+def resolve_teacher(cfg: TeacherConfig, what: str = "teacher.model") -> Path:
+    """The local folder of one teacher (as written in the recipe, before any preparation)."""
+    path = resolve_model_dir(cfg.model, revision=cfg.revision, what=what, gguf_file=cfg.gguf_file)
+    return path
+
+
+def teacher_dir(recipe: Recipe, run_dir: Path | None = None, index: int = 0) -> Path:
+    """The folder the pipeline reads teacher ``index`` from: the prepared teacher inside the run when
+    the recipe fits a head first, else the recipe's own folder."""
+    cfg = teacher_configs(recipe)[index]
+    if index == 0 and cfg.prepare_head is not None:
+        if run_dir is None:
+            raise ArtifactError("the prepared teacher lives in the run folder; pass it")
+        return run_dir / PREPARED_TEACHER
+    return resolve_teacher(cfg, "teacher.model" if index == 0 else f"ensemble.teachers.{index - 1}.model")
+
+
+def teacher_source(recipe: Recipe, run_dir: Path | None = None, index: int = 0):
+    """A ModelSource for teacher ``index`` (imports nothing heavy)."""
+    from kd_edge.tasks.base import ModelSource
+
+    cfg = teacher_configs(recipe)[index]
+    prepared = index == 0 and cfg.prepare_head is not None
+    return ModelSource(teacher_dir(recipe, run_dir, index), None if prepared else cfg.gguf_file, cfg.trust_remote_code)
+
+
+def shape_of(config: dict[str, Any], where: str) -> Shape:
+    """Layer count, width, heads and label count from a config.json dict."""
+    layers, width = num_layers(config), hidden_size(config)
+    if layers is None:
+        raise ArtifactError(f"{where} names no layer count (num_hidden_layers); is this a transformer checkpoint?")
+    if width is None:
+        raise ArtifactError(f"{where} names no hidden size")
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    labels = config.get("num_labels") or (len(config["id2label"]) if isinstance(config.get("id2label"), dict) else None)
+    return Shape(layers, width, heads, labels)
 
 
 def pick_layers(layers: int | list[int], n_teacher: int) -> list[int]:
@@ -38,55 +95,109 @@ def pick_layers(layers: int | list[int], n_teacher: int) -> list[int]:
     return list(layers)
 
 
-def resolve_layer_map(loss: LossConfig, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    """Explicit (student, teacher) hidden-state pairs for a hidden-state loss (1-based; 0 = embeddings)."""
+def resolve_layer_map(loss: LossConfig, n_student: int, n_teacher: int, first: int = 0) -> list[tuple[int, int]]:
+    """Explicit (student, teacher) pairs for an intermediate loss (1-based; 0 = embeddings, allowed when
+    ``first`` is 0)."""
     lm = loss.layer_map or "uniform"
     if lm == "uniform":
         return [(j, round(j * n_teacher / n_student)) for j in range(1, n_student + 1)]
     if lm == "last":
         return [(n_student, n_teacher)]
     for s, t in lm:
-        if not (0 <= s <= n_student and 0 <= t <= n_teacher):
+        if not (first <= s <= n_student and first <= t <= n_teacher):
             raise ConfigError(f"loss {loss.name}: layer pair ({s}, {t}) is out of range; student layers are "
-                              f"0..{n_student}, teacher layers 0..{n_teacher} (0 = embedding output)")
+                              f"{first}..{n_student}, teacher layers {first}..{n_teacher}"
+                              + (" (0 = embedding output)" if first == 0 else ""))
     return [tuple(p) for p in lm]
 
 
-def teacher_dir(recipe: Recipe) -> Path:
-    """The local folder of the teacher."""
-    return resolve_model_dir(recipe.teacher.model, revision=recipe.teacher.revision, what="teacher.model")
+def _student_shape(recipe: Recipe, teacher: Shape) -> tuple[Shape, Any]:
+    s = recipe.student
+    if s.init == "teacher_layers":
+        layers = pick_layers(s.layers, teacher.layers)
+        return Shape(len(layers), teacher.hidden, teacher.heads, teacher.labels), layers
+    if s.init == "config":
+        if not isinstance(s.layers, int):
+            raise ConfigError("student.init: config takes student.layers as a number of layers, not a list")
+        if s.layers < 1:
+            raise ConfigError(f"student.layers={s.layers}: a student needs at least 1 layer")
+        heads = s.num_attention_heads or teacher.heads
+        width = s.hidden_size or teacher.hidden
+        if heads and width % heads:
+            raise ConfigError(f"student.hidden_size={width} is not divisible by num_attention_heads={heads}; "
+                              "pick sizes whose ratio is a whole head size")
+        return Shape(s.layers, width, heads, teacher.labels), s.layers
+    path = resolve_model_dir(s.model, what="student.model")
+    return shape_of(read_config(path), f"student config {path / 'config.json'}"), s.layers
+
+
+def _check_loss(loss: LossConfig, recipe: Recipe, labelled: bool) -> None:
+    LOSSES.check(loss.name)
+    needs = LOSSES.meta(loss.name)["needs"]
+    task = recipe.task
+    if needs == "pooled" and task != "sentence_embedding":
+        raise ConfigError(f"loss {loss.name} compares sentence embeddings; task {task} has logits: use kl, "
+                          "reverse_kl, jsd, logit_mse or ce")
+    if needs in ("logits", "labels") and task == "sentence_embedding":
+        raise ConfigError(f"loss {loss.name} needs logits; task sentence_embedding has embeddings: use "
+                          "embedding_cosine or embedding_mse")
+    if needs == "labels" and not labelled:
+        raise ConfigError(f"loss ce needs labels, but data.label_field is null; name the label column or drop ce")
+    if needs == "attentions" and recipe.distill.mode == "offline":
+        raise ConfigError(f"loss {loss.name} needs the teacher's attention maps, which are not cached; "
+                          "set distill.mode: live")
+    if needs not in ("hidden", "attentions") and loss.layer_map is not None:
+        raise ConfigError(f"loss {loss.name} does not read intermediate layers; remove its layer_map")
+    n_teachers = 1 + (len(recipe.ensemble.teachers) if recipe.ensemble else 0)
+    if loss.teacher is not None and not 0 <= loss.teacher < n_teachers:
+        raise ConfigError(f"loss {loss.name}: teacher {loss.teacher} does not exist (there are {n_teachers})")
 
 
 def resolve(recipe: Recipe) -> Recipe:
-    """Validate the recipe against the teacher and data it names; return it with defaults made explicit."""
+    """Validate the recipe against the teachers and data it names; return it with defaults explicit."""
     TASKS.check(recipe.task)
     if not TASKS.is_available(recipe.task):
         TASKS.get(recipe.task)  # raises DependencyError with the install hint
-    tdir = teacher_dir(recipe)
-    if not any((tdir / f).is_file() for f in _TOKENIZER_FILES):
-        raise ArtifactError(f"teacher '{recipe.teacher.model}' has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
-                            "save the tokenizer into the model folder")
-    tcfg = read_config(tdir)
-    n_teacher = num_layers(tcfg)
-    if n_teacher is None:
-        raise ArtifactError(f"teacher config {tdir / 'config.json'} names no layer count (num_hidden_layers); "
-                            "is this a transformer checkpoint?")
-    if hidden_size(tcfg) is None:
-        raise ArtifactError(f"teacher config {tdir / 'config.json'} names no hidden size")
-    layers = pick_layers(recipe.student.layers, n_teacher)
+    shapes = []
+    for i, cfg in enumerate(teacher_configs(recipe)):
+        what = "teacher" if i == 0 else f"ensemble.teachers.{i - 1}"
+        tdir = resolve_teacher(cfg, f"{what}.model")
+        if not cfg.gguf_file and not any((tdir / f).is_file() for f in _TOKENIZER_FILES):
+            raise ArtifactError(f"{what} '{cfg.model}' has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
+                                "save the tokenizer into the model folder")
+        if cfg.prepare_head is not None and (i > 0 or recipe.task != "sequence_classification"):
+            raise ConfigError(f"{what}.prepare_head fits a classification head: only for the first teacher of a "
+                              "sequence_classification recipe")
+        shapes.append(shape_of(read_config(tdir) if not cfg.gguf_file else _gguf_config(tdir, cfg.gguf_file),
+                               f"{what} config in {tdir}"))
+    labels_set = {s.labels for s in shapes}
+    if recipe.task == "sequence_classification" and recipe.ensemble and len(labels_set) > 1:
+        raise ConfigError(f"ensemble teachers have different label counts {sorted(map(str, labels_set))}; "
+                          "an ensemble needs one label space")
+    student_shape, student_layers = _student_shape(recipe, shapes[0])
+    labelled = recipe.data.label_field is not None or recipe.task == "causal_lm"
     losses = []
     for loss in recipe.distill.losses:
-        LOSSES.check(loss.name)
-        if LOSSES.meta(loss.name).get("hidden"):
-            loss = loss.model_copy(update={"layer_map": resolve_layer_map(loss, len(layers), n_teacher)})
-        elif loss.layer_map is not None:
-            raise ConfigError(f"loss {loss.name} does not use hidden states; remove its layer_map")
+        _check_loss(loss, recipe, labelled)
+        needs = LOSSES.meta(loss.name)["needs"]
+        if needs in ("hidden", "attentions"):
+            teacher = shapes[loss.teacher or 0]
+            loss = loss.model_copy(update={"layer_map": resolve_layer_map(
+                loss, student_shape.layers, teacher.layers, first=0 if needs == "hidden" else 1)})
         losses.append(loss)
-    st_pool, st_norm = sentence_transformers_pooling(tdir)
-    teacher = recipe.teacher.model_copy(update={
-        "pooling": recipe.teacher.pooling if recipe.teacher.pooling != "auto" else (st_pool or "mean"),
-        "normalize": recipe.teacher.normalize if recipe.teacher.normalize is not None else (st_norm is not False),
-    })
+    if recipe.distill.mode == "mutual" and not any(l.name == "ce" for l in losses):
+        raise ConfigError("distill.mode: mutual learns from the labels too; add a `ce` loss term")
+    if recipe.task == "causal_lm" and recipe.distill.augment:
+        raise ConfigError("distill.augment is for encoders; causal LMs use distill.generate or distill.rationale")
+    if recipe.task != "causal_lm" and (recipe.distill.generate or recipe.distill.rationale):
+        raise ConfigError("distill.generate and distill.rationale are for task causal_lm")
+    teacher = recipe.teacher
+    if recipe.task == "sentence_embedding":
+        st_pool, st_norm = sentence_transformers_pooling(resolve_teacher(teacher))
+        teacher = teacher.model_copy(update={
+            "pooling": teacher.pooling if teacher.pooling != "auto" else (st_pool or "mean"),
+            "normalize": teacher.normalize if teacher.normalize is not None else (st_norm is not False),
+        })
     src = source_path(recipe.data.source)
     if not src.exists():
         raise ArtifactError(f"data.source '{recipe.data.source}' does not exist; point it at a .jsonl/.csv/.txt file "
@@ -95,16 +206,45 @@ def resolve(recipe: Recipe) -> Recipe:
         raise ArtifactError(f"data.source '{recipe.data.source}' is empty; give it some text")
     return recipe.model_copy(update={
         "teacher": teacher,
-        "student": recipe.student.model_copy(update={"layers": layers}),
+        "student": recipe.student.model_copy(update={"layers": student_layers}),
         "distill": recipe.distill.model_copy(update={"losses": losses}),
     })
 
 
-def hidden_layers_needed(recipe: Recipe) -> tuple[list[int], list[int]]:
-    """(student layers, teacher layers) whose hidden states the resolved recipe's losses read."""
+def _gguf_config(folder: Path, gguf_file: str) -> dict[str, Any]:
+    """The config of a GGUF checkpoint, read from its header (no weights loaded)."""
+    path = folder / gguf_file
+    if not path.is_file():
+        raise ArtifactError(f"teacher.gguf_file '{gguf_file}' is not in {folder}; name a .gguf file inside it")
+    try:
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    except ImportError as e:
+        from kd_edge.errors import DependencyError
+
+        raise DependencyError("reading a .gguf teacher needs transformers and gguf; run: pip install gguf") from e
+    return load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+
+
+def layers_needed(recipe: Recipe, needs: str, teacher: int = 0) -> tuple[list[int], list[int]]:
+    """(student layers, teacher ``teacher``'s layers) that the losses needing ``needs`` read."""
     s, t = set(), set()
     for loss in recipe.distill.losses:
-        for a, b in loss.layer_map or []:
-            s.add(a)
-            t.add(b)
+        if LOSSES.meta(loss.name)["needs"] == needs and (loss.teacher or 0) == teacher:
+            for a, b in loss.layer_map or []:
+                s.add(a)
+                t.add(b)
     return sorted(s), sorted(t)
+
+
+def hidden_layers_needed(recipe: Recipe, teacher: int = 0) -> tuple[list[int], list[int]]:
+    """(student layers, teacher layers) whose hidden states the resolved recipe's losses read."""
+    return layers_needed(recipe, "hidden", teacher)
+
+
+def logit_temperatures(recipe: Recipe) -> list[float]:
+    """Temperatures of the logit losses (the LM cache keeps a log-normaliser for each)."""
+    temps = {1.0}
+    for loss in recipe.distill.losses:
+        if LOSSES.meta(loss.name)["needs"] == "logits":
+            temps.add(float(loss.temperature))
+    return sorted(temps)

@@ -9,21 +9,26 @@ from typing import TYPE_CHECKING
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.bench import RUNNER_PATH, TARGETS
 from kd_edge.errors import TargetError
-from kd_edge.preflight import teacher_dir
+from kd_edge.preflight import teacher_source
 from kd_edge.runfiles import load_cache
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
 
+RUNNER_TASK = {"sentence_embedding": "embedding", "sequence_classification": "classification", "causal_lm": "causal_lm"}
+
+
 def models_to_bench(recipe: "Recipe", run_dir: Path) -> list[dict]:
     """(row name, path, runtime) of everything the bench stage measures, baseline first."""
     models = []
-    pool = {"pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize}
+    torch_model = {"runtime": "torch", "pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize,
+                   "task": RUNNER_TASK[recipe.task]}
     if recipe.bench.teacher:
-        models.append({"name": "teacher", "path": teacher_dir(recipe), "runtime": "torch", **pool})
+        source = teacher_source(recipe, run_dir)
+        models.append({"name": "teacher", "path": source.path, "gguf_file": source.gguf_file, **torch_model})
     if recipe.bench.student_torch:
-        models.append({"name": "student", "path": run_dir / "student", "runtime": "torch", **pool})
+        models.append({"name": "student", "path": run_dir / "student", **torch_model})
     for sidecar in sorted((run_dir / "artifacts").glob("*.json")):
         info = read_json(sidecar)
         models.append({"name": info["name"], "path": run_dir / "artifacts" / info["name"], "runtime": info["runtime"]})
@@ -39,7 +44,11 @@ def runner_args(recipe: "Recipe", model: dict, vocab_size: int) -> list[str]:
     if cfg.threads:
         args += ["--threads", str(cfg.threads)]
     if model["runtime"] == "torch":
-        args += ["--pooling", model["pooling"]] + (["--normalize"] if model["normalize"] else [])
+        args += ["--task", model["task"]]
+        if model["task"] == "embedding":
+            args += ["--pooling", model["pooling"]] + (["--normalize"] if model["normalize"] else [])
+        if model.get("gguf_file"):
+            args += ["--gguf-file", model["gguf_file"]]
     return args
 
 

@@ -7,12 +7,12 @@ import sys
 import typer
 
 
-def stage_printer(total: int):
+def stage_printer():
     """A pipeline ``on_event`` callback printing one line per stage."""
 
     def on_event(event) -> None:
         st = event.stage
-        prefix = f"[{event.index + 1:>2}/{total}] {st.name:<9}"
+        prefix = f"[{event.index + 1:>2}/{event.total}] {st.name:<9}"
         if event.status == "skipped":
             typer.echo(f"{prefix} up to date")
         elif event.status == "running":

@@ -15,7 +15,7 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
     """Load, check and run a recipe (or a run folder's own recipe); print progress and the outcome."""
     from kd_edge.config import load_recipe
     from kd_edge.errors import ConfigError
-    from kd_edge.pipeline import RESOLVED, STAGE_NAMES, run_pipeline
+    from kd_edge.pipeline import RESOLVED, run_pipeline
     from kd_edge.preflight import resolve
     from kd_edge.cli.printing import stage_printer
 
@@ -32,10 +32,9 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
         recipe, source = load_recipe(recipe_ref, overrides)
     recipe = resolve(recipe)
     out = out or Path("runs") / recipe.name
-    last = STAGE_NAMES.index(stop_after) + 1 if stop_after else len(STAGE_NAMES)
     typer.echo(f"kd-edge: recipe {source} -> {out}")
     result = run_pipeline(recipe, out, resume=resume, force=force, stop_after=stop_after, only=only,
-                          progress=not quiet, on_event=stage_printer(last))
+                          progress=not quiet, on_event=stage_printer())
     if not result.ran:
         typer.echo("nothing to do: every stage is up to date (--force redoes them)")
     report = out / "report.html"

@@ -27,15 +27,42 @@ def _label(value: Any, field: str, row_no: int) -> int | None:
     return int(as_float)
 
 
+def _column(rows: list[dict], field: str, key: str, source: str) -> None:
+    if field not in rows[0]:
+        raise ConfigError(f"{key} '{field}' is not a column of '{source}' "
+                          f"(columns: {', '.join(map(str, rows[0]))}); set {key}")
+
+
+def _rationale_example(r: dict, cfg) -> dict[str, Any] | None:
+    """An example of prompt -> rationale -> answer segments with their loss weights (0 for the prompt)."""
+    prompt = r.get(cfg.prompt_field)
+    if not isinstance(prompt, str) or not prompt.strip():
+        return None
+    if cfg.source == "teacher":
+        return {"prompt": prompt, "text": prompt, "label": None}
+    rationale, answer = r.get(cfg.rationale_field), r.get(cfg.answer_field)
+    if not isinstance(rationale, str) or not isinstance(answer, str):
+        return None
+    segments = [[prompt.rstrip() + "\n", 0.0], [rationale.strip() + "\n", cfg.rationale_weight],
+                [answer.strip(), cfg.answer_weight]]
+    return {"segments": segments, "text": "".join(s for s, _ in segments), "label": None}
+
+
 def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
-    """Rows of the source after filtering and sampling, as {"text", "label"} dicts."""
+    """Rows of the source after filtering and sampling, as {"text", "label"} dicts (rationale
+    recipes: with "segments" [[text, weight], ...] or a "prompt" for the teacher to answer)."""
     cfg = recipe.data
+    rationale = recipe.distill.rationale
     rows = read_rows(cfg)
     if not rows:
         raise ArtifactError(f"data.source '{cfg.source}' holds no rows; give it some text")
-    if cfg.text_field not in rows[0]:
-        raise ConfigError(f"data.text_field '{cfg.text_field}' is not a column of '{cfg.source}' "
-                          f"(columns: {', '.join(map(str, rows[0]))}); set data.text_field")
+    if rationale:
+        _column(rows, rationale.prompt_field, "distill.rationale.prompt_field", cfg.source)
+        if rationale.source == "data":
+            _column(rows, rationale.rationale_field, "distill.rationale.rationale_field", cfg.source)
+            _column(rows, rationale.answer_field, "distill.rationale.answer_field", cfg.source)
+    else:
+        _column(rows, cfg.text_field, "data.text_field", cfg.source)
     rows = [r for r in rows if matches(r, cfg.where)]
     if not rows:
         raise ArtifactError(f"no row of '{cfg.source}' matches data.where={cfg.where}; loosen the filter")
@@ -43,10 +70,15 @@ def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
         rows = random.Random(recipe.seed).sample(rows, cfg.max_samples)
     examples = []
     for i, r in enumerate(rows):
+        if rationale:
+            example = _rationale_example(r, rationale)
+            if example:
+                examples.append(example)
+            continue
         text = r.get(cfg.text_field)
         if not isinstance(text, str) or not text.strip():
             continue
-        label = _label(r.get(cfg.label_field), cfg.label_field, i) if cfg.label_field else None
+        label = _label(r.get(cfg.label_field), cfg.label_field, i) if cfg.label_field and recipe.task != "causal_lm" else None
         examples.append({"text": text, "label": label})
     if len(examples) < 4:
         raise ArtifactError(f"data.source '{cfg.source}' has only {len(examples)} non-empty texts after filtering; "

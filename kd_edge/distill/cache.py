@@ -1,22 +1,27 @@
-"""The ``teacher`` stage: tokenize the data once and cache the teacher's outputs on it.
+"""The ``teacher`` stage: tokenize the training and test text once and cache every teacher's outputs.
 
-The cache (``teacher_cache/``) holds, per split, the token ids the whole run uses, the teacher's pooled
-embeddings (fp32) and, for the train split, the hidden states the losses read (fp16, memory-mapped).
-Its ``meta.json`` records the stage key (a digest of the teacher's files, the data and what is cached);
-every later stage is keyed on the cache's digest, so a cache made for another teacher or other data
-is never reused silently.
+The cache holds, per split, the token ids the whole run uses (and per-token loss weights where
+examples have segments), and per teacher the outputs its task caches: pooled embeddings, class logits,
+or for causal LMs the top-k logits with indices and log-normalisers, plus (train split) the hidden
+states the losses read, in fp16. Arrays are .npy files written and read memory-mapped.
+
+``meta.json`` records the stage key: a digest of the teachers' files, the data and what is cached.
+With ``teacher.cache_dir`` the arrays live in ``<cache_dir>/<key>/`` and are reused by any run with
+the same key; the run's ``teacher_cache/meta.json`` points there. A cache with another key is never
+reused.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kd_edge.artifacts import StageContext, atomic_dir, write_json
+from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.data.packed import Packed
-from kd_edge.runfiles import read_jsonl
-from kd_edge.preflight import hidden_layers_needed, teacher_dir
+from kd_edge.preflight import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
+from kd_edge.runfiles import read_jsonl, training_rows
 from kd_edge.tasks import TASKS
 
 if TYPE_CHECKING:
@@ -25,41 +30,146 @@ if TYPE_CHECKING:
 SPLITS = ("train", "test")
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> Packed:
-    """Token ids of each text (special tokens added, truncated, unpadded)."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
-    return Packed.from_lists(enc["input_ids"])
+def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> tuple[Packed, Packed | None]:
+    """Token ids of each row (special tokens added, truncated, unpadded) and, when any row has
+    weighted segments, the loss weight of every token."""
+    if not any("segments" in r for r in rows):
+        enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length, add_special_tokens=True)
+        return Packed.from_lists(enc["input_ids"]), None
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and \
+        tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id] else []
+    all_ids, all_w = [], []
+    for r in rows:
+        segments = r.get("segments") or [[r["text"], 1.0]]
+        ids, w = list(bos), [0.0] * len(bos)
+        for text, weight in segments:
+            t = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += t
+            w += [float(weight)] * len(t)
+        all_ids.append(ids[:max_length])
+        all_w.append(w[:max_length])
+    return Packed.from_lists(all_ids), Packed.from_lists(all_w, dtype=np.float32)
+
+
+class _FieldWriter:
+    """Writes a cache field batch by batch into a memory-mapped .npy (example- or token-level)."""
+
+    def __init__(self, path: Path, level: str, ids: Packed):
+        self.path, self.level, self.ids = path, level, ids
+        self.array: np.ndarray | None = None
+
+    def write(self, idx: np.ndarray, values: np.ndarray) -> None:
+        if self.array is None:
+            rows = len(self.ids) if self.level == "example" else int(self.ids.offsets[-1])
+            shape = (rows,) + (values.shape[1:] if self.level == "example" else values.shape[2:])
+            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=values.dtype, shape=shape)
+        if self.level == "example":
+            self.array[idx] = values
+        else:
+            for row, i in enumerate(idx):
+                start, end = self.ids.offsets[i], self.ids.offsets[i + 1]
+                self.array[start:end] = values[row, :end - start]
+
+    def close(self) -> None:
+        if self.array is not None:
+            self.array.flush()
+            del self.array
+
+
+def cache_teacher(task, model, ids: dict[str, Packed], weights: dict[str, Packed | None], labels: dict[str, np.ndarray],
+                  out: Path, *, meta_task: dict, pad_id: int, batch_size: int, spec_by_split: dict, progress: bool,
+                  name: str) -> dict[str, str]:
+    """Run one teacher over every split; write its fields under ``out``; return {field: level}."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    levels: dict[str, str] = {}
+    from kd_edge.data.packed import length_batches
+
+    for split, spec in spec_by_split.items():
+        if spec is None:
+            continue
+        writers: dict[str, _FieldWriter] = {}
+        batches = length_batches(ids[split].lengths(), batch_size)
+        from tqdm.auto import tqdm
+
+        for idx in tqdm(batches, desc=f"{name} {split}", unit="batch", disable=not progress or None, leave=False):
+            batch = task.make_batch(ids[split], idx, pad_id, labels[split], weights[split])
+            with torch.no_grad():
+                result = task.forward(model, batch, meta=meta_task, hidden_layers=spec.hidden_layers)
+            for field, (level, tensor) in task.cache_outputs(result, batch, spec).items():
+                if field not in writers:
+                    writers[field] = _FieldWriter(out / f"{split}_{field}.npy", level, ids[split])
+                    levels[field] = level
+                writers[field].write(idx, tensor.detach().cpu().numpy())
+        for w in writers.values():
+            w.close()
+    return levels
+
+
+def _train_spec(recipe: "Recipe", spec, live: bool):
+    """What to cache on the train split: everything offline; in live/mutual mode only the cheap
+    per-example outputs the evaluation uses (nothing for causal LMs)."""
+    from kd_edge.tasks.base import CacheSpec
+
+    if not live:
+        return spec
+    return None if recipe.task == "causal_lm" else CacheSpec()
 
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
-    """Write teacher_cache/: ids, pooled embeddings and mapped hidden states of the teacher."""
+    """Write teacher_cache/ (or a pointer to the shared cache with this stage's key)."""
+    from kd_edge.tasks.base import CacheSpec
+
     task = TASKS.get(recipe.task)()
-    tdir = teacher_dir(recipe)
-    tokenizer = task.load_tokenizer(tdir, trust_remote_code=recipe.teacher.trust_remote_code)
-    model = task.load_model(tdir, trust_remote_code=recipe.teacher.trust_remote_code)
-    _, t_layers = hidden_layers_needed(recipe)
+    primary = teacher_source(recipe, ctx.run_dir)
+    tokenizer = task.load_tokenizer(primary)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    meta = {
-        "key": ctx.key, "teacher": str(tdir), "teacher_class": type(model).__name__,
-        "teacher_params": sum(p.numel() for p in model.parameters()),
-        "tokenizer_class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "pad_id": pad_id,
-        "max_length": recipe.data.max_length, "pooling": recipe.teacher.pooling,
-        "normalize": recipe.teacher.normalize, "hidden_layers": t_layers, "splits": {},
+    shared_root = recipe.teacher.cache_dir
+    target = Path(shared_root).expanduser().resolve() / ctx.key[:24] if shared_root else None
+    if target is not None and not ctx.fresh and (target / "meta.json").is_file() \
+            and read_json(target / "meta.json").get("key") == ctx.key:
+        meta = read_json(target / "meta.json")
+        with atomic_dir(ctx.run_dir / "teacher_cache") as out:
+            write_json(out / "meta.json", {**meta, "shared": str(target), "reused": True})
+        return
+    meta_task = {"pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize}
+    rows = {"train": training_rows(recipe, ctx.run_dir), "test": read_jsonl(ctx.run_dir / "data" / "test.jsonl")}
+    meta: dict[str, Any] = {
+        "key": ctx.key, "task": recipe.task, "tokenizer_class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer), "pad_id": pad_id, "max_length": recipe.data.max_length, **meta_task,
+        "splits": {}, "teachers": [],
     }
-    with atomic_dir(ctx.run_dir / "teacher_cache") as out:
+    live = recipe.distill.mode != "offline"
+    with atomic_dir(target if target else ctx.run_dir / "teacher_cache") as out:
+        ids, weights, labels = {}, {}, {}
         for split in SPLITS:
-            rows = read_jsonl(ctx.run_dir / "data" / f"{split}.jsonl")
-            ids = tokenize(tokenizer, [r["text"] for r in rows], recipe.data.max_length)
-            ids.save(out, f"{split}_ids")
-            layers = tuple(t_layers) if split == "train" else ()
-            pooled, hidden = task.embed(model, ids, pad_id=pad_id, batch_size=recipe.teacher.batch_size,
-                                    pooling=recipe.teacher.pooling, normalize=recipe.teacher.normalize,
-                                    hidden_layers=layers, desc=f"teacher {split}", progress=ctx.progress)
-            np.save(out / f"{split}_pooled.npy", pooled)
-            for layer, packed in hidden.items():
-                np.save(out / f"{split}_hidden_{layer}.npy", packed.values)
-            labels = np.array([-1 if r["label"] is None else r["label"] for r in rows], np.int64)
-            np.save(out / f"{split}_labels.npy", labels)
-            meta["splits"][split] = {"n": len(rows), "tokens": int(ids.lengths().sum()),
-                                     "truncated": int((ids.lengths() >= recipe.data.max_length).sum())}
+            ids[split], weights[split] = tokenize_rows(tokenizer, rows[split], recipe.data.max_length)
+            labels[split] = np.array([-1 if r.get("label") is None else r["label"] for r in rows[split]], np.int64)
+            ids[split].save(out, f"{split}_ids")
+            if weights[split] is not None:
+                np.save(out / f"{split}_weights.npy", weights[split].values)
+            np.save(out / f"{split}_labels.npy", labels[split])
+            lengths = ids[split].lengths()
+            meta["splits"][split] = {"n": len(rows[split]), "tokens": int(lengths.sum()),
+                                     "truncated": int((lengths >= recipe.data.max_length).sum()),
+                                     "weighted": weights[split] is not None}
+        for i, cfg in enumerate(teacher_configs(recipe)):
+            source = teacher_source(recipe, ctx.run_dir, i)
+            model = task.load_model(source)
+            hidden = tuple(hidden_layers_needed(recipe, i)[1])
+            spec = CacheSpec(hidden_layers=hidden, top_k=cfg.top_k, temperatures=tuple(logit_temperatures(recipe)))
+            test_spec = CacheSpec(top_k=cfg.top_k, temperatures=spec.temperatures)
+            levels = cache_teacher(task, model, ids, weights, labels, out / f"t{i}", meta_task=meta_task, pad_id=pad_id,
+                                   batch_size=cfg.batch_size, progress=ctx.progress, name=f"teacher {i}",
+                                   spec_by_split={"train": _train_spec(recipe, spec, live), "test": test_spec})
+            meta["teachers"].append({"model": cfg.model, "path": str(source.path), "class": type(model).__name__,
+                                     "hidden_size": getattr(model.config, "hidden_size", None),
+                                     "params": sum(p.numel() for p in model.parameters()), "fields": levels,
+                                     "hidden_layers": list(hidden), "weight": cfg.weight,
+                                     "num_labels": getattr(model.config, "num_labels", None) if recipe.task == "sequence_classification" else None})
+            del model
         write_json(out / "meta.json", meta)
+    if target is not None:
+        with atomic_dir(ctx.run_dir / "teacher_cache") as out:
+            write_json(out / "meta.json", {**meta, "shared": str(target), "reused": False})

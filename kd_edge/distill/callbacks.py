@@ -24,6 +24,10 @@ class TrainerState:
     samples_seen: int = 0
     resumed_from: int | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
 
     @property
     def epoch(self) -> float:
@@ -45,7 +49,7 @@ class TrainerControl:
     """The only thing callbacks may change."""
 
     should_stop: bool = False
-    should_save: bool = False
+    should_save_best: bool = False
 
 
 class TrainerCallback:
@@ -56,6 +60,8 @@ class TrainerCallback:
     def on_step_end(self, state: TrainerState, control: TrainerControl, logs: dict[str, float]) -> None: ...
 
     def on_log(self, state: TrainerState, control: TrainerControl, logs: dict[str, float]) -> None: ...
+
+    def on_evaluate(self, state: TrainerState, control: TrainerControl, metrics: dict[str, float]) -> None: ...
 
     def on_save(self, state: TrainerState, control: TrainerControl, path: Path) -> None: ...
 
@@ -102,3 +108,23 @@ class MetricsFileCallback(TrainerCallback):
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": state.step, "epoch": round(state.epoch, 4), **logs}) + "\n")
 
+
+
+class EarlyStoppingCallback(TrainerCallback):
+    """Stops when the dev metric has not improved for ``patience`` evaluations; asks the trainer to keep
+    the weights of each new best."""
+
+    def __init__(self, metric: str, higher_is_better: bool, patience: int | None):
+        self.metric, self.higher, self.patience = metric, higher_is_better, patience
+
+    def on_evaluate(self, state, control, metrics):
+        value = metrics[self.metric]
+        better = state.best_metric is None or (value > state.best_metric if self.higher else value < state.best_metric)
+        if better:
+            state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+            control.should_save_best = True
+        else:
+            state.evals_without_improvement += 1
+            if self.patience and state.evals_without_improvement >= self.patience:
+                state.stopped_early = True
+                control.should_stop = True

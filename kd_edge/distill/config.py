@@ -1,16 +1,28 @@
-"""Configuration of the teacher, the student and the distillation loop."""
+"""Configuration of the teacher(s), the student and the distillation loop."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
+class HeadConfig(BaseModel):
+    """A preparation step: fit a classification head on a frozen (or fine-tuned) encoder, on the
+    recipe's train split, and use the result as the teacher."""
+
+    model_config = _FROZEN
+
+    epochs: float = Field(3, gt=0, description="Passes over the train split.")
+    lr: float = Field(2e-3, gt=0, description="Learning rate of the head (and of the encoder if trained).")
+    batch_size: int = Field(64, gt=0, description="Examples per step.")
+    train_encoder: bool = Field(False, description="Fine-tune the encoder too (slower); default: head only.")
+
+
 class TeacherConfig(BaseModel):
-    """The model to distill from."""
+    """A model to distill from."""
 
     model_config = _FROZEN
 
@@ -18,9 +30,14 @@ class TeacherConfig(BaseModel):
         description="A local folder holding config.json, a Hugging Face hub id (needs network or the HF "
         "cache), or `package:NAME/SUBFOLDER` for model files shipped inside an installed Python package."
     )
+    gguf_file: str | None = Field(None, description="A .gguf file inside the folder to load (dequantized to fp32).")
     revision: str | None = Field(None, description="Hub revision (ignored for local folders).")
     trust_remote_code: bool = Field(
         False, description="Run custom modelling code shipped with the model. Only for models you trust."
+    )
+    prepare_head: HeadConfig | None = Field(
+        None, description="sequence_classification: the model is an encoder; first fit a classification head "
+        "on the train split (stage `prepare`, written to runs/<name>/teacher/) and distill from that."
     )
     pooling: Literal["auto", "mean", "cls", "max"] = Field(
         "auto",
@@ -30,7 +47,32 @@ class TeacherConfig(BaseModel):
     normalize: bool | None = Field(
         None, description="L2-normalise embeddings; null reads the sentence-transformers config (else true)."
     )
-    batch_size: int = Field(64, gt=0, description="Batch size when computing the teacher cache.")
+    batch_size: int = Field(32, gt=0, description="Batch size when computing the teacher cache.")
+    top_k: int = Field(64, gt=0, description="causal_lm: logits kept per position in the cache (with the rest mass).")
+    cache_dir: str | None = Field(
+        None, description="Share teacher caches between runs: a folder where each cache is stored under its key "
+        "(teacher files, data, cached fields). Null keeps the cache inside the run."
+    )
+    weight: float = Field(1.0, gt=0, description="Ensembles: this teacher's weight in the averaged target.")
+
+
+class EnsembleConfig(BaseModel):
+    """More teachers besides `teacher` (same label space or vocabulary)."""
+
+    model_config = _FROZEN
+
+    teachers: list[TeacherConfig] = Field(description="The other teachers.")
+    combine: Literal["average", "per_teacher"] = Field(
+        "average", description="average: one soft target, the weighted mean of the teachers' softened "
+        "distributions; per_teacher: one loss term per teacher, scaled by its weight."
+    )
+
+    @field_validator("teachers")
+    @classmethod
+    def _some(cls, v: list[TeacherConfig]) -> list[TeacherConfig]:
+        if not v:
+            raise ValueError("lists no teachers; remove `ensemble` or add at least one")
+        return v
 
 
 class StudentConfig(BaseModel):
@@ -38,16 +80,30 @@ class StudentConfig(BaseModel):
 
     model_config = _FROZEN
 
-    init: Literal["teacher_layers"] = Field(
+    init: Literal["teacher_layers", "config", "pretrained"] = Field(
         "teacher_layers",
-        description="`teacher_layers`: the teacher's embeddings plus a subset of its transformer layers "
-        "(DistilBERT-style), same tokenizer.",
+        description="teacher_layers: the teacher's embeddings and head plus a subset of its layers "
+        "(DistilBERT-style); config: the teacher's architecture resized (layers/width/heads/FFN); "
+        "pretrained: an existing model folder (`model`).",
     )
     layers: int | list[int] = Field(
-        2,
-        description="How many layers to keep (spread evenly, always ending with the last), or the "
-        "0-based indices of the teacher layers to copy, e.g. [1, 4].",
+        2, description="teacher_layers: how many layers (spread evenly, ending with the last) or the 0-based "
+        "teacher layers to copy, e.g. [2, 5]. config: the number of layers.",
     )
+    hidden_size: int | None = Field(None, gt=0, description="config: width (default: the teacher's).")
+    num_attention_heads: int | None = Field(None, gt=0, description="config: attention heads (default: the teacher's).")
+    intermediate_size: int | None = Field(None, gt=0, description="config: FFN width (default: 4 × width).")
+    shrink_from_teacher: bool = Field(
+        True, description="config: start from the teacher's weights cut to the new sizes (first rows and "
+        "columns, evenly spaced layers) instead of a random initialisation."
+    )
+    model: str | None = Field(None, description="pretrained: the student's folder or hub id.")
+
+    @model_validator(mode="after")
+    def _pretrained_needs_model(self) -> "StudentConfig":
+        if self.init == "pretrained" and not self.model:
+            raise ValueError("init: pretrained needs `model`: the student's folder")
+        return self
 
 
 class LossConfig(BaseModel):
@@ -55,14 +111,65 @@ class LossConfig(BaseModel):
 
     model_config = _FROZEN
 
-    name: str = Field(description="A registered loss, e.g. embedding_cosine, embedding_mse, hidden_mse.")
+    name: str = Field(description="A registered loss: kl, reverse_kl, jsd, logit_mse, ce, embedding_cosine, "
+                                  "embedding_mse, hidden_mse, hidden_cosine, attention_kl, attention_mse.")
     weight: float = Field(1.0, ge=0, description="Multiplier of this term in the total loss.")
+    temperature: float = Field(1.0, gt=0, description="Logit losses: softmax temperature T (KL is scaled by T^2).")
+    beta: float = Field(0.5, gt=0, lt=1, description="jsd: the mixture weight β of the teacher.")
     layer_map: Literal["uniform", "last"] | list[tuple[int, int]] | None = Field(
         None,
-        description="For hidden-state losses: pairs (student layer, teacher layer), 1-based (0 is the "
-        "embedding output); `uniform` maps student layer j to teacher layer round(j*T/S); `last` maps "
-        "only the last layers.",
+        description="Hidden / attention losses: pairs (student layer, teacher layer), 1-based (0 is the "
+        "embedding output for hidden states); `uniform` maps student layer j to teacher layer round(j*T/S); "
+        "`last` maps only the last layers.",
     )
+    heads: Literal["match", "mean"] = Field(
+        "match", description="Attention losses: compare head by head (counts must match) or head-averaged maps.")
+    teacher: int | None = Field(
+        None, description="Ensembles: only this teacher (0 = `teacher`, 1.. = ensemble.teachers); "
+        "null follows ensemble.combine (intermediate losses use teacher 0).")
+
+
+class AugmentConfig(BaseModel):
+    """Teacher-labelled augmentation of the training text (encoders)."""
+
+    model_config = _FROZEN
+
+    copies: int = Field(1, ge=1, le=20, description="Augmented variants made from each training text.")
+    mask_prob: float = Field(0.1, ge=0, le=1, description="Share of words replaced by the mask token.")
+    replace_prob: float = Field(0.1, ge=0, le=1, description="Share of words replaced by a random word of the corpus.")
+    delete_span_prob: float = Field(0.3, ge=0, le=1, description="Chance of deleting one span of 1-3 words.")
+
+
+class GenerateConfig(BaseModel):
+    """Sequence-level distillation (causal LM): the teacher continues prompts, the student learns them."""
+
+    model_config = _FROZEN
+
+    prompt_tokens: int = Field(8, ge=1, description="Tokens of each training text used as the prompt.")
+    max_new_tokens: int = Field(32, ge=1, description="Tokens the teacher generates per prompt.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    max_prompts: int | None = Field(None, gt=0, description="Use at most this many prompts.")
+    keep_original: bool = Field(True, description="Also keep the original training texts.")
+
+
+class RationaleConfig(BaseModel):
+    """Rationale (chain-of-thought) distillation (causal LM): prompt -> rationale -> answer."""
+
+    model_config = _FROZEN
+
+    source: Literal["data", "teacher"] = Field(
+        "data", description="data: rationale and answer come from the data's columns; teacher: the teacher "
+        "generates them from the prompt with `template`.")
+    prompt_field: str = Field("prompt", description="Column with the question / prompt.")
+    rationale_field: str = Field("rationale", description="Column with the rationale (source: data).")
+    answer_field: str = Field("answer", description="Column with the answer (source: data).")
+    template: str = Field(
+        "{prompt}\nLet's think step by step.\n", description="teacher: the text the teacher continues.")
+    answer_marker: str = Field("Answer:", description="teacher: the marker that separates rationale and answer.")
+    max_new_tokens: int = Field(64, ge=1, description="teacher: tokens generated per prompt.")
+    rationale_weight: float = Field(1.0, ge=0, description="Loss weight of rationale tokens.")
+    answer_weight: float = Field(1.0, ge=0, description="Loss weight of answer tokens.")
 
 
 class DistillConfig(BaseModel):
@@ -70,9 +177,14 @@ class DistillConfig(BaseModel):
 
     model_config = _FROZEN
 
+    mode: Literal["offline", "live", "mutual"] = Field(
+        "offline", description="offline: train on the cached teacher outputs; live: run the frozen teacher on "
+        "every batch (needed for attention losses); mutual: train teacher and student together, each "
+        "learning from the labels and from the other (Zhang et al. 2018).")
+    teacher_lr: float | None = Field(None, gt=0, description="mutual: the teacher's learning rate (default lr / 10).")
     epochs: float = Field(3, gt=0, description="Passes over the training split (fractions allowed).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(32, gt=0, description="Examples per optimizer step (per process).")
+    batch_size: int = Field(32, gt=0, description="Examples per micro-batch (per process).")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -84,12 +196,20 @@ class DistillConfig(BaseModel):
         default_factory=lambda: [LossConfig(name="embedding_cosine")],
         description="The loss terms, summed with their weights.",
     )
+    eval_every: int | None = Field(None, gt=0, description="Evaluate on a dev split every N steps.")
+    dev_size: float = Field(0.1, gt=0, description="With eval_every: share (or count) of the train split held out as dev.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop when the dev metric has not improved for this many evaluations; "
+        "the best student is kept.")
     checkpoint_every: int = Field(50, gt=0, description="Save a resumable checkpoint every N steps.")
     log_every: int = Field(10, gt=0, description="Append to train/metrics.jsonl every N steps.")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no", description="Mixed precision where the hardware has it (Accelerate)."
     )
     cpu: bool = Field(False, description="Train on the CPU even when a GPU is present.")
+    augment: AugmentConfig | None = Field(None, description="Encoders: teacher-labelled augmented text.")
+    generate: GenerateConfig | None = Field(None, description="Causal LM: sequence-level distillation.")
+    rationale: RationaleConfig | None = Field(None, description="Causal LM: rationale distillation.")
 
     @field_validator("losses")
     @classmethod
@@ -97,3 +217,11 @@ class DistillConfig(BaseModel):
         if not v:
             raise ValueError("needs at least one loss term")
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DistillConfig":
+        if self.early_stopping_patience and not self.eval_every:
+            raise ValueError("early_stopping_patience needs eval_every (how often to evaluate on the dev split)")
+        if self.generate and self.rationale:
+            raise ValueError("generate (sequence-level) and rationale distillation are separate recipes; pick one")
+        return self

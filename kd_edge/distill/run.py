@@ -1,8 +1,9 @@
-"""The ``distill`` stage: train the student against the cached teacher outputs.
+"""The ``distill`` stage: train the student against the teacher(s).
 
-Reads student_init/ and teacher_cache/, writes student/ (the distilled model, save_pretrained), and
-train/metrics.jsonl. Checkpoints go to train/checkpoints/ every ``distill.checkpoint_every`` steps; a run
-stopped mid-way continues from the newest one whose stage key matches.
+Reads student_init/ and teacher_cache/, writes student/ (the distilled model, save_pretrained) and
+train/metrics.jsonl (+ train/summary.json). Checkpoints go to train/checkpoints/ every
+``distill.checkpoint_every`` steps; a run stopped mid-way continues from the newest one whose stage
+key matches. In mutual mode the co-trained teacher is saved to train/teacher/.
 """
 
 from __future__ import annotations
@@ -14,74 +15,79 @@ import numpy as np
 import torch
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
-from kd_edge.data.packed import Packed, pad
-from kd_edge.distill import LOSSES
-from kd_edge.runfiles import load_cache, student_meta
-from kd_edge.distill.callbacks import MetricsFileCallback, ProgressCallback
+from kd_edge.distill.callbacks import EarlyStoppingCallback, MetricsFileCallback, ProgressCallback
+from kd_edge.distill.objective import Objective
 from kd_edge.distill.students import save_student
 from kd_edge.distill.trainer import Trainer
 from kd_edge.errors import ArtifactError
-from kd_edge.preflight import hidden_layers_needed
+from kd_edge.preflight import teacher_configs, teacher_source
+from kd_edge.runfiles import CacheReader, student_meta
 from kd_edge.tasks import TASKS
+from kd_edge.tasks.base import ModelSource
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
-def make_loss_fn(recipe: "Recipe", task, cache_dir, meta: dict):
-    """Build ``loss_fn(model, idx, device) -> (loss, terms)`` over the cached train split."""
-    s_layers, t_layers = hidden_layers_needed(recipe)
-    ids = Packed.load(cache_dir, "train_ids")
-    pooled = np.load(cache_dir / "train_pooled.npy", mmap_mode="r")
-    hidden = {t: Packed(np.load(cache_dir / f"train_hidden_{t}.npy", mmap_mode="r"), ids.offsets) for t in t_layers}
-    terms = [(loss, LOSSES.get(loss.name)) for loss in recipe.distill.losses]
-    pad_id = meta["pad_id"]
+DEV_METRIC = {"sequence_classification": ("dev_accuracy", True), "causal_lm": ("dev_perplexity", False),
+              "sentence_embedding": ("dev_cosine_to_teacher", True)}
 
-    def loss_fn(model, idx, device):
-        arr, mask = pad([ids[i] for i in idx], pad_id)
-        batch = {"input_ids": torch.from_numpy(arr.astype(np.int64)).to(device),
-                 "attention_mask": torch.from_numpy(mask).to(device)}
-        teacher_out = {"pooled": torch.from_numpy(np.ascontiguousarray(pooled[idx])).to(device),
-                       "hidden": {t: torch.from_numpy(pad([h[i] for i in idx])[0]).to(device) for t, h in hidden.items()}}
-        student_out = task.forward(model, batch["input_ids"], batch["attention_mask"], pooling=meta["pooling"],
-                                   normalize=meta["normalize"], hidden_layers=tuple(s_layers))
-        total, logs = 0.0, {}
-        for cfg, fn in terms:
-            value = fn(student_out, teacher_out, batch, layer_map=cfg.layer_map)
-            logs[f"loss_{cfg.name}"] = float(value.detach())
-            total = total + cfg.weight * value
-        return total, logs
 
-    return loss_fn
+def dev_split(n: int, dev_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, dev indices) of the training set."""
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    n_dev = int(dev_size) if dev_size >= 1 else max(1, round(n * dev_size))
+    return np.sort(order[n_dev:]), np.sort(order[:n_dev])
 
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Distill student_init/ into student/."""
+    d = recipe.distill
     task = TASKS.get(recipe.task)()
-    meta, cache_dir = load_cache(ctx.run_dir)
+    cache = CacheReader(ctx.run_dir)
     init_dir = ctx.run_dir / "student_init"
     init_meta = student_meta(init_dir)
-    model = task.load_model(init_dir)
-    tokenizer = task.load_tokenizer(init_dir)
-    if len(tokenizer) != meta["vocab_size"]:
+    attentions = any(l.name.startswith("attention_") for l in d.losses)
+    model = task.load_model(ModelSource(init_dir), eager=attentions)
+    tokenizer = task.load_tokenizer(ModelSource(init_dir))
+    if len(tokenizer) != cache.meta["vocab_size"]:
         raise ArtifactError(f"student tokenizer has {len(tokenizer)} tokens but the teacher cache was made with "
-                            f"{meta['vocab_size']}; rebuild the run with --force")
+                            f"{cache.meta['vocab_size']}; rebuild the run with --force")
     torch.manual_seed(recipe.seed)
-    if recipe.distill.freeze_embeddings:
+    if d.freeze_embeddings:
         for p in model.get_input_embeddings().parameters():
             p.requires_grad_(False)
+    teachers = None
+    if d.mode != "offline":
+        teachers = [task.load_model(teacher_source(recipe, ctx.run_dir, i), eager=attentions and i == 0)
+                    for i in range(len(teacher_configs(recipe)))]
+    n = cache.meta["splits"]["train"]["n"]
+    train_idx, dev_idx = dev_split(n, d.dev_size, recipe.seed) if d.eval_every else (np.arange(n), None)
+    meta = {"pooling": init_meta.get("pooling"), "normalize": init_meta.get("normalize")}
+    objective = Objective(recipe, task, model, meta, cache, teachers, dev_idx)
     train_dir = ctx.run_dir / "train"
     callbacks = [ProgressCallback(ctx.progress), MetricsFileCallback(train_dir / "metrics.jsonl")]
-    trainer = Trainer(model, make_loss_fn(recipe, task, cache_dir, meta), meta["splits"]["train"]["n"],
-                      recipe.distill, seed=recipe.seed, checkpoint_dir=train_dir / "checkpoints",
-                      key=ctx.key, callbacks=callbacks)
+    if d.eval_every:
+        metric, higher = DEV_METRIC[recipe.task]
+        callbacks.append(EarlyStoppingCallback(metric, higher, d.early_stopping_patience))
+    trainer = Trainer(objective, train_idx, d, seed=recipe.seed, checkpoint_dir=train_dir / "checkpoints", key=ctx.key,
+                      callbacks=callbacks, param_groups=objective.param_groups(d.lr, d.teacher_lr),
+                      evaluate_fn=objective.evaluate_dev if d.eval_every else None)
     state = trainer.train(resume=not ctx.fresh)
     if not trainer.accelerator.is_main_process:
         return
-    model = trainer.unwrapped_model().eval()
+    best = d.eval_every is not None and trainer.load_best()
+    final = trainer.unwrapped_model()
     with atomic_dir(ctx.run_dir / "student") as out:
-        save_student(model, tokenizer, {**init_meta, "distilled_steps": state.step}, out)
+        save_student(final.student.eval(), tokenizer, {**init_meta, "distilled_steps": state.step,
+                                                       "best_step": state.best_step if best else None}, out)
+    if d.mode == "mutual":
+        with atomic_dir(train_dir / "teacher") as out:
+            final.live[0].eval().save_pretrained(str(out))
+            tokenizer.save_pretrained(str(out))
     write_json(train_dir / "summary.json", {
-        "steps": state.step, "epochs": round(state.epoch, 3), "samples_seen": state.samples_seen,
-        "resumed_from_step": state.resumed_from, "final": state.log_history[-1] if state.log_history else {},
+        "steps": state.step, "max_steps": state.max_steps, "epochs": round(state.epoch, 3),
+        "samples_seen": state.samples_seen, "resumed_from_step": state.resumed_from,
+        "stopped_early": state.stopped_early, "best_step": state.best_step, "best_dev_metric": state.best_metric,
+        "kept": "best" if best else "last", "final": state.log_history[-1] if state.log_history else {},
     })
     shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)

@@ -1,7 +1,15 @@
-"""The ``student`` stage: build the student before training.
+"""The ``student`` stage: build the student before training, and check that it reads text exactly as
+every teacher does.
 
-``teacher_layers`` (DistilBERT, Sanh et al. 2019): a copy of the teacher that keeps its embeddings,
-head and a chosen subset of its transformer layers, with the same tokenizer.
+- ``teacher_layers`` (DistilBERT, Sanh et al. 2019): a copy of the teacher keeping its embeddings,
+  head and a chosen subset of its transformer layers.
+- ``config``: the teacher's architecture with fewer layers and/or a smaller width, heads or FFN; with
+  ``shrink_from_teacher`` its weights start as the teacher's cut to size (the leading rows and columns
+  of each matrix from evenly spaced layers: "weight selection", Xu et al. 2023), else random.
+- ``pretrained``: any existing model folder.
+
+A tokenizer that differs from a teacher's (vocabulary, special tokens) makes every logit and token
+alignment wrong; it is refused here, before training, with the first differences named.
 """
 
 from __future__ import annotations
@@ -10,17 +18,22 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
+from kd_edge.errors import ArtifactError, ConfigError
+from kd_edge.preflight import pick_layers, teacher_configs, teacher_source
 from kd_edge.runfiles import STUDENT_META
-from kd_edge.errors import ArtifactError
-from kd_edge.preflight import teacher_dir
 from kd_edge.tasks import TASKS
+from kd_edge.tasks.base import ModelSource
+from kd_edge.tasks.hub import resolve_model_dir
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
+_SPECIAL = ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "cls_token_id", "sep_token_id",
+            "mask_token_id")
 
 
 def find_layer_list(model: nn.Module, n_layers: int) -> tuple[nn.Module, str]:
@@ -52,6 +65,66 @@ def keep_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     return student
 
 
+def resized_config(teacher_config, cfg):
+    """The teacher's config with the student's sizes."""
+    config = copy.deepcopy(teacher_config)
+    heads = cfg.num_attention_heads or config.num_attention_heads
+    width = cfg.hidden_size or config.hidden_size
+    config.num_hidden_layers = cfg.layers
+    config.hidden_size = width
+    config.num_attention_heads = heads
+    config.intermediate_size = cfg.intermediate_size or (4 * width if cfg.hidden_size else config.intermediate_size)
+    if getattr(config, "num_key_value_heads", None):
+        kv = min(config.num_key_value_heads, heads)
+        while heads % kv:
+            kv -= 1
+        config.num_key_value_heads = kv
+    if getattr(config, "head_dim", None):
+        config.head_dim = width // heads
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:cfg.layers]
+    return config
+
+
+def shrink_weights(student: nn.Module, teacher: nn.Module, layer_pick: list[int]) -> None:
+    """Copy each teacher tensor into the student's tensor of the same name, cut to the student's shape
+    (leading slice in every dimension); student layer j takes teacher layer ``layer_pick[j]``."""
+    n_teacher = teacher.config.num_hidden_layers
+    t_parent, t_attr = find_layer_list(teacher, n_teacher)
+    t_prefix = next(n for n, m in teacher.named_modules() if m is getattr(t_parent, t_attr))
+    teacher_state = teacher.state_dict()
+    with torch.no_grad():
+        for name, tensor in student.state_dict().items():
+            source = name
+            if name.startswith(t_prefix + "."):
+                j, rest = name[len(t_prefix) + 1:].split(".", 1)
+                source = f"{t_prefix}.{layer_pick[int(j)]}.{rest}"
+            t = teacher_state.get(source)
+            if t is None or t.dim() != tensor.dim():
+                continue
+            tensor.copy_(t[tuple(slice(0, s) for s in tensor.shape)])
+
+
+def check_tokenizers(student_tok, teachers: list[tuple[str, object]]) -> None:
+    """Refuse a student whose tokenizer maps any token to another id than a teacher's, or whose special
+    tokens differ: logits and token-level targets would be compared at the wrong positions."""
+    vocab = student_tok.get_vocab()
+    for name, tok in teachers:
+        other = tok.get_vocab()
+        if len(vocab) != len(other):
+            raise ConfigError(f"the student's tokenizer has {len(vocab)} tokens, {name}'s has {len(other)}; "
+                              "distillation needs one vocabulary: use a student built from the teacher or one "
+                              "with the same tokenizer")
+        differ = [t for t, i in vocab.items() if other.get(t) != i]
+        if differ:
+            raise ConfigError(f"the student's tokenizer maps {len(differ)} tokens to other ids than {name}'s "
+                              f"(e.g. {differ[:3]}); distillation needs one vocabulary")
+        for attr in _SPECIAL:
+            if getattr(student_tok, attr, None) != getattr(tok, attr, None):
+                raise ConfigError(f"the student's {attr} is {getattr(student_tok, attr, None)} but {name}'s is "
+                                  f"{getattr(tok, attr, None)}; align the special tokens")
+
+
 def save_student(model: nn.Module, tokenizer, meta: dict, out: Path) -> None:
     """save_pretrained the model and tokenizer, plus kd-edge's own notes (pooling, origin)."""
     model.save_pretrained(str(out))
@@ -59,16 +132,47 @@ def save_student(model: nn.Module, tokenizer, meta: dict, out: Path) -> None:
     write_json(out / STUDENT_META, meta)
 
 
+def build(recipe: "Recipe", task, teacher: nn.Module) -> tuple[nn.Module, dict]:
+    """The untrained student and notes on how it was made."""
+    s = recipe.student
+    if s.init == "teacher_layers":
+        return keep_layers(teacher, list(s.layers)), {"teacher_layers": list(s.layers)}
+    if s.init == "config":
+        import transformers
+
+        config = resized_config(teacher.config, s)
+        torch.manual_seed(recipe.seed)
+        student = getattr(transformers, task.auto_class).from_config(config)
+        picked = pick_layers(s.layers, teacher.config.num_hidden_layers)
+        if s.shrink_from_teacher:
+            shrink_weights(student, teacher, picked)
+        return student.eval(), {"config": {k: getattr(config, k) for k in ("num_hidden_layers", "hidden_size",
+                                                                          "num_attention_heads", "intermediate_size")},
+                                "shrunk_from_teacher_layers": picked if s.shrink_from_teacher else None}
+    path = resolve_model_dir(s.model, what="student.model")
+    student = task.load_model(ModelSource(path))
+    t_labels, s_labels = getattr(teacher.config, "num_labels", None), getattr(student.config, "num_labels", None)
+    if recipe.task == "sequence_classification" and t_labels != s_labels:
+        raise ConfigError(f"student.model has {s_labels} labels, the teacher {t_labels}; they must match")
+    return student, {"pretrained": str(path)}
+
+
 def run(recipe: "Recipe", ctx: StageContext) -> None:
-    """Write student_init/: the untrained student."""
+    """Write student_init/: the untrained student with its tokenizer."""
     task = TASKS.get(recipe.task)()
-    tdir = teacher_dir(recipe)
-    teacher = task.load_model(tdir, trust_remote_code=recipe.teacher.trust_remote_code)
-    tokenizer = task.load_tokenizer(tdir, trust_remote_code=recipe.teacher.trust_remote_code)
-    student = keep_layers(teacher, list(recipe.student.layers))
-    meta = {"task": recipe.task, "init": recipe.student.init, "teacher": str(tdir),
-            "teacher_layers": list(recipe.student.layers), "pooling": recipe.teacher.pooling,
-            "normalize": recipe.teacher.normalize,
+    primary = teacher_source(recipe, ctx.run_dir)
+    teacher = task.load_model(primary)
+    tokenizer = task.load_tokenizer(primary)
+    student, origin = build(recipe, task, teacher)
+    if recipe.student.init == "pretrained":
+        tokenizer = task.load_tokenizer(ModelSource(resolve_model_dir(recipe.student.model, what="student.model")))
+    others = [(f"teacher {i} ({cfg.model})", task.load_tokenizer(teacher_source(recipe, ctx.run_dir, i)))
+              for i, cfg in enumerate(teacher_configs(recipe)) if i > 0]
+    if recipe.student.init == "pretrained":
+        others.insert(0, (f"the teacher ({recipe.teacher.model})", task.load_tokenizer(primary)))
+    check_tokenizers(tokenizer, others)
+    meta = {"task": recipe.task, "init": recipe.student.init, "teacher": str(primary.path), **origin,
+            "pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize,
             "params": sum(p.numel() for p in student.parameters())}
     with atomic_dir(ctx.run_dir / "student_init") as out:
         save_student(student, tokenizer, meta, out)

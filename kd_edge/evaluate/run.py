@@ -1,53 +1,137 @@
-"""The ``evaluate`` stage: teacher and distilled student on the held-out split, in PyTorch.
+"""The ``evaluate`` stage: teachers and distilled student on the held-out split, in PyTorch.
 
-Writes eval/metrics.json (per model: parameters and task metrics), the probes fitted on each model's
-train embeddings (JSON, no pickle), and the student's test embeddings, which ``verify`` compares every
-exported file against.
+Writes eval/metrics.json (per model: parameters and task metrics) and, for encoders, the student's
+test outputs (embeddings or logits) that ``verify`` compares every exported file against, plus the
+sentiment probes (JSON, no pickle) of embedding tasks.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
-from kd_edge.runfiles import load_cache, split_arrays
+from kd_edge.runfiles import CacheReader, student_meta
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.embedding_metrics import embedding_metrics, fit_probe
+from kd_edge.tasks.base import ModelSource
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
 
-def run(recipe: "Recipe", ctx: StageContext) -> None:
-    """Write eval/: metrics.json, probe_teacher.json, probe_student.json, student_test.npy."""
+@torch.no_grad()
+def predict(task, model, cache: CacheReader, split: str, meta: dict, batch_size: int, progress: bool) -> np.ndarray:
+    """Example-level outputs (pooled embedding or logits) of ``model`` on a split."""
+    out = None
+    key = "pooled" if task.name == "sentence_embedding" else "logits"
+    for batch in task.batches(cache.ids(split), batch_size, cache.meta["pad_id"], desc=f"student {split}",
+                              progress=progress):
+        y = task.forward(model, batch, meta=meta)[key].float().numpy()
+        if out is None:
+            out = np.zeros((len(cache.ids(split)),) + y.shape[1:], np.float32)
+        out[batch.idx] = y
+    return out
+
+
+def _embedding(recipe, task, model, cache, meta, ctx, files) -> dict:
+    from kd_edge.tasks.embedding_metrics import embedding_metrics, fit_probe
+
     cfg = recipe.evaluate
+    train_labels, test_labels = cache.labels("train"), cache.labels("test")
+    student = {s: predict(task, model, cache, s, meta, cfg.batch_size, ctx.progress) for s in ("train", "test")}
+    teacher_test = np.asarray(cache.field(0, "test", "pooled"))
+    labelled = train_labels >= 0
+    use_probe = cfg.probe and len(np.unique(train_labels[labelled])) >= 2
+    models = {}
+    candidates = [(f"teacher_{i}" if i else "teacher", {s: np.asarray(cache.field(i, s, "pooled")) for s in ("train", "test")})
+                  for i in range(cache.n_teachers())] + [("student", student)]
+    for name, emb in candidates:
+        probe = fit_probe(emb["train"][labelled], train_labels[labelled], c=cfg.probe_c, seed=recipe.seed) if use_probe else None
+        if probe is not None:
+            files[f"probe_{name}.json"] = probe
+        models[name] = embedding_metrics(emb["test"], teacher_test, test_labels, probe, cfg.knn_k)
+    files["student_test.npy"] = student["test"]
+    return models
+
+
+def _classification(recipe, task, model, cache, meta, ctx, files) -> dict:
+    from kd_edge.tasks.logit_metrics import classification_metrics
+
+    labels = cache.labels("test")
+    teacher = np.asarray(cache.field(0, "test", "logits"))
+    student = predict(task, model, cache, "test", meta, recipe.evaluate.batch_size, ctx.progress)
+    files["student_test.npy"] = student
+    models = {(f"teacher_{i}" if i else "teacher"): classification_metrics(np.asarray(cache.field(i, "test", "logits")),
+                                                                           teacher, labels)
+              for i in range(cache.n_teachers())}
+    models["student"] = classification_metrics(student, teacher, labels)
+    return models
+
+
+@torch.no_grad()
+def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
+    from kd_edge.data.packed import length_batches
+    from kd_edge.distill.losses import kl
+
+    ids, weights = cache.ids("test"), cache.weights("test")
+    nll = kl_sum = agree = count = 0.0
+    for idx in length_batches(ids.lengths(), recipe.evaluate.batch_size):
+        batch = task.make_batch(ids, idx, cache.meta["pad_id"], weights=weights)
+        logits = task.forward(model, batch, meta=meta)["logits"].float()
+        mask = (batch["token_weights"] > 0).float()
+        tok_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"].clamp(min=0), reduction="none")
+        nll += float((tok_nll * mask).sum())
+        teacher = task.teacher_targets({k: torch.from_numpy(v) for k, v in cache.batch(0, "test", idx).items()})
+        agree += float(((logits.argmax(-1) == teacher["topk_indices"][..., 0].long()).float() * mask).sum())
+        kl_sum += float(kl({"logits": logits}, teacher, {"token_weights": mask})) * float(mask.sum())
+        count += float(mask.sum())
+    models = {}
+    for i in range(cache.n_teachers()):
+        lp = np.asarray(cache.field(i, "test", "target_logprob"), np.float64)
+        w = _position_mask(ids, weights)
+        models[f"teacher_{i}" if i else "teacher"] = {"perplexity": math.exp(-float((lp * w).sum()) / w.sum())}
+    models["student"] = {"perplexity": math.exp(nll / count), "top1_agreement_with_teacher": agree / count,
+                         "kl_from_teacher": kl_sum / count}
+    models["teacher"]["top1_agreement_with_teacher"] = 1.0
+    return models
+
+
+def _position_mask(ids, weights) -> np.ndarray:
+    """1 for each token position that predicts a next token with weight > 0 (packed, like the cache)."""
+    mask = np.zeros(int(ids.offsets[-1]), np.float64)
+    for i in range(len(ids)):
+        start, end = ids.offsets[i], ids.offsets[i + 1]
+        nxt = np.ones(end - start - 1) if weights is None else (np.asarray(weights[i][1:]) > 0).astype(np.float64)
+        mask[start:end - 1] = nxt
+    return mask
+
+
+EVALUATORS = {"sentence_embedding": _embedding, "sequence_classification": _classification, "causal_lm": _causal_lm}
+
+
+def run(recipe: "Recipe", ctx: StageContext) -> None:
+    """Write eval/metrics.json and what verify needs."""
     task = TASKS.get(recipe.task)()
-    meta, _ = load_cache(ctx.run_dir)
-    train_ids, teacher_train, train_labels = split_arrays(ctx.run_dir, "train")
-    test_ids, teacher_test, test_labels = split_arrays(ctx.run_dir, "test")
-    model = task.load_model(ctx.run_dir / "student")
-    kw = dict(pad_id=meta["pad_id"], batch_size=cfg.batch_size, pooling=meta["pooling"],
-              normalize=meta["normalize"], progress=ctx.progress)
-    student_train, _ = task.embed(model, train_ids, desc="student train", **kw)
-    student_test, _ = task.embed(model, test_ids, desc="student test", **kw)
-    has_labels = cfg.probe and (train_labels >= 0).sum() >= 2 and len(np.unique(train_labels[train_labels >= 0])) >= 2
-    results, probes = {}, {}
-    for name, train_emb, test_emb, params in (
-        ("teacher", teacher_train, teacher_test, meta["teacher_params"]),
-        ("student", student_train, student_test, sum(p.numel() for p in model.parameters())),
-    ):
-        probe = None
-        if has_labels:
-            keep = train_labels >= 0
-            probe = fit_probe(train_emb[keep], train_labels[keep], c=cfg.probe_c, seed=recipe.seed)
-            probes[name] = probe
-        results[name] = {"params": int(params),
-                         **embedding_metrics(test_emb, teacher_test, test_labels, probe, cfg.knn_k)}
+    cache = CacheReader(ctx.run_dir)
+    sdir = ctx.run_dir / "student"
+    meta = student_meta(sdir)
+    model = task.load_model(ModelSource(sdir))
+    files: dict = {}
+    models = EVALUATORS[recipe.task](recipe, task, model, cache, meta, ctx, files)
+    for i, t in enumerate(cache.meta["teachers"]):
+        models[f"teacher_{i}" if i else "teacher"]["params"] = t["params"]
+    models["student"]["params"] = sum(p.numel() for p in model.parameters())
+    labels = cache.labels("test")
     with atomic_dir(ctx.run_dir / "eval") as out:
-        for name, probe in probes.items():
-            write_json(out / f"probe_{name}.json", probe)
-        np.save(out / "student_test.npy", student_test)
-        write_json(out / "metrics.json", {"knn_k": cfg.knn_k, "n_test": len(test_ids),
-                                          "n_test_labelled": int((test_labels >= 0).sum()), "models": results})
+        for name, value in files.items():
+            if name.endswith(".npy"):
+                np.save(out / name, value)
+            else:
+                write_json(out / name, value)
+        write_json(out / "metrics.json", {"task": recipe.task, "quality_metric": task.quality_metric,
+                                          "higher_is_better": task.higher_is_better, "knn_k": recipe.evaluate.knn_k,
+                                          "n_test": len(cache.ids("test")), "n_test_labelled": int((labels >= 0).sum()),
+                                          "models": models})

@@ -14,7 +14,9 @@ from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.export import EXPORTERS
 from kd_edge.quantize import QUANTIZERS
 from kd_edge.runfiles import student_meta
+from kd_edge.errors import ExportError
 from kd_edge.tasks import TASKS
+from kd_edge.tasks.base import ModelSource
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -24,13 +26,16 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write artifacts/student.<precision>.<format> and their sidecars."""
     cfg = recipe.export
     task = TASKS.get(recipe.task)()
+    if recipe.task == "causal_lm" and cfg.artifacts:
+        raise ExportError("exporting causal LMs (ONNX with a KV cache, TFLite prefill/decode) is not built yet; "
+                          "set export.artifacts: [] for now")
     sdir = ctx.run_dir / "student"
     meta = student_meta(sdir)
-    model = task.load_model(sdir, eager=True)
-    module = task.export_module(model, pooling=meta["pooling"], normalize=meta["normalize"])
+    model = task.load_model(ModelSource(sdir), eager=True)
+    module = task.export_module(model, meta)
     params = sum(p.numel() for p in model.parameters())
-    common = {"task": recipe.task, "params": params, "pooling": meta["pooling"], "normalize": meta["normalize"],
-              "source": "student/"}
+    common = {"task": recipe.task, "params": params, "pooling": meta.get("pooling"),
+              "normalize": meta.get("normalize"), "source": "student/"}
     formats = list(dict.fromkeys(a.format for a in cfg.artifacts))
     wanted = {a.name for a in cfg.artifacts}
     with atomic_dir(ctx.run_dir / "artifacts") as out:

@@ -10,7 +10,6 @@ from kd_edge import __version__
 from kd_edge.artifacts import read_json
 
 SCHEMA = "kd-edge.report/1"
-QUALITY = ("probe_accuracy", "cosine_to_teacher", "knn_agreement")
 
 
 def _weights_mb(folder: Path) -> float | None:
@@ -37,32 +36,34 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
         doc = read_json(f)
         bench[doc["name"]] = doc
     models = evaluation["models"]
+    metric = evaluation.get("quality_metric", "probe_accuracy")
+    higher = evaluation.get("higher_is_better", True)
     rows: list[dict[str, Any]] = []
-    # the teacher lives outside the run: its size is what the bench runner measured of its weights
-    teacher_mb = bench.get("teacher", {}).get("file_size_bytes", 0) / 1e6 or None
-    rows.append({"name": "teacher", "kind": "teacher", "format": "pytorch", "precision": "fp32", "runtime": "torch",
-                 "params": models["teacher"]["params"], "file_size_mb": teacher_mb,
-                 **{k: models["teacher"].get(k) for k in QUALITY}, **_bench_fields(bench.get("teacher"))})
-    rows.append({"name": "student", "kind": "student", "format": "pytorch", "precision": "fp32", "runtime": "torch",
-                 "params": models["student"]["params"], "file_size_mb": _weights_mb(run_dir / "student"),
-                 **{k: models["student"].get(k) for k in QUALITY}, **_bench_fields(bench.get("student"))})
+    skip = {"params"}
+    for name, values in models.items():
+        kind = "student" if name == "student" else "teacher"
+        size = _weights_mb(run_dir / "student") if name == "student" else \
+            (bench.get(name, {}).get("file_size_bytes", 0) / 1e6 or None)  # a teacher's size is what the runner measured
+        rows.append({"name": name, "kind": kind, "format": "pytorch", "precision": "fp32", "runtime": "torch",
+                     "params": values.get("params"), "file_size_mb": size,
+                     **{k: v for k, v in values.items() if k not in skip}, **_bench_fields(bench.get(name))})
+    rows.sort(key=lambda r: (r["kind"] != "teacher", r["name"]))
     for sidecar in sorted((run_dir / "artifacts").glob("*.json")) if (run_dir / "artifacts").is_dir() else []:
         info = read_json(sidecar)
         ver_path = run_dir / "verify" / f"{info['name']}.json"
         ver = read_json(ver_path) if ver_path.is_file() else {}
+        quality = {k: v for k, v in ver.items() if k not in ("name", "format", "precision", "runtime", "passed", "reason")}
         rows.append({"name": info["name"], "kind": "artifact", "format": info["format"], "precision": info["precision"],
                      "runtime": info["runtime"], "params": info["params"], "file_size_mb": info["size_bytes"] / 1e6,
-                     **{k: ver.get(k) for k in QUALITY}, "max_abs_diff": ver.get("max_abs_diff"),
-                     "mean_abs_diff": ver.get("mean_abs_diff"), "prediction_agreement": ver.get("prediction_agreement"),
-                     "parity_passed": ver.get("passed"), "parity_reason": ver.get("reason"),
+                     **quality, "parity_passed": ver.get("passed"), "parity_reason": ver.get("reason"),
                      **_bench_fields(bench.get(info["name"]))})
     base = rows[0]
     for row in rows:
         if base.get("latency_p50_ms") and row.get("latency_p50_ms"):
             row["speedup_p50"] = base["latency_p50_ms"] / row["latency_p50_ms"]
-        if base.get("probe_accuracy") is not None and row.get("probe_accuracy") is not None:
-            row["probe_accuracy_drop"] = base["probe_accuracy"] - row["probe_accuracy"]
-            row["probe_accuracy_ratio"] = row["probe_accuracy"] / base["probe_accuracy"] if base["probe_accuracy"] else None
+        if base.get(metric) is not None and row.get(metric) is not None:
+            row[f"{metric}_drop"] = (base[metric] - row[metric]) if higher else (row[metric] - base[metric])
+            row[f"{metric}_ratio"] = row[metric] / base[metric] if base[metric] else None
         if base.get("file_size_mb") and row.get("file_size_mb"):
             row["size_ratio"] = row["file_size_mb"] / base["file_size_mb"]
     environment = next((d["environment"] for d in bench.values() if "environment" in d), None)
@@ -79,7 +80,8 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
         "schema": SCHEMA, "kd_edge_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "name": recipe["name"], "title": (recipe.get("report") or {}).get("title") or recipe["name"],
-        "task": recipe["task"], "teacher": recipe["teacher"]["model"],
+        "task": recipe["task"], "teacher": recipe["teacher"]["model"], "quality_metric": metric,
+        "higher_is_better": higher,
         "data": read_json(data_meta) if data_meta.is_file() else None,
         "evaluation": {"knn_k": evaluation["knn_k"], "n_test": evaluation["n_test"],
                        "n_test_labelled": evaluation.get("n_test_labelled")},

@@ -30,7 +30,7 @@ def _x(v: Any) -> str:
     return "—" if v is None else f"{v:.1f}×"
 
 
-COLUMNS: list[tuple[str, str, Fmt]] = [
+SPEED: list[tuple[str, str, Fmt]] = [
     ("params", "params", _params),
     ("file_size_mb", "size MB", _num(1)),
     ("latency_p50_ms", "p50 ms", _num(2)),
@@ -40,11 +40,21 @@ COLUMNS: list[tuple[str, str, Fmt]] = [
     ("throughput_per_s", "items/s", _num(0)),
     ("peak_rss_mb", "peak MB", _num(0)),
     ("load_ms", "load ms", _num(0)),
-    ("probe_accuracy", "probe acc", _pct),
-    ("cosine_to_teacher", "cos→teacher", _num(4)),
-    ("knn_agreement", "kNN agree", _pct),
-    ("max_abs_diff", "max |Δ|", _sci),
 ]
+QUALITY: dict[str, list[tuple[str, str, Fmt]]] = {
+    "sentence_embedding": [("probe_accuracy", "probe acc", _pct), ("cosine_to_teacher", "cos→teacher", _num(4)),
+                           ("knn_agreement", "kNN agree", _pct)],
+    "sequence_classification": [("accuracy", "accuracy", _pct), ("agreement_with_teacher", "agree w/ teacher", _pct),
+                                ("kl_from_teacher", "KL from teacher", _num(4)), ("ece", "ECE", _num(3))],
+    "causal_lm": [("perplexity", "perplexity", _num(2)), ("top1_agreement_with_teacher", "top-1 agree", _pct),
+                  ("kl_from_teacher", "KL from teacher", _num(4))],
+}
+PARITY: list[tuple[str, str, Fmt]] = [("max_abs_diff", "max |Δ|", _sci)]
+
+
+def columns(report: dict) -> list[tuple[str, str, Fmt]]:
+    """The table's columns for the report's task."""
+    return SPEED + QUALITY.get(report.get("task"), QUALITY["sentence_embedding"]) + PARITY
 
 
 def _label(row: dict) -> str:
@@ -57,11 +67,15 @@ def headline(report: dict) -> list[str]:
     """Two or three sentences a reader needs first."""
     rows = {r["name"]: r for r in report["rows"]}
     t, s = rows.get("teacher", {}), rows.get("student", {})
+    metric = report.get("quality_metric", "probe_accuracy")
     lines = []
-    if t.get("probe_accuracy") and s.get("probe_accuracy") is not None:
-        lines.append(f"The student keeps {s['probe_accuracy'] / t['probe_accuracy'] * 100:.1f} % of the teacher's probe "
-                     f"accuracy ({_pct(s['probe_accuracy'])} vs {_pct(t['probe_accuracy'])}) with "
-                     f"{_params(s.get('params'))} of {_params(t.get('params'))} parameters.")
+    size = f"with {_params(s.get('params'))} of {_params(t.get('params'))} parameters."
+    if metric == "perplexity" and t.get(metric) and s.get(metric):
+        lines.append(f"The student's perplexity is {s[metric]:.2f} against the teacher's {t[metric]:.2f}, {size}")
+    elif t.get(metric) and s.get(metric) is not None:
+        name = metric.replace("_", " ")
+        lines.append(f"The student keeps {s[metric] / t[metric] * 100:.1f} % of the teacher's {name} "
+                     f"({_pct(s[metric])} vs {_pct(t[metric])}) {size}")
     fastest = max((r for r in report["rows"] if r.get("speedup_p50")), key=lambda r: r["speedup_p50"], default=None)
     if fastest and fastest["name"] != "teacher":
         lines.append(f"Fastest: {fastest['name']} at {_num(2)(fastest['latency_p50_ms'])} ms p50, "
@@ -91,10 +105,11 @@ def to_markdown(report: dict) -> str:
     """The report as GitHub-flavoured Markdown."""
     out = [f"# {report['title']}: teacher vs student", ""]
     out += [" ".join(headline(report)), "", _settings(report), ""]
-    out.append("| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |")
-    out.append("|---|" + "---:|" * len(COLUMNS))
+    cols = columns(report)
+    out.append("| model | " + " | ".join(h for _, h, _ in cols) + " |")
+    out.append("|---|" + "---:|" * len(cols))
     for row in report["rows"]:
-        out.append(f"| {_label(row)} | " + " | ".join(fmt(row.get(k)) for k, _, fmt in COLUMNS) + " |")
+        out.append(f"| {_label(row)} | " + " | ".join(fmt(row.get(k)) for k, _, fmt in cols) + " |")
     out.append("")
     checked = [r for r in report["rows"] if r.get("parity_reason")]
     if checked:
@@ -189,14 +204,15 @@ def to_html(report: dict) -> str:
     """The report as one self-contained HTML page."""
     e = html.escape
     rows = report["rows"]
-    head = "".join(f"<th>{e(h)}</th>" for _, h, _ in COLUMNS)
+    cols = columns(report)
+    head = "".join(f"<th>{e(h)}</th>" for _, h, _ in cols)
     body = "".join(
-        f"<tr class='{r['kind']}'><td>{e(_label(r))}</td>" + "".join(f"<td>{e(f(r.get(k)))}</td>" for k, _, f in COLUMNS) + "</tr>"
+        f"<tr class='{r['kind']}'><td>{e(_label(r))}</td>" + "".join(f"<td>{e(f(r.get(k)))}</td>" for k, _, f in cols) + "</tr>"
         for r in rows)
     parity = "".join(
         f"<tr><td>{e(r['name'])}</td><td>{e(r['runtime'])}</td><td class='{'pass' if r['parity_passed'] else 'fail'}'>"
         f"{'pass' if r['parity_passed'] else 'FAIL'}</td><td>{e(r['parity_reason'])}</td>"
-        f"<td>{e(_pct(r.get('prediction_agreement')))}</td></tr>"
+        f"<td>{e(_pct(r.get('agreement_with_student')))}</td></tr>"
         for r in rows if r.get("parity_reason"))
     errors = "".join(f"<li>{e(r['name'])}: {e(r['bench_error'])}</li>" for r in rows if r.get("bench_error"))
     loss_keys = ["loss"] + sorted({k for c in report["training"]["curve"] for k in c if k.startswith("loss_")})

@@ -41,8 +41,10 @@ def _hub_snapshot(ref: str, revision: str | None, what: str) -> Path:
         ) from e
 
 
-def resolve_model_dir(ref: str, *, revision: str | None = None, what: str = "teacher.model") -> Path:
-    """The local folder holding a model named by ``ref`` (folder, ``package:NAME/SUB`` or hub id)."""
+def resolve_model_dir(ref: str, *, revision: str | None = None, what: str = "teacher.model",
+                      gguf_file: str | None = None) -> Path:
+    """The local folder holding a model named by ``ref`` (folder, ``package:NAME/SUB`` or hub id);
+    with ``gguf_file`` the folder holds that file instead of config.json."""
     if ref.startswith("package:"):
         path = _package_dir(ref, what)
     else:
@@ -55,7 +57,7 @@ def resolve_model_dir(ref: str, *, revision: str | None = None, what: str = "tea
             path = _hub_snapshot(ref, revision, what)
     if not path.is_dir():
         raise ArtifactError(f"{what} '{ref}' is a file, not a model folder; pass the folder holding config.json")
-    if not (path / "config.json").is_file():
+    if gguf_file is None and not (path / "config.json").is_file():
         raise ArtifactError(f"{what} '{ref}' has no config.json; pass a folder written by save_pretrained")
     return path.resolve()
 

@@ -18,8 +18,9 @@ from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.data.packed import Packed, length_batches, pad
 from kd_edge.errors import ExportError
 from kd_edge.export.capture import captured
-from kd_edge.runfiles import load_cache, need, split_arrays
+from kd_edge.runfiles import CacheReader, need
 from kd_edge.tasks.embedding_metrics import embedding_metrics, probe_predict
+from kd_edge.tasks.logit_metrics import classification_metrics
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -64,24 +65,52 @@ def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signat
     return out
 
 
-def verdict(info: dict, record: dict, student: dict, cfg) -> tuple[bool, str]:
-    """Pass/fail of one artifact, and why."""
+def verdict(info: dict, record: dict, student: dict, metric: str, cfg) -> tuple[bool, str]:
+    """Pass/fail of one artifact, and why: fp32 by max |Δ|, lower precisions by the drop of the task
+    metric against the PyTorch student (or, without labels, by agreement with it)."""
     if info["precision"] == "fp32":
         ok = record["max_abs_diff"] <= cfg.fp32_max_abs_diff
         return ok, f"max |Δ| {record['max_abs_diff']:.2e} {'≤' if ok else '>'} {cfg.fp32_max_abs_diff:.0e}"
-    if "probe_accuracy" in record and "probe_accuracy" in student:
-        drop = student["probe_accuracy"] - record["probe_accuracy"]
+    if metric in record and metric in student:
+        drop = student[metric] - record[metric]
         ok = drop <= cfg.int8_max_metric_drop
-        return ok, f"probe accuracy drop {drop * 100:+.2f} pt {'≤' if ok else '>'} {cfg.int8_max_metric_drop * 100:.1f} pt"
-    ok = record["cosine_to_student"] >= 0.99
-    return ok, f"cosine to student {record['cosine_to_student']:.4f} {'≥' if ok else '<'} 0.99"
+        name = metric.replace("_", " ")
+        return ok, f"{name} drop {drop * 100:+.2f} pt {'≤' if ok else '>'} {cfg.int8_max_metric_drop * 100:.1f} pt"
+    ok = record["agreement_with_student"] >= 0.99
+    return ok, f"agreement with student {record['agreement_with_student']:.4f} {'≥' if ok else '<'} 0.99"
+
+
+def _metrics(task_name: str, outputs: np.ndarray, teacher: np.ndarray, labels: np.ndarray, probe, k: int) -> dict:
+    if task_name == "sentence_embedding":
+        return embedding_metrics(outputs, teacher, labels, probe, k)
+    return classification_metrics(outputs, teacher, labels)
+
+
+def _agreement(task_name: str, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, probe) -> float:
+    """Share of held-out texts where the artifact predicts what the PyTorch student predicts (the
+    student's probe for embeddings; the argmax class for classifiers)."""
+    if task_name == "sentence_embedding":
+        if probe is None:
+            cos = np.sum(outputs * reference, 1) / (np.linalg.norm(outputs, axis=1) * np.linalg.norm(reference, axis=1))
+            return float(np.mean(cos > 0.99))
+        keep = labels >= 0
+        return float(np.mean(probe_predict(probe, outputs[keep]) == probe_predict(probe, reference[keep])))
+    return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
 
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write verify/<artifact>.json for every artifact."""
     cfg = recipe.verify
-    meta, _ = load_cache(ctx.run_dir)
-    ids, teacher, labels = split_arrays(ctx.run_dir, "test")
+    sidecars = sorted((ctx.run_dir / "artifacts").glob("*.json"))
+    if not sidecars:
+        with atomic_dir(ctx.run_dir / "verify") as out:
+            write_json(out / "student.json", {"name": "student", "note": "no exported files to verify"})
+        return
+    cache = CacheReader(ctx.run_dir)
+    task_name = recipe.task
+    field = "pooled" if task_name == "sentence_embedding" else "logits"
+    ids, labels = cache.ids("test"), cache.labels("test")
+    teacher = np.asarray(cache.field(0, "test", field))
     reference = np.load(need(ctx.run_dir / "eval" / "student_test.npy", "run the evaluate stage first"))
     if cfg.max_examples and len(ids) > cfg.max_examples:
         n = cfg.max_examples
@@ -89,27 +118,24 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     probe_path = ctx.run_dir / "eval" / "probe_student.json"
     probe = read_json(probe_path) if probe_path.is_file() else None
     evaluation = read_json(ctx.run_dir / "eval" / "metrics.json")
-    student = embedding_metrics(reference, teacher, labels, probe, evaluation["knn_k"])
+    metric = evaluation["quality_metric"]
+    student = _metrics(task_name, reference, teacher, labels, probe, evaluation["knn_k"])
     threads = recipe.bench.threads
+    pad_id = cache.meta["pad_id"]
     with atomic_dir(ctx.run_dir / "verify") as out:
-        for sidecar in sorted((ctx.run_dir / "artifacts").glob("*.json")):
+        for sidecar in sidecars:
             info = read_json(sidecar)
             path = ctx.run_dir / "artifacts" / info["name"]
             if info["runtime"] == "onnxruntime":
-                emb = run_onnx(path, ids, meta["pad_id"], threads)
+                outputs = run_onnx(path, ids, pad_id, threads)
             else:
-                emb = run_tflite(path, ids, meta["pad_id"], threads, info["signatures"],
-                                 ctx.run_dir / "logs" / "verify-tflite.log")
-            diff = np.abs(emb - reference)
+                outputs = run_tflite(path, ids, pad_id, threads, info["signatures"], ctx.run_dir / "logs" / "verify-tflite.log")
+            diff = np.abs(outputs - reference)
             record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
                       "runtime": info["runtime"], "n_examples": len(ids),
                       "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                      "cosine_to_student": float(np.mean(np.sum(emb * reference, 1) /
-                                                         (np.linalg.norm(emb, axis=1) * np.linalg.norm(reference, axis=1)))),
-                      **embedding_metrics(emb, teacher, labels, probe, evaluation["knn_k"])}
-            if probe is not None:
-                keep = labels >= 0
-                record["prediction_agreement"] = float(np.mean(probe_predict(probe, emb[keep]) == probe_predict(probe, reference[keep])))
-            record["passed"], record["reason"] = verdict(info, record, student, cfg)
+                      "agreement_with_student": _agreement(task_name, outputs, reference, labels, probe),
+                      **_metrics(task_name, outputs, teacher, labels, probe, evaluation["knn_k"])}
+            record["passed"], record["reason"] = verdict(info, record, student, metric, cfg)
             write_json(out / f"{info['name']}.json", record)
         write_json(out / "student.json", {"name": "student", **student})

@@ -18,7 +18,7 @@ from kd_edge.tasks import TASKS
 @pytest.fixture(scope="module")
 def exported(tiny_teacher, tmp_path_factory):
     task = TASKS.get("sentence_embedding")()
-    module = task.export_module(task.load_model(tiny_teacher, eager=True), pooling="mean", normalize=True)
+    module = task.export_module(task.load_model(tiny_teacher, eager=True), {"pooling": "mean", "normalize": True})
     out = tmp_path_factory.mktemp("exported")
     names = ("input_ids", "attention_mask")
     EXPORTERS.get("onnx")().export(module, out / "m.onnx", input_names=names, output_name="e", opset=17)

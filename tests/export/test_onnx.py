@@ -12,7 +12,7 @@ from kd_edge.tasks import TASKS
 def module(tiny_teacher):
     task = TASKS.get("sentence_embedding")()
     model = task.load_model(tiny_teacher, eager=True)
-    return task.export_module(model, pooling="mean", normalize=True)
+    return task.export_module(model, {"pooling": "mean", "normalize": True})
 
 
 def test_onnx_roundtrip_dynamic_batch_and_sequence(module, tmp_path):

@@ -8,7 +8,7 @@ from kd_edge.tasks import TASKS
 
 def test_tflite_signatures_match_pytorch(wide_teacher, tmp_path):
     task = TASKS.get("sentence_embedding")()
-    module = task.export_module(task.load_model(wide_teacher, eager=True), pooling="mean", normalize=True)
+    module = task.export_module(task.load_model(wide_teacher, eager=True), {"pooling": "mean", "normalize": True})
     path = tmp_path / "m.tflite"
     info = EXPORTERS.get("tflite")().export(module, path, input_names=("input_ids", "attention_mask"),
                                             output_name="sentence_embedding", shapes=[(1, 16), (2, 32)],

@@ -11,7 +11,7 @@ from kd_edge.tasks import TASKS
 def test_int8_is_smaller_and_close(wide_teacher, tmp_path):
     folder = wide_teacher
     task = TASKS.get("sentence_embedding")()
-    module = task.export_module(task.load_model(folder, eager=True), pooling="mean", normalize=True)
+    module = task.export_module(task.load_model(folder, eager=True), {"pooling": "mean", "normalize": True})
     fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
     EXPORTERS.get("onnx")().export(module, fp32, input_names=("input_ids", "attention_mask"),
                                    output_name="sentence_embedding", opset=17)

@@ -1,0 +1,90 @@
+"""Causal language modelling: next-token logits. The teacher cache keeps, per position, the top-k
+logits with their indices and the log-normaliser at each loss temperature, so the loss can rebuild
+the teacher's distribution as the top-k probabilities plus one bucket for the remaining mass.
+Metric: perplexity on held-out text (lower is better), top-1 agreement with the teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kd_edge.data.packed import Packed, pad
+from kd_edge.tasks.base import Batch, CacheSpec, Task
+
+DEFAULT_TOP_K = 64
+
+
+def lse_key(temperature: float) -> str:
+    """Cache field name of the log-normaliser at a temperature."""
+    return f"lse_t{temperature:g}"
+
+
+class CausalLMLogitsModule(nn.Module):
+    """(input_ids, attention_mask) -> logits [B, T, V], no KV cache."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+class CausalLMTask(Task):
+    """Adapter for `task: causal_lm`."""
+
+    name = "causal_lm"
+    auto_class = "AutoModelForCausalLM"
+    output_name = "logits"
+    quality_metric = "perplexity"
+    higher_is_better = False
+    label_kind = "token"
+
+    def make_batch(self, ids: Packed, idx: np.ndarray, pad_id: int, labels: np.ndarray | None = None,
+                   weights: Packed | None = None) -> Batch:
+        """Adds ``labels`` (the next token, -100 where none) and ``token_weights``: the weight of the
+        prediction made at each position (0 for padding and the last position; ``weights`` of the
+        predicted token when given, e.g. 0 for a prompt, the rationale weight for a rationale)."""
+        batch = super().make_batch(ids, idx, pad_id)
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        nxt = torch.full_like(input_ids, -100)
+        nxt[:, :-1] = torch.where(mask[:, 1:].bool(), input_ids[:, 1:], torch.full_like(input_ids[:, 1:], -100))
+        w = torch.zeros(input_ids.shape, dtype=torch.float32)
+        if weights is not None:
+            per_token, _ = pad([np.asarray(weights[i], np.float32) for i in idx], 0.0)
+            w[:, :-1] = torch.from_numpy(per_token[:, 1:]) * mask[:, 1:]
+        else:
+            w[:, :-1] = mask[:, 1:].float()
+        batch.tensors.update({"labels": nxt, "token_weights": w})
+        return batch
+
+    def forward(self, model: nn.Module, batch: Batch, *, meta: dict, hidden_layers: tuple[int, ...] = (),
+                attentions: bool = False) -> dict[str, Any]:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                    output_hidden_states=bool(hidden_layers), output_attentions=attentions)
+        return {"logits": out.logits, **self.hidden_outputs(out, hidden_layers, attentions)}
+
+    def cache_outputs(self, out: dict[str, Any], batch: Batch, spec: CacheSpec) -> dict[str, tuple[str, torch.Tensor]]:
+        logits = out["logits"].float()
+        k = min(spec.top_k or DEFAULT_TOP_K, logits.shape[-1])
+        values, indices = logits.topk(k, dim=-1)
+        labels = batch["labels"]
+        logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        fields = {"topk_logits": ("token", values), "topk_indices": ("token", indices.int()),
+                  "target_logprob": ("token", torch.where(labels >= 0, logp, torch.zeros_like(logp)))}
+        for t in spec.temperatures:
+            fields[lse_key(t)] = ("token", torch.logsumexp(logits / t, -1))
+        for layer, h in out.get("hidden", {}).items():
+            fields[f"hidden_{layer}"] = ("token", h.half())
+        return fields
+
+    def teacher_targets(self, cached: dict[str, torch.Tensor]) -> dict[str, Any]:
+        out = super().teacher_targets({k: v for k, v in cached.items() if not k.startswith("lse_t")})
+        out["lse"] = {float(k.removeprefix("lse_t")): v for k, v in cached.items() if k.startswith("lse_t")}
+        return out
+
+    def export_module(self, model: nn.Module, meta: dict) -> nn.Module:
+        return CausalLMLogitsModule(model).eval()
