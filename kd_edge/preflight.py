@@ -175,6 +175,9 @@ def resolve(recipe: Recipe) -> Recipe:
         raise ConfigError(f"ensemble teachers have different label counts {sorted(map(str, labels_set))}; "
                           "an ensemble needs one label space")
     student_shape, student_layers = _student_shape(recipe, shapes[0])
+    if recipe.task == "sentence_embedding" and student_shape.hidden != shapes[0].hidden:
+        raise ConfigError(f"a sentence-embedding student must keep the teacher's width ({shapes[0].hidden}) so that its "
+                          f"embeddings live in the teacher's space; student width is {student_shape.hidden}")
     labelled = recipe.data.label_field is not None or recipe.task == "causal_lm"
     losses = []
     for loss in recipe.distill.losses:

@@ -42,10 +42,11 @@ def write_tiny_bert(folder: Path, *, layers: int = 4, hidden: int = 32, heads: i
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] \
-        + list("abcdefghijklmnopqrstuvwxyz")
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+                               + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")))
+    # transformers 5: the vocabulary is passed as `vocab` (a `vocab_file=` argument is silently ignored)
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    assert len(tokenizer) == len(vocab)
     tokenizer.save_pretrained(str(folder))
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
@@ -58,6 +59,51 @@ def write_tiny_bert(folder: Path, *, layers: int = 4, hidden: int = 32, heads: i
 def tiny_teacher(tmp_path_factory) -> Path:
     """A 4-layer, 32-wide BERT teacher folder."""
     return write_tiny_bert(tmp_path_factory.mktemp("teacher") / "tiny-bert")
+
+
+def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: int = 0) -> Path:
+    """A real LlamaForCausalLM (random weights) with the tiny WordPiece tokenizer."""
+    import torch
+    from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+
+    bert = write_tiny_bert(folder.parent / (folder.name + "-tok"), layers=1)
+    tokenizer = BertTokenizerFast.from_pretrained(str(bert))
+    assert len(tokenizer) > 50
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(folder))
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    LlamaForCausalLM(config).eval().save_pretrained(str(folder))
+    return folder
+
+
+def write_tiny_classifier(folder: Path, *, layers: int = 4, hidden: int = 32, seed: int = 0, labels: int = 2) -> Path:
+    """A real BertForSequenceClassification (random weights) with the tiny tokenizer."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    base = write_tiny_bert(folder, layers=layers, hidden=hidden, seed=seed)
+    torch.manual_seed(seed + 1)
+    model = BertForSequenceClassification.from_pretrained(str(base), num_labels=labels).eval()
+    with torch.no_grad():  # confident predictions, so that soft targets differ from uniform
+        model.classifier.weight.mul_(30.0)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 4-layer, 32-wide Llama teacher folder."""
+    return write_tiny_llama(tmp_path_factory.mktemp("llama") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    """A 4-layer, 32-wide BERT classifier teacher folder (2 labels)."""
+    return write_tiny_classifier(tmp_path_factory.mktemp("cls") / "tiny-cls")
 
 
 @pytest.fixture(scope="session")

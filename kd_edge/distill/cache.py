@@ -20,6 +20,7 @@ import numpy as np
 
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.data.packed import Packed
+from kd_edge.errors import ArtifactError
 from kd_edge.preflight import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
 from kd_edge.runfiles import read_jsonl, training_rows
 from kd_edge.tasks import TASKS
@@ -135,6 +136,15 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         return
     meta_task = {"pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize}
     rows = {"train": training_rows(recipe, ctx.run_dir), "test": read_jsonl(ctx.run_dir / "data" / "test.jsonl")}
+    if not rows["train"]:
+        generated = ctx.run_dir / "generated" / "meta.json"
+        detail = ""
+        if generated.is_file():
+            g = read_json(generated)
+            detail = (f" ({g['method']}: {g['n_generated']} of {g.get('prompts', g['n_source_rows'])} prompts gave usable "
+                      f"output; {g.get('without_answer_dropped', g.get('duplicates_dropped', 0))} dropped)")
+        raise ArtifactError(f"no training rows{detail}; check the generation settings (answer_marker, template, "
+                            "max_new_tokens) or give rationales in the data (rationale.source: data)")
     meta: dict[str, Any] = {
         "key": ctx.key, "task": recipe.task, "tokenizer_class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer), "pad_id": pad_id, "max_length": recipe.data.max_length, **meta_task,

@@ -77,7 +77,8 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
                       disable=not progress or None):
         enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 max_new_tokens=max_new_tokens, do_sample=do_sample,
                                  temperature=temperature if do_sample else None, top_p=None, top_k=None,
                                  pad_token_id=tokenizer.pad_token_id)
         texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -60,3 +62,110 @@ def test_gradients_are_finite(name):
     loss.backward()
     grads = [g for g in (s["pooled"].grad, s["hidden"][1].grad) if g is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+# -- logit losses ---------------------------------------------------------------------------------------------
+def _lm(seed=0, b=2, t=4, v=11):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, v, generator=g) * 2
+
+
+def _sparse(teacher_logits, k, temperatures=(1.0, 2.0)):
+    values, indices = teacher_logits.topk(k, dim=-1)
+    return {"topk_logits": values, "topk_indices": indices,
+            "lse": {t: torch.logsumexp(teacher_logits / t, -1) for t in temperatures}}
+
+
+def _lm_batch(b=2, t=4):
+    w = torch.ones(b, t)
+    w[:, -1] = 0
+    w[1, 2:] = 0
+    return {"token_weights": w, "labels": torch.randint(0, 11, (b, t)), "attention_mask": torch.ones(b, t)}
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sparse_top_k_equals_dense_when_k_is_the_vocabulary(name, temperature):
+    s, t = _lm(0), _lm(1)
+    fn, batch = LOSSES.get(name), _lm_batch()
+    dense = fn({"logits": s}, {"logits": t}, batch, temperature=temperature)
+    sparse = fn({"logits": s}, _sparse(t, k=11), batch, temperature=temperature)
+    assert sparse.item() == pytest.approx(dense.item(), rel=1e-4, abs=1e-6)
+    # with fewer kept logits the sparse loss is an approximation, not the dense value
+    partial = fn({"logits": s}, _sparse(t, k=3), batch, temperature=temperature)
+    assert partial.item() != pytest.approx(dense.item(), rel=1e-3)
+
+
+def test_kl_is_scaled_by_temperature_squared():
+    s, t = torch.randn(5, 4), torch.randn(5, 4)
+    T = 3.0
+    p, q = torch.softmax(t / T, -1), torch.log_softmax(s / T, -1)
+    plain = (p * (torch.log(p) - q)).sum(-1).mean()
+    assert LOSSES.get("kl")({"logits": s}, {"logits": t}, {}, temperature=T).item() == pytest.approx(T * T * plain.item(), rel=1e-5)
+
+
+def test_kl_is_zero_for_identical_and_positive_otherwise():
+    s = torch.randn(6, 5)
+    fn = LOSSES.get("kl")
+    assert fn({"logits": s}, {"logits": s.clone()}, {}).item() == pytest.approx(0.0, abs=1e-6)
+    assert fn({"logits": s}, {"logits": torch.randn(6, 5)}, {}).item() > 0
+
+
+def test_jsd_is_symmetric_at_half_and_bounded():
+    a, b = torch.randn(8, 6) * 3, torch.randn(8, 6) * 3
+    fn = LOSSES.get("jsd")
+    ab = fn({"logits": a}, {"logits": b}, {}, beta=0.5)
+    ba = fn({"logits": b}, {"logits": a}, {}, beta=0.5)
+    assert ab.item() == pytest.approx(ba.item(), rel=1e-5) and 0 < ab.item() <= math.log(2) + 1e-6
+
+
+def test_language_model_losses_use_token_weights():
+    s, t = _lm(0), _lm(1)
+    batch = _lm_batch()
+    full = LOSSES.get("kl")({"logits": s}, {"logits": t}, batch)
+    changed = t.clone()
+    changed[1, 3] += 50  # a position with weight 0
+    assert LOSSES.get("kl")({"logits": s}, {"logits": changed}, batch).item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_ce_for_classes_ignores_missing_labels_and_for_tokens_follows_weights():
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([0, -1, 2, 1])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2, 3]], labels[[0, 2, 3]])
+    assert LOSSES.get("ce")({"logits": logits}, {}, {"labels": labels}).item() == pytest.approx(expected.item(), rel=1e-6)
+    s, batch = _lm(0), _lm_batch()
+    w = batch["token_weights"]
+    nll = torch.nn.functional.cross_entropy(s.transpose(1, 2), batch["labels"], reduction="none")
+    assert LOSSES.get("ce")({"logits": s}, {}, batch).item() == pytest.approx(((nll * w).sum() / w.sum()).item(), rel=1e-5)
+
+
+def test_logit_mse_dense_and_sparse():
+    s, t = torch.randn(3, 5), torch.randn(3, 5)
+    assert LOSSES.get("logit_mse")({"logits": s}, {"logits": t}, {}).item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
+    s3, t3 = _lm(0), _lm(1)
+    dense = LOSSES.get("logit_mse")({"logits": s3}, {"logits": t3}, _lm_batch())
+    assert LOSSES.get("logit_mse")({"logits": s3}, _sparse(t3, 11), _lm_batch()).item() == pytest.approx(dense.item(), rel=1e-5)
+
+
+# -- intermediate layers ------------------------------------------------------------------------------------
+def test_hidden_loss_applies_the_projection():
+    s, t = _outs(0), _outs(1, h=12)
+    proj = torch.nn.Linear(8, 12)
+    value = LOSSES.get("hidden_mse")(s, t, _batch(), layer_map=[(1, 1)], project=lambda a, b, h: proj(h))
+    value.backward()
+    assert proj.weight.grad is not None and torch.isfinite(proj.weight.grad).all()
+
+
+def _attn(seed, heads=2, b=3, t=5):
+    g = torch.Generator().manual_seed(seed)
+    return {"attentions": {1: torch.softmax(torch.randn(b, heads, t, t, generator=g), -1)}}
+
+
+def test_attention_losses_zero_for_identical_and_heads_averaged_when_counts_differ():
+    a = _attn(0)
+    for name in ("attention_kl", "attention_mse"):
+        assert LOSSES.get(name)(a, a, _batch(), layer_map=[(1, 1)]).item() == pytest.approx(0.0, abs=1e-6)
+    four = _attn(1, heads=4)
+    with pytest.raises(ValueError, match="attention heads differ"):
+        LOSSES.get("attention_kl")(a, four, _batch(), layer_map=[(1, 1)], heads="match")
+    assert LOSSES.get("attention_kl")(a, four, _batch(), layer_map=[(1, 1)], heads="mean").item() > 0

@@ -1,0 +1,275 @@
+"""Each distillation method on tiny real models, with a test that fails if the method does nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kd_edge.config import recipe_from_dict
+from kd_edge.distill.objective import Objective
+from kd_edge.errors import ArtifactError, ConfigError
+from kd_edge.pipeline import run_pipeline
+from kd_edge.preflight import resolve
+from kd_edge.runfiles import CacheReader, read_jsonl, student_meta
+from kd_edge.tasks import TASKS
+from tests.conftest import sentences, tiny_recipe_dict, write_tiny_classifier
+
+
+def run(data: dict, out, stop_after=None):
+    recipe = resolve(recipe_from_dict(data, "test"))
+    run_pipeline(recipe, out, stop_after=stop_after, progress=False)
+    return recipe
+
+
+def classifier_recipe(teacher_dir, data_path, **over):
+    base = tiny_recipe_dict(teacher_dir, data_path, task="sequence_classification",
+                            distill={"max_steps": 6, "batch_size": 8, "lr": 5e-4, "checkpoint_every": 100,
+                                     "losses": [{"name": "kl", "temperature": 2.0}, {"name": "ce", "weight": 0.5}]},
+                            export={"artifacts": []}, gate={"budgets": []})
+    base.update(over)
+    return base
+
+
+def objective_for(recipe, out):
+    task = TASKS.get(recipe.task)()
+    model = task.load_model(out / "student_init")
+    return Objective(recipe, task, model, student_meta(out / "student_init"), CacheReader(out))
+
+
+def test_classification_pipeline_with_a_prepared_teacher(tmp_path, tiny_teacher, tiny_data):
+    data = classifier_recipe(tiny_teacher, tiny_data,
+                             teacher={"model": str(tiny_teacher), "prepare_head": {"epochs": 1, "train_encoder": True}},
+                             export={"artifacts": [{"format": "onnx", "precision": "fp32"},
+                                                   {"format": "onnx", "precision": "int8"}]},
+                             bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32})
+    data["distill"]["losses"].append({"name": "hidden_mse", "layer_map": "uniform"})
+    run(data, tmp_path / "run")
+    prepared = tmp_path / "run" / "teacher"
+    assert json.loads((prepared / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert report["quality_metric"] == "accuracy"
+    for name in ("teacher", "student", "student.fp32.onnx", "student.int8.onnx"):
+        assert 0 <= rows[name]["accuracy"] <= 1 and rows[name]["latency_p50_ms"] > 0
+    assert rows["student.fp32.onnx"]["max_abs_diff"] <= 1e-4 and rows["student.fp32.onnx"]["agreement_with_student"] == 1.0
+    assert rows["student"]["agreement_with_teacher"] > 0.0 and "ece" in rows["student"]
+
+
+def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_llama, tiny_data):
+    data = tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm",
+                            teacher={"model": str(tiny_llama), "top_k": 8, "batch_size": 16},
+                            student={"layers": 2},
+                            distill={"max_steps": 6, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 100,
+                                     "losses": [{"name": "kl", "temperature": 2.0}, {"name": "ce", "weight": 0.5},
+                                                {"name": "hidden_cosine", "layer_map": "last"}]},
+                            export={"artifacts": []}, gate={"budgets": []},
+                            bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16})
+    run(data, tmp_path / "run")
+    cache = CacheReader(tmp_path / "run")
+    assert cache.field(0, "train", "topk_logits").shape[1] == 8
+    assert set(cache.meta["teachers"][0]["fields"]) >= {"topk_logits", "topk_indices", "lse_t1", "lse_t2", "target_logprob"}
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["models"]
+    assert metrics["teacher"]["perplexity"] > 1 and metrics["student"]["perplexity"] > 1
+    assert 0 <= metrics["student"]["top1_agreement_with_teacher"] <= 1
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {r["name"] for r in report["rows"]} == {"teacher", "student"}
+
+
+def test_second_teacher_changes_the_loss(tmp_path, tiny_classifier, tiny_data):
+    other = write_tiny_classifier(tmp_path / "other", seed=5)
+    idx = torch.arange(8)
+
+    def loss(ensemble_model, combine):
+        data = classifier_recipe(tiny_classifier, tiny_data, ensemble={"teachers": [{"model": str(ensemble_model)}],
+                                                                     "combine": combine})
+        out = tmp_path / f"{ensemble_model.name}-{combine}"
+        recipe = run(data, out, stop_after="student")
+        torch.manual_seed(0)
+        return float(objective_for(recipe, out).eval()(idx)[0])
+
+    single = classifier_recipe(tiny_classifier, tiny_data)
+    recipe = run(single, tmp_path / "single", stop_after="student")
+    torch.manual_seed(0)
+    alone = float(objective_for(recipe, tmp_path / "single").eval()(idx)[0])
+    for combine in ("per_teacher", "average"):
+        assert abs(loss(other, combine) - alone) > 0.01
+        # a second teacher identical to the first changes nothing: the difference comes from its outputs
+        assert loss(tiny_classifier, combine) == pytest.approx(alone, rel=1e-5)
+
+
+def test_mutual_learning_trains_the_teacher_too(tmp_path, tiny_classifier, tiny_data):
+    data = classifier_recipe(tiny_classifier, tiny_data)
+    data["distill"].update({"mode": "mutual", "teacher_lr": 1e-3})
+    run(data, tmp_path / "run", stop_after="distill")
+    before = load_file(str(tiny_classifier / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "train" / "teacher" / "model.safetensors"))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and any("classifier" in k for k in changed)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss_teacher" in m for m in metrics if "loss" in m)
+
+
+def test_augmentation_adds_teacher_labelled_examples(tmp_path, tiny_teacher, tiny_data):
+    data = tiny_recipe_dict(tiny_teacher, tiny_data)
+    data["distill"]["augment"] = {"copies": 2, "mask_prob": 0.2, "replace_prob": 0.1, "delete_span_prob": 0.5}
+    run(data, tmp_path / "run", stop_after="teacher")
+    made = read_jsonl(tmp_path / "run" / "generated" / "train.jsonl")
+    original = read_jsonl(tmp_path / "run" / "data" / "train.jsonl")
+    assert len(made) > len(original)  # two copies each, minus duplicates
+    assert all(r["provenance"]["method"] == "augment" and r["label"] is None for r in made)
+    assert len({r["text"] for r in made}) == len(made) and not {r["text"] for r in made} & {r["text"] for r in original}
+    meta = json.loads((tmp_path / "run" / "generated" / "meta.json").read_text())
+    assert meta["method"] == "augment" and meta["seed"] == 0 and meta["settings"]["copies"] == 2
+    cache = CacheReader(tmp_path / "run")
+    n = len(original) + len(made)
+    pooled = np.asarray(cache.field(0, "train", "pooled"))
+    assert len(cache.ids("train")) == n and pooled.shape[0] == n
+    assert np.allclose(np.linalg.norm(pooled[len(original):], axis=1), 1.0, atol=1e-4)  # real teacher outputs
+    assert (cache.labels("train")[len(original):] == -1).all()
+
+
+def test_rationale_tokens_are_weighted_as_asked(tmp_path, tiny_llama):
+    rows = [{"prompt": f"is the movie {w} ?", "rationale": f"the word {w} is {'good' if i % 2 else 'bad'}",
+             "answer": "yes" if i % 2 else "no"} for i, w in enumerate(["great", "awful", "fun", "dull"] * 5)]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tiny_recipe_dict(tiny_llama, path, task="causal_lm", teacher={"model": str(tiny_llama), "top_k": 4},
+                            data={"source": str(path), "label_field": None, "test_size": 4, "max_length": 64},
+                            distill={"max_steps": 2, "batch_size": 4, "checkpoint_every": 100,
+                                     "rationale": {"rationale_weight": 0.25, "answer_weight": 2.0},
+                                     "losses": [{"name": "ce"}]},
+                            export={"artifacts": []}, gate={"budgets": []})
+    recipe = run(data, tmp_path / "run", stop_after="student")
+    cache = CacheReader(tmp_path / "run")
+    task = TASKS.get("causal_lm")()
+    tok = task.load_tokenizer(tmp_path / "run" / "student_init")
+    weights, ids = cache.weights("train"), cache.ids("train")
+    train_rows = read_jsonl(tmp_path / "run" / "data" / "train.jsonl")
+    for i, row in enumerate(train_rows):
+        (prompt, wp), (rationale, wr), (answer, wa) = row["segments"]
+        n_p, n_r, n_a = (len(tok(t, add_special_tokens=False)["input_ids"]) for t in (prompt, rationale, answer))
+        w = np.asarray(weights[i])
+        expected = np.concatenate([np.zeros(len(w) - n_p - n_r - n_a), np.zeros(n_p), np.full(n_r, 0.25), np.full(n_a, 2.0)])
+        np.testing.assert_allclose(w, expected)
+        assert len(ids[i]) == len(w)
+    # the loss follows the weights: the CE of the objective equals the weighted CE computed by hand
+    objective = objective_for(recipe, tmp_path / "run").eval()
+    idx = np.arange(4)
+    batch = task.make_batch(ids, idx, cache.meta["pad_id"], weights=weights)
+    with torch.no_grad():
+        logits = objective.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"].clamp(min=0), reduction="none")
+        w = batch["token_weights"]
+        expected = float((nll * w).sum() / w.sum())
+        assert float(objective(torch.from_numpy(idx))[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sequence_level_generation_is_stored_with_provenance(tmp_path, tiny_llama, tiny_data):
+    data = tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm", teacher={"model": str(tiny_llama), "top_k": 4},
+                            data={"source": str(tiny_data), "max_samples": 24, "test_size": 4, "max_length": 48},
+                            distill={"max_steps": 2, "batch_size": 4, "checkpoint_every": 100, "losses": [{"name": "ce"}],
+                                     "generate": {"prompt_tokens": 3, "max_new_tokens": 6, "keep_original": False}},
+                            export={"artifacts": []}, gate={"budgets": []})
+    run(data, tmp_path / "run", stop_after="teacher")
+    made = read_jsonl(tmp_path / "run" / "generated" / "train.jsonl")
+    meta = json.loads((tmp_path / "run" / "generated" / "meta.json").read_text())
+    assert made and meta["method"] == "sequence_level" and meta["n_generated"] == len(made)
+    assert meta["prompts"] == meta["n_generated"] + meta["duplicates_dropped"]
+    assert all(r["segments"][0][1] == 0.0 and r["segments"][1][1] == 1.0 for r in made)
+    cache = CacheReader(tmp_path / "run")
+    assert len(cache.ids("train")) == len(made)  # keep_original: false trains on the teacher's text only
+
+
+def test_shared_cache_is_reused_only_for_the_same_inputs(tmp_path, tiny_teacher, tiny_data):
+    shared = tmp_path / "shared"
+    data = tiny_recipe_dict(tiny_teacher, tiny_data)
+    data["teacher"]["cache_dir"] = str(shared)
+    run(data, tmp_path / "a", stop_after="teacher")
+    run(data, tmp_path / "b", stop_after="teacher")
+    meta_a = json.loads((tmp_path / "a" / "teacher_cache" / "meta.json").read_text())
+    meta_b = json.loads((tmp_path / "b" / "teacher_cache" / "meta.json").read_text())
+    assert meta_a["reused"] is False and meta_b["reused"] is True and meta_a["shared"] == meta_b["shared"]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in sentences(40, seed=3)))
+    data["data"]["source"] = str(other)
+    run(data, tmp_path / "c", stop_after="teacher")
+    meta_c = json.loads((tmp_path / "c" / "teacher_cache" / "meta.json").read_text())
+    assert meta_c["reused"] is False and meta_c["shared"] != meta_a["shared"] and len(list(shared.iterdir())) == 2
+
+
+def test_student_with_another_vocabulary_is_refused(tmp_path, tiny_teacher, tiny_data):
+    from transformers import BertModel, BertTokenizerFast
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "zebra", "apple"])})
+    tok.save_pretrained(str(odd))
+    from transformers import BertConfig
+
+    BertModel(BertConfig(vocab_size=7, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(str(odd))
+    data = tiny_recipe_dict(tiny_teacher, tiny_data, student={"init": "pretrained", "model": str(odd)})
+    with pytest.raises(ConfigError, match="the student's tokenizer has 7 tokens, the teacher .* has"):
+        run(data, tmp_path / "run", stop_after="student")
+
+
+def test_student_from_config_is_shrunk_from_the_teacher_and_distills_through_projections(tmp_path, tiny_classifier, tiny_data):
+    data = classifier_recipe(tiny_classifier, tiny_data,
+                             student={"init": "config", "layers": 2, "hidden_size": 16, "num_attention_heads": 2,
+                                      "intermediate_size": 32})
+    data["distill"]["losses"].append({"name": "hidden_mse", "layer_map": "uniform"})
+    run(data, tmp_path / "run", stop_after="distill")
+    init = load_file(str(tmp_path / "run" / "student_init" / "model.safetensors"))
+    teacher = load_file(str(tiny_classifier / "model.safetensors"))
+    assert init["bert.embeddings.word_embeddings.weight"].shape[1] == 16
+    torch.testing.assert_close(init["bert.embeddings.word_embeddings.weight"],
+                               teacher["bert.embeddings.word_embeddings.weight"][:, :16])
+    # student layer 1 is cut from teacher layer 3 (the last of two evenly spaced layers)
+    torch.testing.assert_close(init["bert.encoder.layer.1.output.dense.weight"],
+                               teacher["bert.encoder.layer.3.output.dense.weight"][:16, :32])
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss_hidden_mse"] > 0
+    with pytest.raises(ConfigError, match="must keep the teacher's width"):
+        run(tiny_recipe_dict(tiny_classifier, tiny_data, student={"init": "config", "layers": 2, "hidden_size": 16}),
+            tmp_path / "embedding")
+    student = load_file(str(tmp_path / "run" / "student" / "model.safetensors"))
+    assert not any("projections" in k for k in student)  # projections train with the student but are not exported
+
+
+def test_attention_losses_need_live_mode_and_train_in_it(tmp_path, tiny_teacher, tiny_data):
+    data = tiny_recipe_dict(tiny_teacher, tiny_data)
+    data["distill"]["losses"] = [{"name": "embedding_cosine"}, {"name": "attention_kl", "layer_map": "uniform"}]
+    with pytest.raises(ConfigError, match="set distill.mode: live"):
+        run(data, tmp_path / "offline", stop_after="teacher")
+    data["distill"]["mode"] = "live"
+    run(data, tmp_path / "live", stop_after="distill")
+    metrics = [json.loads(line) for line in (tmp_path / "live" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["loss_attention_kl"] > 0 for m in metrics if "loss" in m)
+
+
+def test_early_stopping_on_the_dev_split_keeps_the_best_student(tmp_path, tiny_classifier, tiny_data):
+    data = classifier_recipe(tiny_classifier, tiny_data)
+    data["distill"].update({"max_steps": 12, "eval_every": 2, "early_stopping_patience": 2, "dev_size": 0.2})
+    run(data, tmp_path / "run", stop_after="distill")
+    summary = json.loads((tmp_path / "run" / "train" / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    devs = [m for m in metrics if "dev_accuracy" in m]
+    assert devs and summary["kept"] == "best"
+    assert summary["best_dev_metric"] == max(m["dev_accuracy"] for m in devs)
+
+
+def test_teacher_without_answers_gives_a_clear_error(tmp_path, tiny_llama):
+    rows = [{"prompt": f"question {i}"} for i in range(12)]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tiny_recipe_dict(tiny_llama, path, task="causal_lm", teacher={"model": str(tiny_llama)},
+                            data={"source": str(path), "label_field": None, "test_size": 2},
+                            distill={"max_steps": 2, "batch_size": 4, "losses": [{"name": "ce"}],
+                                     "rationale": {"source": "teacher", "max_new_tokens": 4}},
+                            export={"artifacts": []}, gate={"budgets": []})
+    with pytest.raises(ArtifactError, match="no training rows"):
+        run(data, tmp_path / "run", stop_after="teacher")
