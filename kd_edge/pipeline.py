@@ -222,6 +222,9 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
     others must already be done). ``force`` reruns every selected stage from scratch.
     """
     emit = on_event or (lambda e: None)
+    rank, world = distributed_rank()
+    if world > 1 and rank > 0:
+        return follow_distill(recipe, out_dir, progress=progress, force=force)
     run = RunDir(out_dir)
     data = recipe.model_dump(mode="json")
     recipe_digest = sha256_json(data)
@@ -263,6 +266,8 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
             done = (record and record.get("status") == "done" and record.get("key") == key
                     and run.outputs_intact(record, st))
             if done and not (force and selected):
+                record["checked_at"] = time.time()  # processes waiting under accelerate launch read this
+                run.save()
                 result.skipped.append(st.name)
                 emit(StageEvent(st, index, len(active), "skipped"))
                 continue
@@ -270,7 +275,8 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
                 raise ArtifactError(f"stage '{st.name}' in {out_dir} is out of date or missing; "
                                     f"run `kd-edge run` on the recipe to bring it up to date")
             m["stages"][st.name] = {"status": "running", "key": key, "config": config, "inputs": inputs,
-                                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                    "started_at": time.time(), "processes": world}
             run.save()
             emit(StageEvent(st, index, len(active), "running"))
             module_name, func = st.target.split(":")
@@ -295,3 +301,59 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
         if stop_after is None and gate_file.is_file():
             result.gate = read_json(gate_file)
     return result
+
+
+# -- several processes (accelerate launch) -------------------------------------------------------------------------
+FOLLOW_POLL_S = 0.2
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process as set by `accelerate launch` / torchrun; (0, 1) alone."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _lock_free(path: Path) -> bool:
+    """True when no process holds the run folder's lock."""
+    if not path.is_file():
+        return True
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
+def follow_distill(recipe: Recipe, out_dir: Path, *, progress: bool, force: bool,
+                   grace_s: float = 60.0) -> RunResult:
+    """What every process but the first does under `accelerate launch`: wait while the first process
+    runs the stages before ``distill`` (they need one process), then train with it, then stop.
+
+    It trains when the first process marks ``distill`` as running after this process started (an
+    older mark is a stopped run's), leaves when the first process has passed ``distill`` (done or
+    up to date), and fails when the first process failed or holds the run no more.
+    """
+    started = time.time() - 1
+    manifest = out_dir / MANIFEST
+    while True:
+        stages = read_json(manifest).get("stages", {}) if manifest.is_file() else {}
+        record = stages.get("distill") or {}
+        fresh = max(record.get("started_at", 0), record.get("checked_at", 0)) >= started
+        if record.get("status") == "running" and record.get("started_at", 0) >= started:
+            module_name, func = stage("distill").target.split(":")
+            getattr(importlib.import_module(module_name), func)(
+                recipe, StageContext(out_dir, record["key"], progress=False, fresh=force))
+            return RunResult(out_dir, ran=["distill"])
+        if record.get("status") == "done" and fresh:
+            return RunResult(out_dir, skipped=["distill"])
+        failed = [n for n, r in stages.items() if r.get("status") in ("failed", "interrupted")
+                  and r.get("started_at", 0) >= started]
+        if failed:
+            raise ArtifactError(f"the first process failed in stage '{failed[0]}'; see its output")
+        if time.time() - started > grace_s and _lock_free(out_dir / ".lock"):
+            raise ArtifactError(f"the first process is not running in {out_dir}; start all processes together "
+                                "(accelerate launch)")
+        time.sleep(FOLLOW_POLL_S)

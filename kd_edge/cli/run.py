@@ -32,6 +32,11 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
         recipe, source = load_recipe(recipe_ref, overrides)
     recipe = resolve(recipe)
     out = out or Path("runs") / recipe.name
+    from kd_edge.pipeline import distributed_rank
+
+    if distributed_rank()[0] > 0:  # accelerate launch: only the first process talks
+        run_pipeline(recipe, out, resume=resume, force=force, stop_after=stop_after, only=only, progress=False)
+        return 0
     typer.echo(f"kd-edge: recipe {source} -> {out}")
     result = run_pipeline(recipe, out, resume=resume, force=force, stop_after=stop_after, only=only,
                           progress=not quiet, on_event=stage_printer())

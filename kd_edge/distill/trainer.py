@@ -32,12 +32,17 @@ class Trainer:
     def __init__(self, objective: torch.nn.Module, train_idx: np.ndarray, cfg: DistillConfig, *, seed: int,
                  checkpoint_dir: Path, key: str, callbacks: list[TrainerCallback],
                  param_groups: list[dict] | None = None, evaluate_fn: Callable[[], dict[str, float]] | None = None):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
 
         self.cfg, self.seed, self.train_idx = cfg, seed, np.asarray(train_idx)
         self.checkpoint_dir, self.key, self.callbacks = checkpoint_dir, key, callbacks
         self.evaluate_fn = evaluate_fn
-        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+        # Parts of a model may take no part in the loss (BERT's pooler under mean pooling): let DDP
+        # skip their gradients instead of waiting for them.
+        # cpu=True on a machine without a GPU: Accelerate then joins the processes of a multi-process
+        # launch over gloo (MULTI_CPU); with cpu=False it would run each process alone.
+        self.accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.world = self.accelerator.num_processes
         groups = param_groups or [{"params": [p for p in objective.parameters() if p.requires_grad], "lr": cfg.lr}]
         split_groups = []
