@@ -70,7 +70,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
     model.eval()
     model.config.id2label = {i: str(i) for i in labels}
