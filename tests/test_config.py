@@ -65,3 +65,11 @@ def test_empty_and_non_mapping_yaml():
 def test_unknown_task():
     with pytest.raises(ConfigError, match="unknown task 'sentence_embeding'; did you mean 'sentence_embedding'"):
         recipe_from_dict({"name": "x", "task": "sentence_embeding", "teacher": {"model": "m"}}, "r.yaml")
+
+
+@pytest.mark.parametrize("name", ["minilm-l6-to-l2", "minilm-sentiment-to-l2", "smollm2-135m-to-l6"])
+def test_every_bundled_recipe_resolves_against_its_real_teacher(name):
+    from kd_edge.preflight import resolve
+
+    recipe = resolve(load_recipe(name)[0])
+    assert recipe.name == name and isinstance(recipe.student.layers, list)

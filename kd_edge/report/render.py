@@ -97,8 +97,9 @@ def _settings(report: dict) -> str:
     machine = env.get("cpu_model") or env.get("machine") or "unknown CPU"
     return (f"Latency at batch {b.get('batch')} × {b.get('seq')} tokens, {b.get('threads')} threads, "
             f"{b.get('timed_runs')} timed runs in a fresh process per model on `{b.get('target')}` "
-            f"({machine}, {env.get('cpu_count')} cores). Quality on {report['evaluation']['n_test']} held-out texts "
-            f"({report['evaluation'].get('n_test_labelled')} labelled); neighbours: top-{report['evaluation']['knn_k']}.")
+            f"({machine}, {env.get('cpu_count')} cores). Quality on {report['evaluation']['n_test']} held-out texts"
+            + (f" ({report['evaluation'].get('n_test_labelled')} labelled)" if report['evaluation'].get('n_test_labelled') else "")
+            + (f"; neighbours: top-{report['evaluation']['knn_k']}." if report.get("task", "sentence_embedding") == "sentence_embedding" else "."))
 
 
 def to_markdown(report: dict) -> str:
@@ -136,6 +137,7 @@ body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2r
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #e3e6ec;padding-bottom:.3rem}
 p.lead{font-size:1.05rem}p.muted,.muted{color:#5b6475}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;margin:.5rem 0}
+.wide{overflow-x:auto}.wide table{font-size:13px}
 th,td{padding:.35rem .5rem;border-bottom:1px solid #eceff3;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}th{background:#f5f7fa;font-weight:600}
 tr.teacher td{background:#fbf7ee}.pass{color:#137333;font-weight:600}.fail{color:#b3261e;font-weight:600}
@@ -233,7 +235,7 @@ def to_html(report: dict) -> str:
 <p class="lead">{e(' '.join(headline(report)))}</p>
 <p class="muted">{e(_settings(report))}</p>
 <h2>Side by side</h2>
-<table><tr><th>model</th>{head}</tr>{body}</table>
+<div class="wide"><table><tr><th>model</th>{head}</tr>{body}</table></div>
 <div class="charts">
 <figure><figcaption>Latency p50 (whisker: p90), ms</figcaption>{_bar_chart(rows, 'latency_p50_ms', 'ms', 'latency_p90_ms')}</figure>
 <figure><figcaption>File size, MB</figcaption>{_bar_chart(rows, 'file_size_mb', 'MB')}</figure>
