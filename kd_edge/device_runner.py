@@ -337,7 +337,7 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     total = 0
     for root, _, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith((".safetensors", ".bin")))
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith((".safetensors", ".bin", ".gguf")))
     return total
 
 
