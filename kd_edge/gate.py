@@ -1,14 +1,31 @@
 """The gate: budgets (bounds on report metrics) -> verdict -> exit code.
 
+A budget bounds one metric of one report row (teacher, student or an artifact, optionally on one
+benchmark target): absolutely (``min`` / ``max``: size, latency, a task metric, a speed-up or quality
+drop relative to the teacher measured in the same run) or against a baseline report
+(``max_regression``: the largest relative change for the worse).
+
 A broken budget is not an error: `kd-edge gate` and `kd-edge run` print the verdict and exit 1. A
-budget that cannot be checked (unknown row or metric) is a GateError: exit 2.
+budget that cannot be checked (unknown row or metric, no baseline) is a GateError: exit 2.
 """
 
 from __future__ import annotations
 
+import re
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kd_edge.registry import closest
+
+# Metrics where a smaller value is better; every other numeric metric is better when larger.
+_LOWER_IS_BETTER = re.compile(r"(_ms$|_mb$|_bytes$|^params$|^macs|kl_|jsd|^ece$|perplexity|diff|_drop$|size_ratio)")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (latency, size, divergence, error)."""
+    return bool(_LOWER_IS_BETTER.search(metric))
 
 
 class Budget(BaseModel):
@@ -17,14 +34,19 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     artifact: str = Field(description="Report row: `teacher`, `student`, or an artifact like student.int8.onnx.")
-    metric: str = Field(description="A column of that row, e.g. latency_p50_ms, file_size_mb, speedup_p50.")
+    metric: str = Field(description="A column of that row, e.g. latency_p90_ms, file_size_mb, speedup_p50, "
+                                    "accuracy, accuracy_drop.")
+    target: str | None = Field(None, description="Benchmark target of the row (e.g. local, rpi5); null: the row's own.")
     min: float | None = Field(None, description="The metric must be at least this.")
     max: float | None = Field(None, description="The metric must be at most this.")
+    max_regression: float | None = Field(
+        None, ge=0, description="Against --baseline: the metric may get worse by at most this fraction "
+        "(0.05 = 5 %), in its bad direction (latency up, accuracy down...).")
 
     @model_validator(mode="after")
     def _has_bound(self) -> "Budget":
-        if self.min is None and self.max is None:
-            raise ValueError(f"budget on {self.artifact}.{self.metric} needs `min` or `max`")
+        if self.min is None and self.max is None and self.max_regression is None:
+            raise ValueError(f"budget on {self.artifact}.{self.metric} needs `min`, `max` or `max_regression`")
         return self
 
 
@@ -34,48 +56,119 @@ class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     budgets: list[Budget] = Field(default_factory=list, description="The budgets; empty means no gate.")
+    baseline: str | None = Field(None, description="A baseline report.json for `max_regression` budgets.")
 
 
-def _row_value(report: dict, budget: Budget) -> float:
+_CHECK = re.compile(r"^(?P<row>[^:@\s]+)(@(?P<target>[^:\s]+))?:(?P<metric>\w+)\s*"
+                    r"(?P<op><=|>=|regress<=)\s*(?P<value>[-+0-9.eE]+)(?P<pct>%)?$")
+
+
+def parse_check(text: str) -> Budget:
+    """A budget from a command-line check: ``ROW[@TARGET]:METRIC<=X``, ``...>=X`` or ``...regress<=5%``."""
     from kd_edge.errors import GateError
 
-    rows = {r["name"]: r for r in report["rows"]}
-    if budget.artifact not in rows:
-        raise GateError(f"budget names '{budget.artifact}', which is not a row of the report "
-                        f"(rows: {', '.join(rows)}); fix the budget's artifact")
-    row = rows[budget.artifact]
+    m = _CHECK.match(text.strip())
+    if not m:
+        raise GateError(f"--check '{text}' is not ROW[@TARGET]:METRIC<=X, ROW:METRIC>=X or ROW:METRIC regress<=5%; "
+                        "e.g. --check 'student.int8.onnx:latency_p90_ms<=10'")
+    value = float(m["value"]) / (100 if m["pct"] else 1)
+    bound = {"<=": "max", ">=": "min", "regress<=": "max_regression"}[m["op"]]
+    return Budget(artifact=m["row"], target=m["target"], metric=m["metric"], **{bound: value})
+
+
+def _row(report: dict, budget: Budget, which: str) -> dict:
+    from kd_edge.errors import GateError
+
+    rows = [r for r in report["rows"]
+            if r["name"] == budget.artifact and (budget.target is None or r.get("target") == budget.target)]
+    if not rows:
+        names = sorted({r["name"] + (f"@{r['target']}" if r.get("target") else "") for r in report["rows"]})
+        raise GateError(f"budget names '{budget.artifact}'" + (f" on target '{budget.target}'" if budget.target else "")
+                        + f", which is not a row of the {which} report (rows: {', '.join(names)}); fix the budget")
+    return rows[0]
+
+
+def _value(report: dict, budget: Budget, which: str = "") -> float:
+    from kd_edge.errors import GateError
+
+    row = _row(report, budget, which or "")
     if budget.metric not in row:
         numeric = sorted(k for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-        raise GateError(f"budget on {budget.artifact}: the report has no metric '{budget.metric}'"
-                        f"{closest(budget.metric, numeric)} (metrics: {', '.join(numeric)})")
+        raise GateError(f"budget on {budget.artifact}: the {which + ' ' if which else ''}report has no metric "
+                        f"'{budget.metric}'{closest(budget.metric, numeric)} (metrics: {', '.join(numeric)})")
     value = row[budget.metric]
-    if value is None:
-        raise GateError(f"budget on {budget.artifact}.{budget.metric}: the report has no value for it "
-                        "(was that stage skipped or did it fail?); check the report")
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GateError(f"budget on {budget.artifact}.{budget.metric}: the {which + ' ' if which else ''}report has "
+                        "no number for it (was that stage skipped or did it fail?); check the report")
     return float(value)
 
 
-def evaluate_budgets(report: dict, budgets: list[Budget]) -> dict:
+def evaluate_budgets(report: dict, budgets: list[Budget], baseline: dict | None = None) -> dict:
     """Check every budget against a report document; return the verdict with one record per check."""
+    from kd_edge.errors import GateError
+
     checks = []
     for b in budgets:
-        value = _row_value(report, b)
-        ok = (b.min is None or value >= b.min) and (b.max is None or value <= b.max)
-        bound = " and ".join(s for s in (f">= {b.min:g}" if b.min is not None else "",
-                                          f"<= {b.max:g}" if b.max is not None else "") if s)
-        checks.append({"artifact": b.artifact, "metric": b.metric, "bound": bound, "value": value, "passed": ok})
+        value = _value(report, b)
+        parts, ok = [], True
+        if b.min is not None:
+            parts.append(f">= {b.min:g}")
+            ok &= value >= b.min
+        if b.max is not None:
+            parts.append(f"<= {b.max:g}")
+            ok &= value <= b.max
+        record: dict[str, Any] = {"artifact": b.artifact, "target": b.target, "metric": b.metric, "value": value}
+        if b.max_regression is not None:
+            if baseline is None:
+                raise GateError(f"budget on {b.artifact}.{b.metric} has max_regression but no baseline report was "
+                                "given; pass --baseline BASELINE/report.json")
+            old = _value(baseline, b, "baseline")
+            worse = (value - old) if lower_is_better(b.metric) else (old - value)
+            change = worse / abs(old) if old else (0.0 if worse <= 0 else float("inf"))
+            parts.append(f"worse by <= {b.max_regression * 100:g} % of {old:.4g}")
+            record.update({"baseline": old, "regression": change})
+            ok &= change <= b.max_regression
+        record.update({"bound": " and ".join(parts), "passed": bool(ok)})
+        checks.append(record)
     n_ok = sum(c["passed"] for c in checks)
     return {"passed": n_ok == len(checks), "n_budgets": len(checks), "n_passed": n_ok, "checks": checks}
 
 
 def verdict_table(verdict: dict) -> str:
     """The verdict as a plain-text table for the terminal."""
-    lines = [f"{'row':<24} {'metric':<22} {'bound':<18} {'value':>12}  verdict"]
+    lines = [f"{'row':<24} {'metric':<22} {'bound':<30} {'value':>12}  verdict"]
     for c in verdict["checks"]:
-        lines.append(f"{c['artifact']:<24} {c['metric']:<22} {c['bound']:<18} {c['value']:>12.4g}  "
+        row = c["artifact"] + (f"@{c['target']}" if c.get("target") else "")
+        lines.append(f"{row:<24} {c['metric']:<22} {c['bound']:<30} {c['value']:>12.4g}  "
                      f"{'pass' if c['passed'] else 'FAIL'}")
     lines.append(f"gate {'PASSED' if verdict['passed'] else 'FAILED'}: {verdict['n_passed']}/{verdict['n_budgets']} budgets hold")
     return "\n".join(lines)
+
+
+def verdict_markdown(verdict: dict) -> str:
+    """The verdict as Markdown (a CI job summary or pull-request comment)."""
+    lines = [f"### kd-edge gate: {'PASSED' if verdict['passed'] else 'FAILED'} "
+             f"({verdict['n_passed']}/{verdict['n_budgets']} budgets)", "",
+             "| row | metric | bound | value | verdict |", "|---|---|---|---:|---|"]
+    for c in verdict["checks"]:
+        row = c["artifact"] + (f"@{c['target']}" if c.get("target") else "")
+        lines.append(f"| {row} | {c['metric']} | {c['bound']} | {c['value']:.4g} | {'pass' if c['passed'] else '**FAIL**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_junit(verdict: dict, name: str = "kd-edge gate") -> str:
+    """The verdict as JUnit XML: one test case per budget, a failure for each broken one."""
+    cases = []
+    for c in verdict["checks"]:
+        row = c["artifact"] + (f"@{c['target']}" if c.get("target") else "")
+        case = f"  <testcase classname={quoteattr(row)} name={quoteattr(c['metric'] + ' ' + c['bound'])}>"
+        if not c["passed"]:
+            message = quoteattr(f"{c['value']:.6g} breaks {c['bound']}")
+            case += f"\n    <failure message={message}>{escape(repr(c))}</failure>\n  "
+        cases.append(case + "</testcase>")
+    failures = verdict["n_budgets"] - verdict["n_passed"]
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuite name={quoteattr(name)} tests="{verdict["n_budgets"]}" '
+            f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
 
 
 def run(recipe, ctx) -> None:
@@ -84,5 +177,16 @@ def run(recipe, ctx) -> None:
 
     from kd_edge.artifacts import write_json
 
+    from pathlib import Path
+
+    from kd_edge.errors import GateError
+
     report = json.loads((ctx.run_dir / "report.json").read_text())
-    write_json(ctx.run_dir / "gate.json", evaluate_budgets(report, recipe.gate.budgets))
+    baseline = None
+    if recipe.gate.baseline:
+        path = Path(recipe.gate.baseline)
+        path = path / "report.json" if path.is_dir() else path
+        if not path.is_file():
+            raise GateError(f"gate.baseline '{recipe.gate.baseline}' has no report.json; point it at a baseline run")
+        baseline = json.loads(path.read_text())
+    write_json(ctx.run_dir / "gate.json", evaluate_budgets(report, recipe.gate.budgets, baseline))

@@ -81,7 +81,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "kd_edge.data.run:run", ("data",), (), ("task", "data", "seed", "distill.rationale"), _data,
+    Stage("data", "kd_edge.data.run:run", ("data",), (), ("task", "data", "seed", "distill.rationale", "evaluate.slices"), _data,
           "read, filter and split the text"),
     Stage("prepare", "kd_edge.distill.prepare:run", ("teacher",), ("data",),
           ("task", "seed", "teacher.prepare_head", "data.max_length"), _primary_teacher,

@@ -51,9 +51,11 @@ def test_run_leaves_every_output(finished_run):
                 "artifacts/student.fp32.onnx", "artifacts/student.int8.onnx", "artifacts/student.fp32.tflite",
                 "train/metrics.jsonl", "report.json", "report.md", "report.html", "gate.json"):
         assert (run / rel).is_file(), rel
-    benches = sorted(f.name for f in (run / "bench").glob("*.json"))
+    benches = sorted(f.name for f in (run / "bench").glob("*@*.json"))
     assert benches == ["student.fp32.onnx@local.json", "student.fp32.tflite@local.json", "student.int8.onnx@local.json",
                        "student@local.json", "teacher@local.json"]
+    macs = json.loads((run / "bench" / "macs.json").read_text())["macs"]
+    assert 0 < macs["student"] < macs["teacher"]
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values()) and len(manifest["stages"]) == 10
     assert "report: " in p.stdout and "gate PASSED" in p.stdout

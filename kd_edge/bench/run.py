@@ -52,6 +52,21 @@ def runner_args(recipe: "Recipe", model: dict, vocab_size: int) -> list[str]:
     return args
 
 
+def torch_macs(recipe: "Recipe", ctx: StageContext) -> dict[str, int]:
+    """MACs per inference of the teacher and the student at the benchmark's shape."""
+    from kd_edge.bench.macs import count_macs
+    from kd_edge.runfiles import student_meta
+    from kd_edge.tasks import TASKS
+    from kd_edge.tasks.base import ModelSource
+
+    task = TASKS.get(recipe.task)()
+    meta = student_meta(ctx.run_dir / "student")
+    out = {}
+    for name, source in (("teacher", teacher_source(recipe, ctx.run_dir)), ("student", ModelSource(ctx.run_dir / "student"))):
+        out[name] = count_macs(task, task.load_model(source), meta, recipe.bench.batch_size, recipe.bench.seq_len)
+    return out
+
+
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Benchmark every model on the recipe's target."""
     from tqdm.auto import tqdm
@@ -60,7 +75,9 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     target = TARGETS.get(cfg.target)()
     models = models_to_bench(recipe, ctx.run_dir)
     vocab_size = load_cache(ctx.run_dir)[0]["vocab_size"]
+    macs = torch_macs(recipe, ctx)
     with atomic_dir(ctx.run_dir / "bench") as out:
+        write_json(out / "macs.json", {"batch": recipe.bench.batch_size, "seq": recipe.bench.seq_len, "macs": macs})
         bar = tqdm(models, desc="bench", unit="model", disable=not ctx.progress or None)
         for model in bar:
             bar.set_postfix_str(model["name"])

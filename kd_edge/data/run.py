@@ -68,6 +68,11 @@ def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
         raise ArtifactError(f"no row of '{cfg.source}' matches data.where={cfg.where}; loosen the filter")
     if cfg.max_samples is not None and len(rows) > cfg.max_samples:
         rows = random.Random(recipe.seed).sample(rows, cfg.max_samples)
+    keep = sorted({s.column for s in recipe.evaluate.slices if s.column})
+    missing = [c for c in keep if c not in rows[0]]
+    if missing:
+        raise ConfigError(f"evaluate.slices names column '{missing[0]}', which is not a column of '{cfg.source}' "
+                          f"(columns: {', '.join(map(str, rows[0]))})")
     examples = []
     for i, r in enumerate(rows):
         if rationale:
@@ -79,7 +84,10 @@ def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
         if not isinstance(text, str) or not text.strip():
             continue
         label = _label(r.get(cfg.label_field), cfg.label_field, i) if cfg.label_field and recipe.task != "causal_lm" else None
-        examples.append({"text": text, "label": label})
+        example = {"text": text, "label": label}
+        if keep:
+            example["columns"] = {c: r.get(c) for c in keep}
+        examples.append(example)
     if len(examples) < 4:
         raise ArtifactError(f"data.source '{cfg.source}' has only {len(examples)} non-empty texts after filtering; "
                             "kd-edge needs at least a few for training and testing")

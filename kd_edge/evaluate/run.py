@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
-from kd_edge.runfiles import CacheReader, student_meta
+from kd_edge.evaluate.slices import slice_masks, slice_report
+from kd_edge.runfiles import CacheReader, read_jsonl, student_meta
 from kd_edge.tasks import TASKS
 from kd_edge.tasks.base import ModelSource
 
@@ -45,15 +46,21 @@ def _embedding(recipe, task, model, cache, meta, ctx, files) -> dict:
     teacher_test = np.asarray(cache.field(0, "test", "pooled"))
     labelled = train_labels >= 0
     use_probe = cfg.probe and len(np.unique(train_labels[labelled])) >= 2
-    models = {}
+    from kd_edge.tasks.embedding_metrics import probe_predict
+
+    models, correct = {}, {}
     candidates = [(f"teacher_{i}" if i else "teacher", {s: np.asarray(cache.field(i, s, "pooled")) for s in ("train", "test")})
                   for i in range(cache.n_teachers())] + [("student", student)]
     for name, emb in candidates:
         probe = fit_probe(emb["train"][labelled], train_labels[labelled], c=cfg.probe_c, seed=recipe.seed) if use_probe else None
         if probe is not None:
             files[f"probe_{name}.json"] = probe
+            correct[name] = probe_predict(probe, emb["test"]) == test_labels
         models[name] = embedding_metrics(emb["test"], teacher_test, test_labels, probe, cfg.knn_k)
     files["student_test.npy"] = student["test"]
+    if use_probe:
+        files["_scores"] = {"kind": "accuracy", "teacher": correct["teacher"], "student": correct["student"],
+                            "valid": test_labels >= 0}
     return models
 
 
@@ -68,6 +75,9 @@ def _classification(recipe, task, model, cache, meta, ctx, files) -> dict:
                                                                            teacher, labels)
               for i in range(cache.n_teachers())}
     models["student"] = classification_metrics(student, teacher, labels)
+    files["_scores"] = {"kind": "accuracy", "teacher": teacher.argmax(-1) == labels, "student": student.argmax(-1) == labels,
+                        "valid": labels >= 0}
+    files["_per_class"] = per_class(teacher, student, labels)
     return models
 
 
@@ -78,25 +88,43 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
 
     ids, weights = cache.ids("test"), cache.weights("test")
     nll = kl_sum = agree = count = 0.0
+    student_nll = np.zeros(len(ids))
     for idx in length_batches(ids.lengths(), recipe.evaluate.batch_size):
         batch = task.make_batch(ids, idx, cache.meta["pad_id"], weights=weights)
         logits = task.forward(model, batch, meta=meta)["logits"].float()
         mask = (batch["token_weights"] > 0).float()
         tok_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"].clamp(min=0), reduction="none")
         nll += float((tok_nll * mask).sum())
+        student_nll[idx] = (tok_nll * mask).sum(-1).numpy()
         teacher = task.teacher_targets({k: torch.from_numpy(v) for k, v in cache.batch(0, "test", idx).items()})
         agree += float(((logits.argmax(-1) == teacher["topk_indices"][..., 0].long()).float() * mask).sum())
         kl_sum += float(kl({"logits": logits}, teacher, {"token_weights": mask})) * float(mask.sum())
         count += float(mask.sum())
     models = {}
+    w = _position_mask(ids, weights)
     for i in range(cache.n_teachers()):
         lp = np.asarray(cache.field(i, "test", "target_logprob"), np.float64)
-        w = _position_mask(ids, weights)
         models[f"teacher_{i}" if i else "teacher"] = {"perplexity": math.exp(-float((lp * w).sum()) / w.sum())}
+        if i == 0:
+            teacher_nll = -np.add.reduceat(lp * w, ids.offsets[:-1]) if len(ids) else np.zeros(0)
+            tokens = np.add.reduceat(w, ids.offsets[:-1]) if len(ids) else np.zeros(0)
+    files["_scores"] = {"kind": "perplexity", "teacher": teacher_nll, "student": student_nll, "tokens": tokens,
+                        "valid": np.ones(len(ids), dtype=bool)}
     models["student"] = {"perplexity": math.exp(nll / count), "top1_agreement_with_teacher": agree / count,
                          "kl_from_teacher": kl_sum / count}
     models["teacher"]["top1_agreement_with_teacher"] = 1.0
     return models
+
+
+def per_class(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Per class: its count and the teacher's and student's recall (the share of its texts predicted
+    as it), with the student's delta."""
+    out = []
+    for c in sorted(set(labels[labels >= 0].tolist())):
+        sel = labels == c
+        t, s = float((teacher[sel].argmax(-1) == c).mean()), float((student[sel].argmax(-1) == c).mean())
+        out.append({"class": int(c), "n": int(sel.sum()), "teacher_recall": t, "student_recall": s, "delta": s - t})
+    return out
 
 
 def _position_mask(ids, weights) -> np.ndarray:
@@ -125,6 +153,12 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         models[f"teacher_{i}" if i else "teacher"]["params"] = t["params"]
     models["student"]["params"] = sum(p.numel() for p in model.parameters())
     labels = cache.labels("test")
+    scores, classes = files.pop("_scores", None), files.pop("_per_class", None)
+    slices = None
+    if recipe.evaluate.slices and scores is not None:
+        rows = read_jsonl(ctx.run_dir / "data" / "test.jsonl")
+        slices = slice_report(slice_masks(rows, recipe.evaluate.slices), scores,
+                              recipe.evaluate.slice_gap_threshold, recipe.evaluate.min_slice_size)
     with atomic_dir(ctx.run_dir / "eval") as out:
         for name, value in files.items():
             if name.endswith(".npy"):
@@ -134,4 +168,4 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         write_json(out / "metrics.json", {"task": recipe.task, "quality_metric": task.quality_metric,
                                           "higher_is_better": task.higher_is_better, "knn_k": recipe.evaluate.knn_k,
                                           "n_test": len(cache.ids("test")), "n_test_labelled": int((labels >= 0).sum()),
-                                          "models": models})
+                                          "models": models, "per_class": classes, "slices": slices})

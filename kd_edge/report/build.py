@@ -25,6 +25,7 @@ def _bench_fields(doc: dict | None) -> dict[str, Any]:
     lat = doc["latency"]
     return {"latency_p50_ms": lat["p50_ms"], "latency_p90_ms": lat["p90_ms"], "latency_p99_ms": lat["p99_ms"],
             "latency_p50_ci95_ms": lat["p50_ci95_ms"], "throughput_per_s": lat["throughput_per_s"],
+            "latency_samples_ms": doc.get("samples_ms"),
             "peak_rss_mb": doc.get("peak_rss_mb"), "load_ms": doc.get("load_ms"), "runtime_version": doc.get("runtime_version")}
 
 
@@ -35,6 +36,8 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
     for f in sorted((run_dir / "bench").glob("*@*.json")) if (run_dir / "bench").is_dir() else []:
         doc = read_json(f)
         bench[doc["name"]] = doc
+    macs_file = run_dir / "bench" / "macs.json"
+    macs = read_json(macs_file)["macs"] if macs_file.is_file() else {}
     models = evaluation["models"]
     metric = evaluation.get("quality_metric", "probe_accuracy")
     higher = evaluation.get("higher_is_better", True)
@@ -57,6 +60,11 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
                      "runtime": info["runtime"], "params": info["params"], "file_size_mb": info["size_bytes"] / 1e6,
                      **quality, "parity_passed": ver.get("passed"), "parity_reason": ver.get("reason"),
                      **_bench_fields(bench.get(info["name"]))})
+    for row in rows:
+        row["macs"] = macs.get(row["name"], macs.get("student") if row["kind"] == "artifact" else None)
+        doc = bench.get(row["name"])
+        row["target"] = doc.get("target") if doc else None
+        row["deployed_on"] = [f"{doc.get('target')} ({row['runtime']})"] if doc and "error" not in doc else []
     base = rows[0]
     for row in rows:
         if base.get("latency_p50_ms") and row.get("latency_p50_ms"):
@@ -90,5 +98,7 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
                            "timed_runs": any_bench.get("timed_runs")},
         "environment": environment,
         "rows": rows,
+        "per_class": evaluation.get("per_class"),
+        "slices": evaluation.get("slices"),
         "training": {"summary": read_json(summary) if summary.is_file() else None, "curve": curve},
     }

@@ -30,8 +30,13 @@ def _x(v: Any) -> str:
     return "—" if v is None else f"{v:.1f}×"
 
 
+def _gmacs(v: Any) -> str:
+    return "—" if v is None else f"{v / 1e9:.2f} G"
+
+
 SPEED: list[tuple[str, str, Fmt]] = [
     ("params", "params", _params),
+    ("macs", "MACs", _gmacs),
     ("file_size_mb", "size MB", _num(1)),
     ("latency_p50_ms", "p50 ms", _num(2)),
     ("latency_p90_ms", "p90 ms", _num(2)),
@@ -45,7 +50,8 @@ QUALITY: dict[str, list[tuple[str, str, Fmt]]] = {
     "sentence_embedding": [("probe_accuracy", "probe acc", _pct), ("cosine_to_teacher", "cos→teacher", _num(4)),
                            ("knn_agreement", "kNN agree", _pct)],
     "sequence_classification": [("accuracy", "accuracy", _pct), ("agreement_with_teacher", "agree w/ teacher", _pct),
-                                ("kl_from_teacher", "KL from teacher", _num(4)), ("ece", "ECE", _num(3))],
+                                ("kl_from_teacher", "KL from teacher", _num(4)), ("jsd_from_teacher", "JSD", _num(4)),
+                                ("ece", "ECE", _num(3))],
     "causal_lm": [("perplexity", "perplexity", _num(2)), ("top1_agreement_with_teacher", "top-1 agree", _pct),
                   ("kl_from_teacher", "KL from teacher", _num(4))],
 }
@@ -102,6 +108,16 @@ def _settings(report: dict) -> str:
             + (f"; neighbours: top-{report['evaluation']['knn_k']}." if report.get("task", "sentence_embedding") == "sentence_embedding" else "."))
 
 
+def _metric(slices: dict, v: Any) -> str:
+    return _num(2)(v) if slices["metric"] == "perplexity" else _pct(v)
+
+
+def _gap(slices: dict, v: Any) -> str:
+    if v is None:
+        return "—"
+    return f"{v * 100:+.1f} %" if slices["metric"] == "perplexity" else f"{v * 100:+.1f} pt"
+
+
 def to_markdown(report: dict) -> str:
     """The report as GitHub-flavoured Markdown."""
     out = [f"# {report['title']}: teacher vs student", ""]
@@ -121,6 +137,24 @@ def to_markdown(report: dict) -> str:
     errors = [r for r in report["rows"] if r.get("bench_error")]
     if errors:
         out += ["## Benchmarks that failed", ""] + [f"- {r['name']}: {r['bench_error']}" for r in errors] + [""]
+    reach = [r for r in report["rows"] if r.get("deployed_on")]
+    if reach:
+        out += ["## Where each model ran", ""] + [f"- {r['name']}: {', '.join(r['deployed_on'])}" for r in reach] + [""]
+    slices = report.get("slices")
+    if slices and slices.get("slices"):
+        out += ["## Slices (bias check)", "", f"Overall student gap to the teacher: {_gap(slices, slices['overall_gap'])}; "
+                f"a slice is flagged when its gap exceeds that by more than {_gap(slices, slices['threshold'])}.", "",
+                "| slice | n | teacher | student | gap | flag |", "|---|---:|---:|---:|---:|---|"]
+        for sl in slices["slices"]:
+            out.append(f"| {sl['slice']} | {sl['n']} | {_metric(slices, sl['teacher'])} | {_metric(slices, sl['student'])} | "
+                       f"{_gap(slices, sl['gap'])} | {'**FLAGGED**' if sl['flagged'] else ''} |")
+        out.append("")
+    classes = report.get("per_class")
+    if classes:
+        out += ["## Per class", "", "| class | n | teacher recall | student recall | delta |", "|---|---:|---:|---:|---:|"]
+        out += [f"| {c['class']} | {c['n']} | {_pct(c['teacher_recall'])} | {_pct(c['student_recall'])} | "
+                f"{c['delta'] * 100:+.1f} pt |" for c in classes]
+        out.append("")
     gate = report.get("gate")
     if gate:
         out += ["## Gate", "", "| row | metric | bound | value | verdict |", "|---|---|---|---|---|"]
@@ -202,6 +236,117 @@ def _line_chart(curve: list[dict], keys: list[str]) -> str:
     return "".join(parts)
 
 
+def _pareto_chart(report: dict) -> str:
+    """Quality against latency p50, with the Pareto front (no other model is both faster and better)."""
+    metric = report.get("quality_metric", "probe_accuracy")
+    higher = report.get("higher_is_better", True)
+    pts = [r for r in report["rows"] if r.get("latency_p50_ms") and r.get(metric) is not None]
+    if len(pts) < 2:
+        return "<p class='muted'>no data</p>"
+    width, height, pad = 560, 300, 52
+    xs, ys = [r["latency_p50_ms"] for r in pts], [r[metric] for r in pts]
+    x0, x1 = 0, max(xs) * 1.1
+    y0, y1 = min(ys), max(ys)
+    span = (y1 - y0) or abs(y1) * 0.05 or 1
+    y0, y1 = y0 - span * 0.15, y1 + span * 0.15
+
+    def sx(x):
+        return pad + (width - 2 * pad) * (x - x0) / (x1 - x0)
+
+    def sy(y):
+        return height - pad - (height - 2 * pad) * (y - y0) / (y1 - y0)
+
+    def better(a, b):
+        qa, qb = a[metric], b[metric]
+        return (qa >= qb if higher else qa <= qb) and a["latency_p50_ms"] <= b["latency_p50_ms"] and \
+            (qa != qb or a["latency_p50_ms"] != b["latency_p50_ms"])
+
+    front = sorted((r for r in pts if not any(better(o, r) for o in pts)), key=lambda r: r["latency_p50_ms"])
+    parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>",
+             f"<line x1='{pad}' y1='{height - pad}' x2='{width - pad}' y2='{height - pad}' stroke='#aab'/>",
+             f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{height - pad}' stroke='#aab'/>",
+             f"<text x='{width / 2}' y='{height - 12}' text-anchor='middle'>latency p50, ms</text>",
+             f"<text x='14' y='{height / 2}' transform='rotate(-90 14 {height / 2})' text-anchor='middle'>"
+             f"{html.escape(metric.replace('_', ' '))}{' (lower is better)' if not higher else ''}</text>",
+             f"<text x='{pad - 4}' y='{sy(y1) + 4:.1f}' text-anchor='end'>{y1:.3g}</text>",
+             f"<text x='{pad - 4}' y='{sy(y0) + 4:.1f}' text-anchor='end'>{y0:.3g}</text>",
+             f"<text x='{sx(x1):.1f}' y='{height - pad + 14}' text-anchor='end'>{x1:.3g}</text>"]
+    path = " ".join(f"{'M' if i == 0 else 'L'}{sx(r['latency_p50_ms']):.1f},{sy(r[metric]):.1f}" for i, r in enumerate(front))
+    parts.append(f"<path d='{path}' fill='none' stroke='#2e9d6b' stroke-dasharray='5 4' stroke-width='2'/>")
+    for r in pts:
+        on = r in front
+        parts.append(f"<circle cx='{sx(r['latency_p50_ms']):.1f}' cy='{sy(r[metric]):.1f}' r='{6 if on else 4}' "
+                     f"fill='{_COLORS[r['kind']]}' stroke='{'#1d2330' if on else 'none'}'/>")
+        parts.append(f"<text x='{sx(r['latency_p50_ms']) + 8:.1f}' y='{sy(r[metric]) - 6:.1f}'>{html.escape(r['name'])}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _distribution_chart(rows: list[dict]) -> str:
+    """Latency of every timed run, per model: box (quartiles), whiskers (p1-p99) and median."""
+    data = [r for r in rows if r.get("latency_samples_ms")]
+    if not data:
+        return "<p class='muted'>no data</p>"
+    import statistics
+
+    width, row_h, left = 560, 26, 170
+    hi = max(max(r["latency_samples_ms"]) for r in data) * 1.05
+    height = len(data) * row_h + 24
+    parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>"]
+
+    def sx(v):
+        return left + (width - left - 20) * v / hi
+
+    for i, r in enumerate(data):
+        s = sorted(r["latency_samples_ms"])
+        q = statistics.quantiles(s, n=100, method="inclusive")
+        p1, p25, p50, p75, p99 = q[0], q[24], q[49], q[74], q[98]
+        y = 6 + i * row_h
+        c = _COLORS[r["kind"]]
+        parts.append(f"<text x='{left - 6}' y='{y + 14}' text-anchor='end'>{html.escape(r['name'])}</text>"
+                     f"<line x1='{sx(p1):.1f}' x2='{sx(p99):.1f}' y1='{y + 10}' y2='{y + 10}' stroke='{c}'/>"
+                     f"<rect x='{sx(p25):.1f}' y='{y + 3}' width='{max(sx(p75) - sx(p25), 1):.1f}' height='14' fill='{c}' "
+                     f"fill-opacity='0.35' stroke='{c}'/>"
+                     f"<line x1='{sx(p50):.1f}' x2='{sx(p50):.1f}' y1='{y + 1}' y2='{y + 19}' stroke='#1d2330' stroke-width='2'/>")
+    parts.append(f"<text x='{left}' y='{height - 4}'>0</text><text x='{width - 20}' y='{height - 4}' "
+                 f"text-anchor='end'>{hi:.3g} ms</text></svg>")
+    return "".join(parts)
+
+
+def _per_class_chart(classes: list[dict] | None) -> str:
+    if not classes:
+        return "<p class='muted'>classification runs only</p>"
+    width, row_h, left = 560, 34, 90
+    height = len(classes) * row_h + 10
+    parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>"]
+    for i, c in enumerate(classes):
+        y = 5 + i * row_h
+        for j, (key, color) in enumerate((("teacher_recall", _COLORS["teacher"]), ("student_recall", _COLORS["student"]))):
+            w = (width - left - 120) * c[key]
+            parts.append(f"<rect x='{left}' y='{y + j * 13}' width='{w:.1f}' height='12' fill='{color}' rx='2'/>"
+                         f"<text x='{left + w + 4:.1f}' y='{y + j * 13 + 10}'>{c[key] * 100:.1f} %</text>")
+        parts.append(f"<text x='{left - 6}' y='{y + 17}' text-anchor='end'>class {c['class']}</text>"
+                     f"<text x='{width - 4}' y='{y + 17}' text-anchor='end'>{c['delta'] * 100:+.1f} pt</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _slices_html(slices: dict | None) -> str:
+    if not slices or not slices.get("slices"):
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(sl['slice'])}</td><td>{sl['n']}</td><td>{e(_metric(slices, sl['teacher']))}</td>"
+        f"<td>{e(_metric(slices, sl['student']))}</td><td>{e(_gap(slices, sl['gap']))}</td>"
+        f"<td class='{'fail' if sl['flagged'] else ''}'>{'FLAGGED' if sl['flagged'] else ''}</td></tr>"
+        for sl in slices["slices"])
+    return (f"<h2>Slices (bias check)</h2><p class='muted'>Overall student gap to the teacher "
+            f"{e(_gap(slices, slices['overall_gap']))}; a slice is flagged when its gap exceeds that by more than "
+            f"{e(_gap(slices, slices['threshold']))} (slices under {slices['min_size']} texts are never flagged).</p>"
+            f"<table class='text'><tr><th>slice</th><th>n</th><th>teacher</th><th>student</th><th>gap</th><th></th></tr>"
+            f"{rows}</table>")
+
+
 def to_html(report: dict) -> str:
     """The report as one self-contained HTML page."""
     e = html.escape
@@ -237,11 +382,15 @@ def to_html(report: dict) -> str:
 <h2>Side by side</h2>
 <div class="wide"><table><tr><th>model</th>{head}</tr>{body}</table></div>
 <div class="charts">
+<figure><figcaption>Quality against latency, with the Pareto front</figcaption>{_pareto_chart(report)}</figure>
+<figure><figcaption>Latency of every timed run (box: quartiles, line: p1–p99, bar: median)</figcaption>{_distribution_chart(rows)}</figure>
 <figure><figcaption>Latency p50 (whisker: p90), ms</figcaption>{_bar_chart(rows, 'latency_p50_ms', 'ms', 'latency_p90_ms')}</figure>
 <figure><figcaption>File size, MB</figcaption>{_bar_chart(rows, 'file_size_mb', 'MB')}</figure>
 <figure><figcaption>Peak memory, MB</figcaption>{_bar_chart(rows, 'peak_rss_mb', 'MB')}</figure>
 <figure><figcaption>Training loss</figcaption>{_line_chart(report['training']['curve'], loss_keys)}</figure>
+<figure><figcaption>Per class: teacher (gold) and student (blue) recall, student delta</figcaption>{_per_class_chart(report.get('per_class'))}</figure>
 </div>
+{_slices_html(report.get('slices'))}
 <h2>Parity of each exported file</h2>
 <table class="text"><tr><th>file</th><th>runtime</th><th>verdict</th><th>why</th><th>same prediction as student</th></tr>{parity}</table>
 {'<h2>Benchmarks that failed</h2><ul>' + errors + '</ul>' if errors else ''}

@@ -10,6 +10,7 @@ from kd_edge.artifacts import StageContext, write_json, write_text
 from kd_edge.gate import evaluate_budgets
 from kd_edge.report.build import build_report
 from kd_edge.report.render import to_html, to_markdown
+from kd_edge.report.schema import validate
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -18,8 +19,9 @@ if TYPE_CHECKING:
 def render_run(run_dir: Path, recipe: "Recipe") -> dict:
     """Build and write the three report files of a run folder; return the document."""
     report = build_report(run_dir, recipe.model_dump(mode="json"))
-    if recipe.gate.budgets:
+    if recipe.gate.budgets and not recipe.gate.baseline:
         report["gate"] = evaluate_budgets(report, recipe.gate.budgets)
+    validate(report)  # a report that breaks its own schema is a kd-edge bug: fail loudly
     write_json(run_dir / "report.json", report)
     write_text(run_dir / "report.md", to_markdown(report))
     write_text(run_dir / "report.html", to_html(report))

@@ -18,6 +18,17 @@ def kl_from_teacher(logits: np.ndarray, teacher: np.ndarray) -> float:
     return float(np.mean(np.sum(p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None))), -1)))
 
 
+def jsd_from_teacher(logits: np.ndarray, teacher: np.ndarray) -> float:
+    """Mean Jensen-Shannon divergence between teacher and student distributions (nats, <= ln 2)."""
+    p, q = softmax(teacher.astype(np.float64)), softmax(logits.astype(np.float64))
+    m = (p + q) / 2
+
+    def kl(a, b):
+        return np.sum(a * (np.log(np.clip(a, 1e-12, None)) - np.log(np.clip(b, 1e-12, None))), -1)
+
+    return float(np.mean(0.5 * kl(p, m) + 0.5 * kl(q, m)))
+
+
 def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
     """ECE: the confidence-weighted gap between confidence and accuracy over equal-width bins
     (Guo et al. 2017)."""
@@ -36,7 +47,7 @@ def classification_metrics(logits: np.ndarray, teacher: np.ndarray, labels: np.n
     """Accuracy on labelled rows (label >= 0), agreement of predictions and KL from the teacher, ECE."""
     keep = labels >= 0
     out = {"agreement_with_teacher": float(np.mean(logits.argmax(-1) == teacher.argmax(-1))),
-           "kl_from_teacher": kl_from_teacher(logits, teacher)}
+           "kl_from_teacher": kl_from_teacher(logits, teacher), "jsd_from_teacher": jsd_from_teacher(logits, teacher)}
     if keep.any():
         out["accuracy"] = float(np.mean(logits[keep].argmax(-1) == labels[keep]))
         out["ece"] = expected_calibration_error(logits[keep], labels[keep])

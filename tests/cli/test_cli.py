@@ -165,3 +165,32 @@ def test_gate_command_exit_codes(tmp_path):
     missing.write_text("budgets:\n  - {artifact: student.int8.onnx, metric: latency_p99_ms, max: 5}\n")
     assert_one_line_error(kd_edge("gate", tmp_path, "--budget", missing), "no metric 'latency_p99_ms'")
     assert_one_line_error(kd_edge("gate", tmp_path / "nothing"), "no report at")
+
+
+def test_gate_checks_on_the_command_line_with_a_baseline_and_junit(tmp_path):
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir()
+    old.mkdir()
+    (new / "report.json").write_text(json.dumps({"rows": [{"name": "student.int8.onnx", "latency_p50_ms": 2.6}]}))
+    (old / "report.json").write_text(json.dumps({"rows": [{"name": "student.int8.onnx", "latency_p50_ms": 2.4}]}))
+    junit = tmp_path / "gate.xml"
+    p = kd_edge("gate", new, "--baseline", old, "--check", "student.int8.onnx:latency_p50_ms regress<=10%",
+                "--check", "student.int8.onnx:latency_p50_ms<=3", "--junit", junit)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert 'failures="0"' in junit.read_text()
+    p = kd_edge("gate", new, "--baseline", old, "--check", "student.int8.onnx:latency_p50_ms regress<=5%")
+    assert p.returncode == 1 and "FAIL" in p.stdout
+    assert_one_line_error(kd_edge("gate", new, "--check", "student.int8.onnx latency < 3"), "is not ROW[@TARGET]:METRIC")
+    assert_one_line_error(kd_edge("gate", new, "--check", "student.int8.onnx:latency_p50_ms regress<=5%"),
+                          "no baseline report was given")
+
+
+def test_report_compare(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"name": "main", "rows": [{"name": "student", "latency_p50_ms": 5.0}]}))
+    b.write_text(json.dumps({"name": "branch", "rows": [{"name": "student", "latency_p50_ms": 4.0}]}))
+    p = kd_edge("report", "--compare", a, b, "--out", tmp_path / "changes.md")
+    assert p.returncode == 0, p.stderr
+    assert "| student | latency_p50_ms | 5 | 4 | -20.0 % | better |" in p.stdout
+    assert (tmp_path / "changes.md").read_text() == p.stdout.rstrip("\n") + "\n"
+    assert_one_line_error(kd_edge("report", "--compare", a, tmp_path / "none.json"), "no report at")
