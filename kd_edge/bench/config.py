@@ -10,10 +10,13 @@ class BenchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: str = Field("local", description="Where to run: a target name (`local`).")
+    target: str = Field("local", description="Where to run: local, a profile (rpi4, rpi5, android-arm64, "
+                        "rpi5-emulated, ci), a profile .yaml, user@host[:port], or adb[:serial].")
+    host: str | None = Field(None, description="user@host[:port] for a profile reached over SSH.")
+    serial: str | None = Field(None, description="adb serial for an Android profile.")
     batch_size: int = Field(1, gt=0, description="Batch of the benchmark input.")
     seq_len: int = Field(128, gt=0, description="Tokens per input (all real tokens, no padding).")
-    threads: int | None = Field(2, gt=0, description="Intra-op threads for every runtime; null = all cores.")
+    threads: int | None = Field(2, gt=0, description="Intra-op threads for every runtime; null = the profile's.")
     warmup_runs: int = Field(10, ge=1, description="Minimum untimed runs before timing.")
     runs: int = Field(100, ge=5, description="Timed runs per model.")
     teacher: bool = Field(True, description="Also benchmark the teacher in PyTorch (the baseline).")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
-from kd_edge.bench import RUNNER_PATH, TARGETS
+from kd_edge.bench import RUNNER_PATH
 from kd_edge.errors import TargetError
 from kd_edge.preflight import teacher_source
 from kd_edge.runfiles import load_cache
@@ -35,14 +35,15 @@ def models_to_bench(recipe: "Recipe", run_dir: Path) -> list[dict]:
     return models
 
 
-def runner_args(recipe: "Recipe", model: dict, vocab_size: int) -> list[str]:
+def runner_args(recipe: "Recipe", model: dict, vocab_size: int, threads: int | None = None) -> list[str]:
     """Command-line arguments of the device runner for one model."""
     cfg = recipe.bench
+    threads = threads or cfg.threads
     args = ["--runtime", model["runtime"], "--batch", str(cfg.batch_size), "--seq", str(cfg.seq_len),
             "--warmup", str(cfg.warmup_runs), "--runs", str(cfg.runs), "--seed", str(recipe.seed),
             "--vocab-size", str(vocab_size)]
-    if cfg.threads:
-        args += ["--threads", str(cfg.threads)]
+    if threads:
+        args += ["--threads", str(threads)]
     if model["runtime"] == "torch":
         args += ["--task", model["task"]]
         if model["task"] == "embedding":
@@ -71,9 +72,16 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Benchmark every model on the recipe's target."""
     from tqdm.auto import tqdm
 
+    from kd_edge.bench.profiles import make_target, resolve_target
+
     cfg = recipe.bench
-    target = TARGETS.get(cfg.target)()
+    profile = resolve_target(cfg.target, host=cfg.host, serial=cfg.serial)
+    target = make_target(profile)
+    threads = cfg.threads or profile.threads
     models = models_to_bench(recipe, ctx.run_dir)
+    if profile.kind != "local":
+        # PyTorch models are the baselines of this machine; the device runs the exported files
+        models = [m for m in models if m["runtime"] != "torch"]
     vocab_size = load_cache(ctx.run_dir)[0]["vocab_size"]
     macs = torch_macs(recipe, ctx)
     with atomic_dir(ctx.run_dir / "bench") as out:
@@ -82,11 +90,17 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         for model in bar:
             bar.set_postfix_str(model["name"])
             try:
-                doc = target.run(RUNNER_PATH, model["path"], runner_args(recipe, model, vocab_size),
-                                 threads=cfg.threads, timeout_s=cfg.timeout_s)
+                doc = target.run(RUNNER_PATH, model["path"], runner_args(recipe, model, vocab_size, threads),
+                                 threads=threads, timeout_s=cfg.timeout_s)
             except TargetError as e:
                 # One model that cannot run on the target does not hide the others' figures: the
                 # failure is recorded and shown in the report.
                 doc = {"error": str(e), "runtime": model["runtime"], "target": target.name}
             doc["name"] = model["name"]
-            write_json(out / f"{model['name']}@{target.name}.json", doc)
+            write_json(out / f"{model['name']}@{_safe(target.name)}.json", doc)
+    target.close()
+
+
+def _safe(name: str) -> str:
+    """A target name usable in a file name (user@host:port -> user_host_port)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -45,6 +45,7 @@ SPEED: list[tuple[str, str, Fmt]] = [
     ("throughput_per_s", "items/s", _num(0)),
     ("peak_rss_mb", "peak MB", _num(0)),
     ("load_ms", "load ms", _num(0)),
+    ("deployed_on", "ran on", lambda v: ", ".join(v) if v else "—"),
 ]
 QUALITY: dict[str, list[tuple[str, str, Fmt]]] = {
     "sentence_embedding": [("probe_accuracy", "probe acc", _pct), ("cosine_to_teacher", "cos→teacher", _num(4)),
@@ -137,9 +138,6 @@ def to_markdown(report: dict) -> str:
     errors = [r for r in report["rows"] if r.get("bench_error")]
     if errors:
         out += ["## Benchmarks that failed", ""] + [f"- {r['name']}: {r['bench_error']}" for r in errors] + [""]
-    reach = [r for r in report["rows"] if r.get("deployed_on")]
-    if reach:
-        out += ["## Where each model ran", ""] + [f"- {r['name']}: {', '.join(r['deployed_on'])}" for r in reach] + [""]
     slices = report.get("slices")
     if slices and slices.get("slices"):
         out += ["## Slices (bias check)", "", f"Overall student gap to the teacher: {_gap(slices, slices['overall_gap'])}; "

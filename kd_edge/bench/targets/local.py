@@ -28,11 +28,10 @@ def parse_runner_output(stdout: str, where: str) -> dict:
 class LocalTarget:
     """Subprocess on this machine with thread variables set (and optional CPU pinning)."""
 
-    name = "local"
-
-    def __init__(self, python: str | None = None, cpus: list[int] | None = None):
+    def __init__(self, python: str | None = None, cpus: list[int] | None = None, name: str = "local"):
         self.python = python or sys.executable
         self.cpus = cpus
+        self.name = name
 
     def run(self, runner: Path, model: Path, args: list[str], *, threads: int | None, timeout_s: float) -> dict:
         """Run the runner on ``model``; return its JSON plus what the parent saw (wall time, maxrss)."""
@@ -51,17 +50,20 @@ class LocalTarget:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise TargetError(f"benchmark of {model.name} on local took longer than {timeout_s:g} s; "
+            raise TargetError(f"benchmark of {model.name} on {self.name} took longer than {timeout_s:g} s; "
                               "raise bench.timeout_s or lower bench.runs") from None
         wall = time.perf_counter() - t0
         # Peak memory comes from the runner's own VmHWM readings (per phase); the parent adds the
         # wall time of the whole process, start-up included.
-        doc = parse_runner_output(stdout, "local")
+        doc = parse_runner_output(stdout, self.name)
         if "error" in doc:
-            raise TargetError(f"{model.name} on local: {doc['error']} (phase: {doc.get('phase')})")
+            raise TargetError(f"{model.name} on {self.name}: {doc['error']} (phase: {doc.get('phase')})")
         if proc.returncode != 0:
             last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
             raise TargetError(f"the runner for {model.name} exited with {proc.returncode}: {last}")
         doc["process_wall_s"] = round(wall, 3)
         doc["target"] = self.name
         return doc
+
+    def close(self) -> None:
+        return None

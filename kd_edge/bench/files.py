@@ -1,0 +1,67 @@
+"""Benchmark files and model folders that are not part of a run: `kd-edge bench FILE... --target T`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from kd_edge.bench import RUNNER_PATH
+from kd_edge.errors import ArtifactError, TargetError
+
+RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
+
+
+def runtime_of(path: Path) -> str:
+    """The runtime that runs a file: by suffix; a folder is a Hugging Face model for PyTorch."""
+    if not path.exists():
+        raise ArtifactError(f"'{path}' does not exist; pass .onnx or .tflite files or a model folder")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ArtifactError(f"'{path}' is a folder without config.json; pass a model folder, .onnx or .tflite files")
+        return "torch"
+    runtime = RUNTIME_BY_SUFFIX.get(path.suffix)
+    if runtime is None:
+        raise ArtifactError(f"'{path.name}': cannot tell its runtime from '{path.suffix}'; kd-edge benchmarks .onnx, "
+                            ".tflite and model folders")
+    return runtime
+
+
+def bench_files(paths: list[Path], target, *, threads_list: list[int | None], batch: int, seq: int, runs: int,
+                warmup: int, vocab_size: int, timeout_s: float, task: str = "embedding",
+                on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every file x thread count on the target, each in a fresh process; failures are recorded, not
+    raised, so that one file a device cannot load does not hide the others."""
+    results = []
+    for path in paths:
+        runtime = runtime_of(path)
+        for threads in threads_list:
+            args = ["--runtime", runtime, "--batch", str(batch), "--seq", str(seq), "--runs", str(runs),
+                    "--warmup", str(warmup), "--vocab-size", str(vocab_size)]
+            if threads:
+                args += ["--threads", str(threads)]
+            if runtime == "torch":
+                args += ["--task", task]
+            try:
+                doc = target.run(RUNNER_PATH, path, args, threads=threads, timeout_s=timeout_s)
+            except TargetError as e:
+                doc = {"error": str(e), "runtime": runtime, "target": target.name, "threads": threads}
+            doc["name"] = path.name
+            results.append(doc)
+            if on_result:
+                on_result(doc)
+    return results
+
+
+def results_table(results: list[dict]) -> str:
+    """One line per result: file, target, threads, p50/p90/p99, throughput, peak memory."""
+    lines = [f"{'file':<28} {'target':<16} {'thr':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'items/s':>9} {'peak MB':>8}"]
+    for d in results:
+        if "error" in d:
+            lines.append(f"{d['name']:<28} {d.get('target', ''):<16} {str(d.get('threads') or '-'):>3}  error: {d['error']}")
+            continue
+        lat = d["latency"]
+        emulated = " (emulated)" if d.get("environment", {}).get("emulated") else ""
+        lines.append(f"{d['name']:<28} {d['target']:<16} {str(d.get('threads') or '-'):>3} {lat['p50_ms']:>9.2f} "
+                     f"{lat['p90_ms']:>9.2f} {lat['p99_ms']:>9.2f} {lat['throughput_per_s']:>9.1f} "
+                     f"{d.get('peak_rss_mb') or 0:>8.0f}{emulated}")
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""Benchmarking on another machine: a transport (SSH, adb, a chroot under qemu) carries the device
+runner and the model there, runs it with the target's Python, and brings back its JSON.
+
+Uploads go to ``<workdir>/cache/<sha256>-<name>`` and are skipped when the device already holds a
+file with that checksum, so a second benchmark of the same file does not upload it again. Every
+failure is a one-line ``TargetError`` that says what to do: no Python or no runtime on the device
+(what to install), a runtime that cannot load the file, no space left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+from typing import Protocol
+
+from kd_edge.errors import TargetError
+
+RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "tflite": "ai-edge-litert (or tflite-runtime)", "torch": "torch transformers"}
+
+
+class Transport(Protocol):
+    """How commands and files reach a device."""
+
+    name: str
+
+    def run(self, argv: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """Run a command on the device; (exit code, stdout, stderr)."""
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file to the device."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+def local_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def env_prefix(env: dict[str, str] | None) -> list[str]:
+    """``env K=V ...`` in front of a command (every POSIX device has env)."""
+    return ["env", *[f"{k}={v}" for k, v in (env or {}).items()]] if env else []
+
+
+class RemoteTarget:
+    """Runs the device runner through a transport."""
+
+    def __init__(self, transport: Transport, *, python: str = "python3", workdir: str = "/tmp/kd-edge-bench",
+                 emulated: bool = False, name: str | None = None):
+        self.transport, self.python, self.workdir, self.emulated = transport, python, workdir.rstrip("/"), emulated
+        self.name = name or transport.name
+        self._checked: set[str] = set()
+
+    # -- preparing the device ---------------------------------------------------------------------------------
+    def _sh(self, argv: list[str], timeout: float = 60, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        return self.transport.run(env_prefix(env) + argv, timeout)
+
+    def check_python(self, runtime: str) -> None:
+        """Fail with what to install when the device lacks Python, numpy or the runtime."""
+        if runtime in self._checked:
+            return
+        module = {"onnxruntime": "onnxruntime", "tflite": None, "torch": "torch"}[runtime]
+        code = "import sys, numpy; print(sys.version_info[:2])"
+        rc, out, err = self._sh([self.python, "-c", code])
+        if rc != 0:
+            if "numpy" in err:
+                raise TargetError(f"{self.name}: {self.python} has no numpy; install it on the device: "
+                                  f"{self.python} -m pip install numpy")
+            raise TargetError(f"{self.name}: cannot run '{self.python}' ({(err or out).strip().splitlines()[-1:] or 'no output'}); "
+                              "install Python 3 on the device or name its interpreter in the target profile (python:)")
+        if module:
+            rc, _, err = self._sh([self.python, "-c", f"import {module}"])
+            if rc != 0:
+                raise TargetError(f"{self.name}: the {runtime} runtime is not installed for {self.python}; install it on "
+                                  f"the device: {self.python} -m pip install {RUNTIME_PACKAGES[runtime]}")
+        else:
+            probe = ("import importlib.util as u, sys; sys.exit(0 if any(u.find_spec(m) for m in "
+                     "('ai_edge_litert', 'tflite_runtime', 'tensorflow')) else 1)")
+            if self._sh([self.python, "-c", probe])[0] != 0:
+                raise TargetError(f"{self.name}: no TFLite interpreter for {self.python}; install one on the device: "
+                                  f"{self.python} -m pip install {RUNTIME_PACKAGES['tflite']}")
+        self._checked.add(runtime)
+
+    def _free_bytes(self) -> int | None:
+        rc, out, _ = self._sh(["df", "-Pk", self.workdir])
+        try:
+            return int(out.strip().splitlines()[-1].split()[3]) * 1024 if rc == 0 else None
+        except (IndexError, ValueError):
+            return None
+
+    def upload(self, local: Path) -> str:
+        """The path of ``local`` on the device, uploading it unless a copy with its checksum is there."""
+        if local.is_dir():
+            raise TargetError(f"{local.name} is a model folder; on {self.name} benchmark exported files (.onnx, .tflite)")
+        digest = local_sha256(local)
+        remote = f"{self.workdir}/cache/{digest[:16]}-{local.name}"
+        rc, out, _ = self._sh(["sha256sum", remote])
+        if rc == 0 and out.split() and out.split()[0] == digest:
+            return remote
+        self._sh(["mkdir", "-p", f"{self.workdir}/cache"])
+        free = self._free_bytes()
+        size = local.stat().st_size
+        if free is not None and free < size + (16 << 10):
+            raise TargetError(f"no space left on {self.name}: {local.name} needs {size / 1e6:.1f} MB, {self.workdir} has "
+                              f"{free / 1e6:.1f} MB free; free space there or set the target's workdir")
+        try:
+            self.transport.put(local, remote + ".part")
+        except OSError as e:
+            if "No space" in str(e) or getattr(e, "errno", None) == 28:
+                raise TargetError(f"no space left on {self.name} while copying {local.name}; free space in {self.workdir}") from e
+            raise TargetError(f"copying {local.name} to {self.name} failed: {e}") from e
+        rc, _, err = self._sh(["mv", remote + ".part", remote])
+        if rc != 0:
+            raise TargetError(f"{self.name}: could not move the upload into place ({err.strip()})")
+        return remote
+
+    # -- running ---------------------------------------------------------------------------------------------------
+    def run(self, runner: Path, model: Path, args: list[str], *, threads: int | None, timeout_s: float) -> dict:
+        """Run the device runner on ``model``; return its JSON with the target's name."""
+        runtime = args[args.index("--runtime") + 1] if "--runtime" in args else "onnxruntime"
+        self.check_python(runtime)
+        remote_runner = self.upload(runner)
+        remote_model = self.upload(model)
+        env = {var: str(threads) for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")} if threads else {}
+        if self.emulated:
+            env["KD_EDGE_EMULATED"] = "1"
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            rc, out, err = self._sh([self.python, remote_runner, remote_model, *args], timeout=timeout_s, env=env)
+        except TimeoutError:
+            raise TargetError(f"benchmark of {model.name} on {self.name} took longer than {timeout_s:g} s; raise "
+                              "bench.timeout_s or lower bench.runs") from None
+        doc = None
+        for line in reversed(out.strip().splitlines()):
+            if line.strip().startswith("{"):
+                try:
+                    doc = json.loads(line)
+                    break
+                except json.JSONDecodeError:
+                    continue
+        if doc is None:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise TargetError(f"the runner on {self.name} printed no result for {model.name} (exit {rc}): {last}")
+        if "error" in doc:
+            raise TargetError(f"{model.name} on {self.name}: {doc['error']} (phase: {doc.get('phase')})")
+        doc["target"] = self.name
+        doc["process_wall_s"] = round(time.perf_counter() - t0, 3)  # the remote process, start-up and transport included
+        if self.emulated:
+            doc.setdefault("environment", {})["emulated"] = True
+        return doc
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def quote(argv: list[str]) -> str:
+    """A shell command line with every argument quoted."""
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,90 @@
+"""SSH transport (paramiko): strict host-key checking, timeouts, every argument quoted."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from kd_edge.bench.targets.remote import quote
+from kd_edge.errors import DependencyError, TargetError
+
+
+def parse_address(text: str) -> tuple[str | None, str, int]:
+    """``user@host[:port]`` or ``ssh://user@host:port`` -> (user, host, port)."""
+    text = text.removeprefix("ssh://")
+    user, _, hostport = text.rpartition("@")
+    host, _, port = hostport.partition(":")
+    if not host:
+        raise TargetError(f"'{text}' is not an SSH address; write user@host or user@host:port")
+    try:
+        return (user or None), host, int(port) if port else 22
+    except ValueError:
+        raise TargetError(f"'{text}': port '{port}' is not a number") from None
+
+
+class SshTransport:
+    """Commands and files over one SSH connection."""
+
+    def __init__(self, address: str, *, key_file: str | None = None, known_hosts: str | None = None,
+                 connect_timeout: float = 10.0):
+        try:
+            import paramiko
+        except ImportError as e:
+            raise DependencyError("the ssh target needs paramiko; run: pip install 'kd-edge[ssh]'") from e
+        self.user, self.host, self.port = parse_address(address)
+        self.name = f"{self.user + '@' if self.user else ''}{self.host}" + (f":{self.port}" if self.port != 22 else "")
+        client = paramiko.SSHClient()
+        client.load_system_host_keys()
+        if known_hosts:
+            client.load_host_keys(str(Path(known_hosts).expanduser()))
+        # An unknown host is refused, never added: a benchmark must not train users to accept keys blindly.
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        host_id = f"[{self.host}]:{self.port}" if self.port != 22 else self.host
+        try:
+            client.connect(self.host, port=self.port, username=self.user, key_filename=key_file,
+                           timeout=connect_timeout, banner_timeout=connect_timeout, auth_timeout=connect_timeout,
+                           allow_agent=key_file is None, look_for_keys=key_file is None)
+        except paramiko.BadHostKeyException:
+            raise TargetError(
+                f"the host key of {host_id} is not the one in known_hosts: refusing to connect (this can be an attack); "
+                f"check the key on the device (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then remove the old "
+                f"entry with: ssh-keygen -R '{host_id}'") from None
+        except paramiko.AuthenticationException:
+            raise TargetError(f"{self.name} refused the key{' ' + key_file if key_file else 's'}; install the public key "
+                              f"on the device (ssh-copy-id -p {self.port} {self.name.split(':')[0]}) or name the right "
+                              "one with --key") from None
+        except paramiko.SSHException as e:
+            if "not found in known_hosts" in str(e):
+                raise TargetError(f"{host_id} is not in known_hosts; check its fingerprint, then add it: "
+                                  f"ssh-keyscan -p {self.port} {self.host} >> ~/.ssh/known_hosts") from None
+            if "banner" in str(e):
+                raise TargetError(f"{self.name} did not answer within {connect_timeout:g} s (no SSH greeting); check the "
+                                  "address, that the device is on and sshd runs, and the network") from None
+            raise TargetError(f"SSH to {self.name} failed: {e}") from None
+        except (socket.timeout, TimeoutError):
+            raise TargetError(f"{self.name} did not answer within {connect_timeout:g} s; check the address, that the "
+                              "device is on and sshd runs, and the network") from None
+        except OSError as e:
+            raise TargetError(f"cannot reach {self.name} ({e.strerror or e}); check the address and that sshd runs") from None
+        self.client = client
+        self._sftp = None
+
+    def run(self, argv: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        stdin, stdout, stderr = self.client.exec_command(quote(argv), timeout=timeout)
+        stdin.close()
+        try:
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+        except socket.timeout:
+            raise TimeoutError(quote(argv)) from None
+        return stdout.channel.recv_exit_status(), out, err
+
+    def put(self, local: Path, remote: str) -> None:
+        if self._sftp is None:
+            self._sftp = self.client.open_sftp()
+        self._sftp.put(str(local), remote)
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        self.client.close()

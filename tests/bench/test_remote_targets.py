@@ -1,0 +1,268 @@
+"""Benchmarking over SSH against a real sshd on 127.0.0.1, over adb with a stand-in `adb`, and the
+bad inputs of remote targets: each a one-line error that leaves the local run intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kd_edge.bench.profiles import TargetProfile, make_target, resolve_target
+from kd_edge.bench.targets.remote import RemoteTarget
+from kd_edge.errors import TargetError
+from kd_edge.export import EXPORTERS
+from kd_edge.tasks import TASKS
+from tests.bench.sshd import keygen, start_sshd
+
+RUN_ARGS = ["--batch", "1", "--seq", "16", "--runs", "8", "--warmup", "2", "--vocab-size", "90", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def files(tiny_teacher, tmp_path_factory):
+    task = TASKS.get("sentence_embedding")()
+    module = task.export_module(task.load_model(tiny_teacher, eager=True), {"pooling": "mean", "normalize": True})
+    out = tmp_path_factory.mktemp("files")
+    names = ("input_ids", "attention_mask")
+    EXPORTERS.get("onnx")().export(module, out / "student.fp32.onnx", input_names=names, output_name="e", opset=17)
+    EXPORTERS.get("tflite")().export(module, out / "student.fp32.tflite", input_names=names, output_name="e",
+                                     shapes=[(1, 16)], log_path=out / "log.txt")
+    return out
+
+
+def ssh_profile(sshd, **over) -> TargetProfile:
+    data = {"name": "pi-on-loopback", "kind": "ssh", "host": sshd.address, "key_file": str(sshd.client_key),
+            "known_hosts": str(sshd.known_hosts), "python": sys.executable, "connect_timeout_s": 5,
+            "workdir": str(sshd.folder / "device")}
+    data.update(over)
+    return TargetProfile(**data)
+
+
+class CountingTransport:
+    """Wraps a real transport and counts uploads (not a stand-in: every call goes through)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.puts = inner, inner.name, []
+
+    def run(self, argv, timeout, env=None):
+        return self.inner.run(argv, timeout, env)
+
+    def put(self, local, remote):
+        self.puts.append(Path(local).name)
+        self.inner.put(local, remote)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_onnx_and_tflite_over_ssh_match_the_local_schema(sshd, files):
+    from kd_edge.bench import RUNNER_PATH
+    from kd_edge.bench.targets.local import LocalTarget
+
+    target = make_target(ssh_profile(sshd))
+    counting = CountingTransport(target.transport)
+    target.transport = counting
+    local = LocalTarget()
+    for name, runtime in (("student.fp32.onnx", "onnxruntime"), ("student.fp32.tflite", "tflite")):
+        args = ["--runtime", runtime, *RUN_ARGS]
+        remote_doc = target.run(RUNNER_PATH, files / name, args, threads=1, timeout_s=300)
+        local_doc = local.run(RUNNER_PATH, files / name, args, threads=1, timeout_s=300)
+        assert remote_doc["target"] == "pi-on-loopback" and remote_doc["timed_runs"] == 8
+        assert set(remote_doc) == set(local_doc) and set(remote_doc["latency"]) == set(local_doc["latency"])
+        assert set(remote_doc["memory"]) == set(local_doc["memory"])
+    assert counting.puts == ["device_runner.py", "student.fp32.onnx", "student.fp32.tflite"]
+    # a second benchmark of the same files uploads nothing: the device holds them under their checksum
+    target.run(RUNNER_PATH, files / "student.fp32.onnx", ["--runtime", "onnxruntime", *RUN_ARGS], threads=1, timeout_s=300)
+    assert counting.puts == ["device_runner.py", "student.fp32.onnx", "student.fp32.tflite"]
+    target.close()
+
+
+def test_bench_command_over_ssh_writes_json(sshd, files, tmp_path):
+    profile = tmp_path / "pi.yaml"
+    profile.write_text(ssh_profile(sshd).model_dump_json())
+    p = subprocess.run([sys.executable, "-m", "kd_edge", "bench", str(files / "student.fp32.onnx"), "--target", str(profile),
+                        "--seq", "16", "--runs", "5", "--warmup", "1", "--vocab-size", "90", "--threads", "1,2",
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    written = sorted(f.name for f in (tmp_path / "out").iterdir())
+    assert written == ["student.fp32.onnx@pi-on-loopback-t1.json", "student.fp32.onnx@pi-on-loopback-t2.json"]
+    assert json.loads((tmp_path / "out" / written[1]).read_text())["threads"] == 2
+
+
+def test_unreachable_host(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TargetError, match=r"cannot reach root@127.0.0.1:\d+|did not answer"):
+        make_target(TargetProfile(name="x", kind="ssh", host=f"root@127.0.0.1:{port}", connect_timeout_s=2))
+
+
+def test_host_that_does_not_answer_times_out():
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(TargetError, match="did not answer within 1 s|cannot reach"):
+        make_target(TargetProfile(name="x", kind="ssh", host="root@10.255.255.1", connect_timeout_s=1))
+    assert time.perf_counter() - t0 < 10
+
+
+def test_key_refused(sshd, tmp_path):
+    other = keygen(tmp_path / "other_key")
+    with pytest.raises(TargetError, match="refused the key .*other_key; install the public key"):
+        make_target(ssh_profile(sshd, key_file=str(other)))
+
+
+def test_changed_host_key_is_refused(sshd, tmp_path):
+    impostor = keygen(tmp_path / "impostor")
+    key_type, key = (tmp_path / "impostor.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key}\n")
+    with pytest.raises(TargetError, match=r"not the one in known_hosts: refusing .* ssh-keygen -R '\[127.0.0.1\]:\d+'"):
+        make_target(ssh_profile(sshd, known_hosts=str(known)))
+
+
+def test_unknown_host_key_is_refused(sshd, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(TargetError, match="is not in known_hosts; check its fingerprint, then add it: ssh-keyscan"):
+        make_target(ssh_profile(sshd, known_hosts=str(empty)))
+
+
+def test_no_python_on_the_device(sshd, files):
+    from kd_edge.bench import RUNNER_PATH
+
+    target = make_target(ssh_profile(sshd, python="/opt/no/python3"))
+    with pytest.raises(TargetError, match="cannot run '/opt/no/python3'.*install Python 3 on the device"):
+        target.run(RUNNER_PATH, files / "student.fp32.onnx", ["--runtime", "onnxruntime", *RUN_ARGS], threads=1, timeout_s=60)
+
+
+def test_no_runtime_on_the_device(sshd, files, tmp_path):
+    from kd_edge.bench import RUNNER_PATH
+
+    # a Python on the device that has numpy but no onnxruntime (its import fails as on a bare board)
+    blocker = tmp_path / "blocker" / "onnxruntime"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('No module named onnxruntime')\n")
+    python = tmp_path / "python-without-onnxruntime"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={blocker.parent} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    target = make_target(ssh_profile(sshd, python=str(python)))
+    with pytest.raises(TargetError, match="the onnxruntime runtime is not installed .* -m pip install onnxruntime"):
+        target.run(RUNNER_PATH, files / "student.fp32.onnx", ["--runtime", "onnxruntime", *RUN_ARGS], threads=1, timeout_s=60)
+
+
+def test_file_the_runtime_cannot_load(sshd, tmp_path):
+    from kd_edge.bench import RUNNER_PATH
+
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07not really onnx")
+    target = make_target(ssh_profile(sshd))
+    with pytest.raises(TargetError, match=r"broken.onnx on pi-on-loopback: onnxruntime cannot load .*\(phase: load\)"):
+        target.run(RUNNER_PATH, bad, ["--runtime", "onnxruntime", *RUN_ARGS], threads=1, timeout_s=60)
+
+
+def test_no_space_left_on_the_device(sshd, files, tmp_path):
+    from kd_edge.bench import RUNNER_PATH
+
+    tiny = tmp_path / "tiny-disk"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(tiny)], check=True)
+    try:
+        target = make_target(ssh_profile(sshd, workdir=str(tiny)))
+        with pytest.raises(TargetError, match="no space left on pi-on-loopback: student.fp32.onnx needs"):
+            target.run(RUNNER_PATH, files / "student.fp32.onnx", ["--runtime", "onnxruntime", *RUN_ARGS], threads=1,
+                       timeout_s=60)
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+
+
+def test_remote_failure_leaves_the_run_intact(sshd, tmp_path, tiny_teacher, tiny_data):
+    """A run benchmarked on an unreachable device: the bench stage fails with one line, every
+    earlier output stays as it was, and the run continues once the target is fixed."""
+    import yaml
+
+    from tests.conftest import tiny_recipe_dict
+
+    recipe = tmp_path / "r.yaml"
+    data = tiny_recipe_dict(tiny_teacher, tiny_data, export={"artifacts": [{"format": "onnx", "precision": "fp32"}]},
+                            gate={"budgets": []})
+    recipe.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    kd = [sys.executable, "-m", "kd_edge"]
+    assert subprocess.run([*kd, "run", str(recipe), "--out", str(out), "-q"], capture_output=True).returncode == 0
+    before = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file() and f.parent.name != "bench"
+              and f.name not in (".lock", "manifest.json", "recipe.resolved.yaml")}
+    p = subprocess.run([*kd, "bench", str(out), "--target", "root@127.0.0.1:1"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("error: cannot reach root@127.0.0.1:1") and "Traceback" not in p.stderr
+    after = {f: f.stat().st_mtime_ns for f in before}
+    assert after == before
+    assert (out / "bench" / "teacher@local.json").is_file()  # the old local results are still there
+
+
+def test_adb_path_with_a_stand_in_adb(files, tmp_path):
+    """No phone can exist here: `adb` is a STAND-IN script that plays a connected device, keeping
+    its files in a folder and running shell commands on this machine. Everything kd-edge does
+    (push, shell with quoted arguments, parsing the runner's JSON) is the real code."""
+    from kd_edge.bench import RUNNER_PATH
+
+    device = tmp_path / "phone"
+    device.mkdir()
+    stand_in = tmp_path / "bin" / "adb"
+    stand_in.parent.mkdir()
+    stand_in.write_text(f"""#!{sys.executable}
+# STAND-IN for Android's adb (test only): one device 'emulator-5554' whose storage is {device}.
+import os, shutil, subprocess, sys
+args = sys.argv[1:]
+if args[:1] == ["-s"]:
+    if args[1] != "emulator-5554":
+        print("error: device '" + args[1] + "' not found", file=sys.stderr); sys.exit(1)
+    args = args[2:]
+root = {str(device)!r}
+def here(p): return root + p
+if args[0] == "get-state":
+    print("device"); sys.exit(0)
+if args[0] == "push":
+    os.makedirs(os.path.dirname(here(args[2])), exist_ok=True); shutil.copyfile(args[1], here(args[2]))
+    print(args[1] + ": 1 file pushed"); sys.exit(0)
+if args[0] == "shell":
+    command = args[1].replace("/data/local/tmp", root + "/data/local/tmp")
+    sys.exit(subprocess.run(["sh", "-c", command]).returncode)
+print("unsupported", args, file=sys.stderr); sys.exit(1)
+""")
+    stand_in.chmod(0o755)
+    profile = resolve_target("adb:emulator-5554").model_copy(update={"adb": str(stand_in), "python": sys.executable})
+    target = make_target(profile)
+    assert isinstance(target, RemoteTarget) and target.name == "android-arm64"
+    doc = target.run(RUNNER_PATH, files / "student.fp32.tflite", ["--runtime", "tflite", *RUN_ARGS], threads=1, timeout_s=300)
+    assert doc["target"] == "android-arm64" and doc["timed_runs"] == 8 and doc["runtime"] == "tflite"
+    assert any(p.name.endswith("student.fp32.tflite") for p in (device / "data/local/tmp/kd-edge-bench/cache").iterdir())
+    with pytest.raises(TargetError, match="no Android device emulator-9999 ready"):
+        make_target(profile.model_copy(update={"serial": "emulator-9999"}))
+    with pytest.raises(TargetError, match="'no-such-adb' not found; install Android platform tools"):
+        make_target(profile.model_copy(update={"adb": "no-such-adb"}))
+
+
+def test_target_names_resolve():
+    assert resolve_target("local").kind == "local"
+    assert resolve_target("rpi5", host="pi@raspberrypi.local").host == "pi@raspberrypi.local"
+    assert resolve_target("pi@10.0.0.2:2222").kind == "ssh"
+    from kd_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="target rpi4 is reached over SSH; give the address: --host"):
+        resolve_target("rpi4")
+    with pytest.raises(ConfigError, match="unknown target 'rpi6'; did you mean 'rpi5'"):
+        resolve_target("rpi6")
