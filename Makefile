@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps clean
+.PHONY: demo test test-pi pi-rootfs setup system-deps clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,15 @@ system-deps:
 		else echo "install openssh-server (sudo apt-get install openssh-server) for the SSH target's tests"; exit 1; fi; }
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not pi"
+
+# The Raspberry Pi path, emulated: an arm64 root file system (built once into .cache/pi-rootfs, a few
+# minutes, needs root) under qemu-user; the runner benchmarks the exported student there.
+pi-rootfs: $(STAMP)
+	PYTHON=$(BIN)/python scripts/build_pi_rootfs.sh .cache/pi-rootfs
+
+test-pi: $(STAMP) pi-rootfs
+	$(BIN)/python -m pytest -q -m pi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

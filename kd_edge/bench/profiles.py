@@ -33,6 +33,9 @@ class TargetProfile(BaseModel):
     root: str | None = Field(None, description="qemu: the arm64 root file system.")
     cpu: str | None = Field(None, description="qemu: QEMU_CPU, e.g. cortex-a72 (Pi 4) or cortex-a76 (Pi 5).")
     python: str = Field("python3", description="The device's Python interpreter.")
+    tflite_benchmark_model: str | None = Field(
+        None, description="Path of TFLite's benchmark_model binary on the device: .tflite files run with it (no Python).")
+    cpus: list[int] | None = Field(None, description="local: pin the benchmark to these CPU cores.")
     workdir: str = Field("/tmp/kd-edge-bench", description="Where files go on the device.")
     threads: int | None = Field(None, gt=0, description="Default intra-op threads.")
     formats: list[str] = Field(default_factory=lambda: ["onnx", "tflite"])
@@ -89,7 +92,7 @@ def make_target(profile: TargetProfile):
 
     cls = TARGETS.get(profile.kind)
     if profile.kind == "local":
-        return cls(name=profile.name)
+        return cls(name=profile.name, cpus=profile.cpus)
     if profile.kind == "ssh":
         transport = cls(profile.host, key_file=profile.key_file, known_hosts=profile.known_hosts,
                         connect_timeout=profile.connect_timeout_s)
@@ -100,4 +103,4 @@ def make_target(profile: TargetProfile):
             raise TargetError(f"target {profile.name} names no root file system (root:)")
         transport = cls(profile.root, profile.cpu)
     return RemoteTarget(transport, python=profile.python, workdir=profile.workdir, emulated=profile.kind == "qemu",
-                        name=profile.name)
+                        name=profile.name, tflite_benchmark_model=profile.tflite_benchmark_model)

@@ -266,3 +266,45 @@ def test_target_names_resolve():
         resolve_target("rpi4")
     with pytest.raises(ConfigError, match="unknown target 'rpi6'; did you mean 'rpi5'"):
         resolve_target("rpi6")
+
+
+def test_native_benchmark_model_output_becomes_the_same_json(files, tmp_path):
+    """The phone has TFLite's benchmark_model and no Python: kd-edge pushes the file, runs the binary
+    and parses its output. The binary here is a STAND-IN that prints benchmark_model's real output
+    format (adb is the stand-in of the previous test)."""
+    from kd_edge.bench import RUNNER_PATH
+    from kd_edge.bench.native import parse_benchmark_model
+
+    device = tmp_path / "phone"
+    (device / "data/local/tmp").mkdir(parents=True)
+    fake_tool = device / "data/local/tmp/benchmark_model"
+    fake_tool.write_text("#!/bin/sh\n# STAND-IN for TFLite's benchmark_model: prints its output format\n"
+                         "echo 'INFO: Initialized session in 17.3ms.'\n"
+                         "echo 'INFO: count=12 first=23165 curr=13238 min=13107 max=23165 avg=13682.6 std=1613'\n"
+                         "echo \"INFO: args $*\"\n"
+                         "echo 'INFO: count=50 first=13304 curr=13329 min=13154 max=14067 avg=13359.4 std=164 p5=13160 median=13301 p95=13900'\n"
+                         "echo 'INFO: Inference timings in us: Init: 17318, First inference: 23165, Warmup (avg): 13682.6, Inference (avg): 13359.4'\n"
+                         "echo 'INFO: Peak memory footprint (MB): init=3.89 overall=9.76'\n")
+    fake_tool.chmod(0o755)
+    stand_in = tmp_path / "adb"
+    stand_in.write_text(f"""#!{sys.executable}
+# STAND-IN for adb (test only): device storage is {device}
+import os, shutil, subprocess, sys
+a = sys.argv[1:]
+if a[:1] == ["-s"]: a = a[2:]
+root = {str(device)!r}
+if a[0] == "get-state": print("device"); sys.exit(0)
+if a[0] == "push":
+    os.makedirs(os.path.dirname(root + a[2]), exist_ok=True); shutil.copyfile(a[1], root + a[2]); sys.exit(0)
+if a[0] == "shell": sys.exit(subprocess.run(["sh", "-c", a[1].replace("/data/local/tmp", root + "/data/local/tmp")]).returncode)
+sys.exit(1)
+""")
+    stand_in.chmod(0o755)
+    profile = resolve_target("adb").model_copy(update={"adb": str(stand_in), "python": "/nonexistent/python",
+                                                       "tflite_benchmark_model": "/data/local/tmp/benchmark_model"})
+    target = make_target(profile)
+    doc = target.run(RUNNER_PATH, files / "student.fp32.tflite", ["--runtime", "tflite", *RUN_ARGS], threads=1, timeout_s=60)
+    assert doc["native"] and doc["timed_runs"] == 50 and doc["latency"]["p50_ms"] == pytest.approx(13.301)
+    assert doc["latency"]["mean_ms"] == pytest.approx(13.3594) and doc["peak_rss_mb"] == pytest.approx(9.76)
+    assert doc["load_ms"] == pytest.approx(17.318) and doc["target"] == "android-arm64"
+    assert parse_benchmark_model("ERROR: could not open model")["error"].startswith("benchmark_model reported no timings")

@@ -8,6 +8,7 @@ marked ``emulated``. `make test-pi` builds the root file system (scripts/build_p
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,13 +30,26 @@ class ChrootTransport:
         if shutil.which("chroot") is None:
             raise TargetError("chroot not found; install coreutils")
 
+    def command(self, argv: list[str]) -> list[str]:
+        """The host command that runs ``argv`` in the guest. qemu 7.2 lets the guest read this host's
+        x86 /proc/cpuinfo, on which onnxruntime and LiteRT abort: in a private mount namespace, mount
+        /proc in the guest and bind an ARM cpuinfo over it (the build script writes one)."""
+        inner = ["chroot", str(self.root), *argv]
+        cpuinfo = self.root / ".kd-edge" / "cpuinfo"
+        if not cpuinfo.is_file() or shutil.which("unshare") is None:
+            return inner
+        proc = self.root / "proc"
+        script = (f"mount -t proc proc {shlex.quote(str(proc))} && "
+                  f"mount --bind {shlex.quote(str(cpuinfo))} {shlex.quote(str(proc / 'cpuinfo'))} && "
+                  f"exec {' '.join(shlex.quote(a) for a in inner)}")
+        return ["unshare", "--mount", "--fork", "sh", "-c", script]
+
     def run(self, argv: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+        full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/root", "LANG": "C.UTF-8"}
         if self.cpu:
             full_env["QEMU_CPU"] = self.cpu
         try:
-            p = subprocess.run(["chroot", str(self.root), *argv], capture_output=True, text=True, timeout=timeout,
-                               env=full_env)
+            p = subprocess.run(self.command(argv), capture_output=True, text=True, timeout=timeout, env=full_env)
         except subprocess.TimeoutExpired:
             raise TimeoutError(" ".join(argv)) from None
         return p.returncode, p.stdout, p.stderr

@@ -52,8 +52,9 @@ class RemoteTarget:
     """Runs the device runner through a transport."""
 
     def __init__(self, transport: Transport, *, python: str = "python3", workdir: str = "/tmp/kd-edge-bench",
-                 emulated: bool = False, name: str | None = None):
+                 emulated: bool = False, name: str | None = None, tflite_benchmark_model: str | None = None):
         self.transport, self.python, self.workdir, self.emulated = transport, python, workdir.rstrip("/"), emulated
+        self.tflite_benchmark_model = tflite_benchmark_model
         self.name = name or transport.name
         self._checked: set[str] = set()
 
@@ -124,6 +125,8 @@ class RemoteTarget:
     def run(self, runner: Path, model: Path, args: list[str], *, threads: int | None, timeout_s: float) -> dict:
         """Run the device runner on ``model``; return its JSON with the target's name."""
         runtime = args[args.index("--runtime") + 1] if "--runtime" in args else "onnxruntime"
+        if runtime == "tflite" and self.tflite_benchmark_model:
+            return self._run_native(model, args, threads=threads, timeout_s=timeout_s)
         self.check_python(runtime)
         remote_runner = self.upload(runner)
         remote_model = self.upload(model)
@@ -155,6 +158,33 @@ class RemoteTarget:
         doc["process_wall_s"] = round(time.perf_counter() - t0, 3)  # the remote process, start-up and transport included
         if self.emulated:
             doc.setdefault("environment", {})["emulated"] = True
+        return doc
+
+    def _run_native(self, model: Path, args: list[str], *, threads: int | None, timeout_s: float) -> dict:
+        """A .tflite file through the device's benchmark_model binary."""
+        from kd_edge.bench.native import parse_benchmark_model
+
+        def arg(name: str, default: str) -> str:
+            return args[args.index(name) + 1] if name in args else default
+
+        batch, seq = int(arg("--batch", "1")), int(arg("--seq", "128"))
+        remote_model = self.upload(model)
+        cmd = [self.tflite_benchmark_model, f"--graph={remote_model}", f"--num_runs={arg('--runs', '100')}",
+               f"--warmup_runs={arg('--warmup', '10')}", f"--signature_to_run_for=b{batch}_s{seq}"]
+        if threads:
+            cmd.append(f"--num_threads={threads}")
+        try:
+            rc, out, err = self._sh(cmd, timeout=timeout_s)
+        except TimeoutError:
+            raise TargetError(f"benchmark_model on {self.name} took longer than {timeout_s:g} s") from None
+        if rc == 127 or "not found" in err:
+            raise TargetError(f"{self.name} has no {self.tflite_benchmark_model}; push TFLite's benchmark_model there "
+                              "or remove tflite_benchmark_model from the profile to use Python")
+        doc = parse_benchmark_model(out + "\n" + err, batch=batch)
+        if "error" in doc:
+            raise TargetError(f"{model.name} on {self.name}: {doc['error']}")
+        doc.update({"model": model.name, "seq": seq, "threads": threads, "target": self.name,
+                    "file_size_bytes": model.stat().st_size, "environment": {"emulated": self.emulated}})
         return doc
 
     def close(self) -> None:

@@ -1,0 +1,45 @@
+"""The Raspberry Pi path under emulation (`make test-pi`): the exported student, ONNX and TFLite,
+benchmarked by the device runner inside an arm64 root file system under qemu-user. It proves the ARM
+software path (aarch64 wheels, runtimes, runner); the timings are emulated and marked so.
+
+Not part of `make test` (building the root file system takes minutes and needs root): marker `pi`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kd_edge.bench import RUNNER_PATH
+from kd_edge.bench.profiles import make_target, resolve_target
+from kd_edge.export import EXPORTERS
+from kd_edge.tasks import TASKS
+
+pytestmark = pytest.mark.pi
+ROOTFS = Path(os.environ.get("KD_EDGE_PI_ROOTFS", ".cache/pi-rootfs"))
+
+
+@pytest.fixture(scope="module")
+def files(tiny_teacher, tmp_path_factory):
+    task = TASKS.get("sentence_embedding")()
+    module = task.export_module(task.load_model(tiny_teacher, eager=True), {"pooling": "mean", "normalize": True})
+    out = tmp_path_factory.mktemp("files")
+    names = ("input_ids", "attention_mask")
+    EXPORTERS.get("onnx")().export(module, out / "student.fp32.onnx", input_names=names, output_name="e", opset=17)
+    EXPORTERS.get("tflite")().export(module, out / "student.fp32.tflite", input_names=names, output_name="e",
+                                     shapes=[(1, 16)], log_path=out / "log.txt")
+    return out
+
+
+@pytest.mark.parametrize("name, runtime", [("student.fp32.onnx", "onnxruntime"), ("student.fp32.tflite", "tflite")])
+def test_runner_under_emulated_pi(files, name, runtime):
+    assert (ROOTFS / ".kd-edge-ready").is_file(), f"no emulated Pi root file system at {ROOTFS}: run make pi-rootfs"
+    profile = resolve_target("rpi5-emulated").model_copy(update={"root": str(ROOTFS)})
+    target = make_target(profile)
+    doc = target.run(RUNNER_PATH, files / name, ["--runtime", runtime, "--seq", "16", "--runs", "5", "--warmup", "1",
+                                                  "--vocab-size", "90", "--threads", "1"], threads=1, timeout_s=900)
+    env = doc["environment"]
+    assert doc["target"] == "rpi5-emulated" and env["emulated"] is True
+    assert env["machine"] == "aarch64" and doc["timed_runs"] == 5 and doc["latency"]["p50_ms"] > 0
