@@ -17,7 +17,8 @@ def runtime_of(path: Path) -> str:
         raise ArtifactError(f"'{path}' does not exist; pass .onnx or .tflite files or a model folder")
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ArtifactError(f"'{path}' is a folder without config.json; pass a model folder, .onnx or .tflite files")
+            raise ArtifactError(f"'{path}' is not a kd-edge run folder (no manifest.json) nor a model folder (no "
+                                "config.json); pass a run folder, a model folder, or .onnx / .tflite files")
         return "torch"
     runtime = RUNTIME_BY_SUFFIX.get(path.suffix)
     if runtime is None:
