@@ -60,6 +60,8 @@ class Objective(nn.Module):
         self.student_hidden = tuple(sorted({s for t in range(self.n_teachers) for s in layers_needed(recipe, "hidden", t)[0]}))
         self.teacher_hidden = [tuple(layers_needed(recipe, "hidden", t)[1]) for t in range(self.n_teachers)]
         self.attentions = any(needs == "attentions" for _, _, needs in self.terms)
+        # Labels-only objectives (plain fine-tuning, the baseline of a comparison) read no teacher output.
+        self.uses_teacher = self.mode == "mutual" or any(needs != "labels" for _, _, needs in self.terms)
         self.projections = nn.ModuleDict()
         s_width = student.config.hidden_size
         for n, (cfg, _, needs) in enumerate(self.terms):
@@ -93,6 +95,8 @@ class Objective(nn.Module):
 
     def _targets(self, cfg, needs: str, outs: list[dict]) -> list[tuple[float, dict]]:
         """(scale, teacher output) pairs a loss term is computed against."""
+        if needs == "labels":
+            return [(1.0, {})]
         if cfg.teacher is not None or needs in ("hidden", "attentions") or self.n_teachers == 1:
             return [(1.0, outs[cfg.teacher or 0])]
         combine = self.recipe.ensemble.combine if self.recipe.ensemble else "average"
@@ -108,7 +112,7 @@ class Objective(nn.Module):
         batch = self.task.make_batch(self.ids, idx, self.pad_id, self.labels, self.weights).to(device)
         student_out = self.task.forward(self.student, batch, meta=self.meta, hidden_layers=self.student_hidden,
                                         attentions=self.attentions)
-        outs = self._teacher_outputs(batch, device)
+        outs = self._teacher_outputs(batch, device) if self.uses_teacher else []
         detached = [{k: (v.detach() if torch.is_tensor(v) else v) for k, v in o.items()} for o in outs]
         total = torch.zeros((), device=device)
         logs: dict[str, float] = {}

@@ -89,12 +89,12 @@ def test_second_teacher_changes_the_loss(tmp_path, tiny_classifier, tiny_data):
         out = tmp_path / f"{ensemble_model.name}-{combine}"
         recipe = run(data, out, stop_after="student")
         torch.manual_seed(0)
-        return float(objective_for(recipe, out).eval()(idx)[0])
+        return float(objective_for(recipe, out).eval()(idx)[0].detach())
 
     single = classifier_recipe(tiny_classifier, tiny_data)
     recipe = run(single, tmp_path / "single", stop_after="student")
     torch.manual_seed(0)
-    alone = float(objective_for(recipe, tmp_path / "single").eval()(idx)[0])
+    alone = float(objective_for(recipe, tmp_path / "single").eval()(idx)[0].detach())
     for combine in ("per_teacher", "average"):
         assert abs(loss(other, combine) - alone) > 0.01
         # a second teacher identical to the first changes nothing: the difference comes from its outputs
