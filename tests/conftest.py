@@ -131,7 +131,7 @@ def tiny_recipe_dict(teacher_dir: Path | str, data_path: Path, **over) -> dict:
         "distill": {"max_steps": 8, "batch_size": 8, "lr": 5e-4, "checkpoint_every": 4, "log_every": 2,
                     "losses": [{"name": "embedding_cosine"}, {"name": "hidden_mse", "layer_map": "uniform"}]},
         "evaluate": {"knn_k": 5},
-        "export": {"tflite_shapes": [[1, 32]]},
+        "export": {"tflite_shapes": [[1, 32]], "int8_fallback": False},
         "bench": {"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32},
         "gate": {"budgets": [{"artifact": "student.fp32.onnx", "metric": "max_abs_diff", "max": 1e-4}]},
     }

@@ -1,25 +1,106 @@
 """The ``export`` stage: write every requested format x precision of the student into artifacts/.
 
+Each format is exported once at fp32 (the unfused base). ONNX float files then get ONNX Runtime's
+transformer fusions where the fused graph still matches; every other precision is made from the base
+by its quantizer. An int8 file whose task metric falls more than ``verify.int8_max_metric_drop`` below
+the fp32 file's, on training texts, is made again with sensitive nodes kept in float.
+
 Each file gets a sidecar ``<file>.json`` saying what it is (format, precision, runtime, inputs,
-signatures) so that verify, bench and report need no other source of truth.
+signatures, fusions, fallback) so that verify, bench and report need no other source of truth.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
+from kd_edge.errors import ExportError
 from kd_edge.export import EXPORTERS
 from kd_edge.quantize import QUANTIZERS
 from kd_edge.runfiles import student_meta
-from kd_edge.errors import ExportError
 from kd_edge.tasks import TASKS
 from kd_edge.tasks.base import ModelSource
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
+
+FUSION_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "distilbert": "bert", "xlm-roberta": "bert"}
+FALLBACK_TEXTS = 1000  # training texts on which an int8 file is compared with the fp32 file
+
+
+def fused_graph(base: Path, out: Path, config: dict, tolerance: float, sample: Callable[[], dict]) -> tuple[Path, dict]:
+    """ONNX Runtime's fusions of ``base`` written to ``out`` if the fused graph matches the base within
+    ``tolerance`` on sample inputs; returns the graph to use and what the sidecar says about it."""
+    import onnxruntime as ort
+
+    from kd_edge.quantize.onnx_precisions import fuse
+
+    model_type = FUSION_MODEL_TYPES.get(config.get("model_type", ""))
+    if model_type is None:
+        return base, {"fusions": None, "fusions_note": f"no ONNX Runtime fusions for model_type "
+                                                        f"'{config.get('model_type')}'"}
+    try:
+        counts = fuse(base, out, model_type=model_type, num_heads=config["num_attention_heads"],
+                      hidden_size=config["hidden_size"])
+        feeds = sample()
+        opts = {"providers": ["CPUExecutionProvider"]}
+        a = ort.InferenceSession(str(base), **opts).run(None, feeds)[0]
+        b = ort.InferenceSession(str(out), **opts).run(None, feeds)[0]
+        diff = float(np.abs(a - b).max())
+    except Exception as e:  # fusion is an optimisation: the unfused graph is always a valid answer
+        out.unlink(missing_ok=True)
+        return base, {"fusions": None, "fusions_note": f"fusion failed ({type(e).__name__}); kept the unfused graph"}
+    if diff > tolerance:
+        out.unlink()
+        return base, {"fusions": None, "fusions_note": f"fused graph differed by {diff:.1e} > {tolerance:.0e}; "
+                                                        "kept the unfused graph"}
+    return out, {"fusions": counts, "fusions_max_abs_diff": diff}
+
+
+def _calibration(run_dir: Path, recipe: "Recipe", input_names: tuple[str, ...]) -> list[dict]:
+    """Static-int8 calibration feeds: ``export.calibration_size`` training texts, one per feed."""
+    from kd_edge.runfiles import CacheReader
+
+    ids = CacheReader(run_dir).ids("train")
+    rng = np.random.default_rng(recipe.seed)
+    pick = rng.permutation(len(ids))[:recipe.export.calibration_size]
+    feeds = []
+    for i in pick:
+        seq = np.asarray(ids[i], np.int64)[None, :]
+        feed = {"input_ids": seq, "attention_mask": np.ones_like(seq)}
+        feeds.append({n: feed[n] for n in input_names})
+    return feeds
+
+
+class Fallback:
+    """Decides whether an int8 file keeps enough of the fp32 file's quality, on training texts."""
+
+    def __init__(self, recipe: "Recipe", run_dir: Path):
+        self.recipe, self.run_dir = recipe, run_dir
+        self._checkers: dict[str, object] = {}
+
+    def checker(self, fmt: str, base: Path, info: dict):
+        from kd_edge.verify.run import Checker
+
+        if fmt not in self._checkers:
+            checker = Checker(self.recipe, self.run_dir, split="train", limit=FALLBACK_TEXTS)
+            checker.use_reference(checker.outputs(base, info))
+            self._checkers[fmt] = checker
+        return self._checkers[fmt]
+
+    def drop(self, fmt: str, base: Path, base_info: dict, path: Path, info: dict) -> tuple[float, str]:
+        from kd_edge.verify.run import metric_drop
+
+        checker = self.checker(fmt, base, base_info)
+        record = checker.measure(path, info)
+        metric = checker.metric if checker.metric in record else "agreement_with_student"
+        reference = checker.student if metric in checker.student else {metric: 1.0}
+        return metric_drop(reference, record, metric), metric
 
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
@@ -31,34 +112,89 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                           "set export.artifacts: [] for now")
     sdir = ctx.run_dir / "student"
     meta = student_meta(sdir)
+    config = json.loads((sdir / "config.json").read_text())
     model = task.load_model(ModelSource(sdir), eager=True)
     module = task.export_module(model, meta)
     params = sum(p.numel() for p in model.parameters())
     common = {"task": recipe.task, "params": params, "pooling": meta.get("pooling"),
               "normalize": meta.get("normalize"), "source": "student/"}
     formats = list(dict.fromkeys(a.format for a in cfg.artifacts))
-    wanted = {a.name for a in cfg.artifacts}
+    budget = recipe.verify.int8_max_metric_drop
+    fallback = Fallback(recipe, ctx.run_dir)
+    logs = ctx.run_dir / "logs"
+
+    def sample() -> dict:
+        rng = np.random.default_rng(recipe.seed)
+        ids = rng.integers(5, min(config.get("vocab_size", 1000), 30000), (2, 48)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[1, 30:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+
     with atomic_dir(ctx.run_dir / "artifacts") as out:
         base: dict[str, tuple[Path, dict]] = {}
         for fmt in formats:
             exporter = EXPORTERS.get(fmt)()
-            path = out / f"student.fp32{exporter.suffix}"
+            path = out / f"_base.fp32{exporter.suffix}"
             t0 = time.perf_counter()
             info = exporter.export(module, path, input_names=task.input_names, output_name=task.output_name,
-                                   opset=cfg.opset, shapes=cfg.tflite_shapes,
-                                   log_path=ctx.run_dir / "logs" / f"export-{fmt}.log")
+                                   opset=cfg.opset, shapes=cfg.tflite_shapes, log_path=logs / f"export-{fmt}.log")
             info = {**common, "format": fmt, "runtime": exporter.runtime, **info,
                     "export_seconds": round(time.perf_counter() - t0, 2)}
             base[fmt] = (path, info)
+        float_onnx = None
         for spec in cfg.artifacts:
             src, info = base[spec.format]
             path = out / spec.name
-            if spec.precision != "fp32":
-                t0 = time.perf_counter()
-                extra = QUANTIZERS.get(f"{spec.format}:{spec.precision}")(src, path, per_channel=cfg.int8_per_channel)
-                info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
+            t0 = time.perf_counter()
+            if spec.format == "onnx" and spec.precision in ("fp32", "fp16") and float_onnx is None:
+                float_onnx = (fused_graph(src, out / "_fused.onnx", config, recipe.verify.fp32_max_abs_diff, sample)
+                              if cfg.optimize else (src, {"fusions": None, "fusions_note": "export.optimize is off"}))
+            extra: dict = {}
+            if spec.precision == "fp32":
+                graph = float_onnx[0] if spec.format == "onnx" else src
+                extra = float_onnx[1] if spec.format == "onnx" else {}
+                path.write_bytes(graph.read_bytes())
+            else:
+                quantize = QUANTIZERS.get(f"{spec.format}:{spec.precision}")
+                graph = float_onnx[0] if spec.format == "onnx" and spec.precision == "fp16" else src
+                kw = {"per_channel": cfg.int8_per_channel, "log_path": logs / f"quantize-{spec.name}.log",
+                      "calibration": (_calibration(ctx.run_dir, recipe, task.input_names)
+                                      if spec.precision == "int8-static" else None)}
+                extra = quantize(graph, path, **kw)
+                if spec.format == "onnx" and spec.precision == "fp16":
+                    extra.update(float_onnx[1])
+                if spec.precision.startswith("int8") and cfg.int8_fallback and recipe.task != "causal_lm":
+                    extra.update(_fall_back(spec, src, info, path, quantize, kw, fallback, budget))
+            info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
             write_json(out / f"{spec.name}.json", {"name": spec.name, "precision": spec.precision, **info,
                                                   "size_bytes": path.stat().st_size})
-        for fmt, (path, _) in base.items():
-            if path.name not in wanted:
-                path.unlink()
+        for leftover in out.glob("_*"):
+            leftover.unlink()
+
+
+def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fallback: Fallback, budget: float) -> dict:
+    """Quantize again with more nodes in float while the metric drop exceeds the budget; return
+    what the sidecar records (the drop at each level, the nodes kept in float)."""
+    from kd_edge.quantize.onnx_precisions import sensitive_nodes
+
+    drop, metric = fallback.drop(spec.format, src, info, path, {**info, "name": spec.name, "precision": spec.precision})
+    tried = [{"nodes_in_float": 0, "drop": round(drop, 5)}]
+    if drop <= budget:
+        return {"int8_check": {"metric": metric, "texts": "train", "tried": tried}}
+    if spec.format != "onnx":
+        return {"int8_check": {"metric": metric, "texts": "train", "tried": tried},
+                "fallback": {"engaged": False, "reason": f"{metric} drop {drop * 100:.2f} pt > budget; no float "
+                                                         "fallback for TFLite files yet"}}
+    for level in (1, 2):
+        exclude = sensitive_nodes(src, level)
+        path.unlink()
+        extra = quantize(src, path, **{**kw, "exclude": exclude})
+        drop, _ = fallback.drop(spec.format, src, info, path, {**info, "name": spec.name, "precision": spec.precision})
+        tried.append({"nodes_in_float": len(exclude), "drop": round(drop, 5)})
+        if drop <= budget:
+            break
+    kinds = "first and last layers and the output head" + (
+        "; LayerNorm, GELU (Erf), Softmax and residual Add everywhere" if level == 2 else "")
+    return {**extra, "int8_check": {"metric": metric, "texts": "train", "tried": tried},
+            "fallback": {"engaged": True, "level": level, "kept_in_float": kinds, "nodes": exclude,
+                         "within_budget": drop <= budget}}

@@ -55,10 +55,11 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
         info = read_json(sidecar)
         ver_path = run_dir / "verify" / f"{info['name']}.json"
         ver = read_json(ver_path) if ver_path.is_file() else {}
-        quality = {k: v for k, v in ver.items() if k not in ("name", "format", "precision", "runtime", "passed", "reason")}
+        quality = {k: v for k, v in ver.items()
+                   if k not in ("name", "format", "precision", "runtime", "passed", "reason", "fallback")}
         rows.append({"name": info["name"], "kind": "artifact", "format": info["format"], "precision": info["precision"],
                      "runtime": info["runtime"], "params": info["params"], "file_size_mb": info["size_bytes"] / 1e6,
-                     **quality, "parity_passed": ver.get("passed"), "parity_reason": ver.get("reason"),
+                     **quality, "fusions": info.get("fusions"), "fallback": ver.get("fallback"), "parity_passed": ver.get("passed"), "parity_reason": ver.get("reason"),
                      **_bench_fields(bench.get(info["name"]))})
     for row in rows:
         row["macs"] = macs.get(row["name"], macs.get("student") if row["kind"] == "artifact" else None)

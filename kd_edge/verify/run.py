@@ -66,18 +66,26 @@ def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signat
 
 
 def verdict(info: dict, record: dict, student: dict, metric: str, cfg) -> tuple[bool, str]:
-    """Pass/fail of one artifact, and why: fp32 by max |Δ|, lower precisions by the drop of the task
-    metric against the PyTorch student (or, without labels, by agreement with it)."""
+    """Pass/fail of one artifact, and why: fp32 by max |Δ|, lower precisions (fp16, int8) by the drop
+    of the task metric against the PyTorch student (or, without labels, by agreement with it)."""
     if info["precision"] == "fp32":
         ok = record["max_abs_diff"] <= cfg.fp32_max_abs_diff
         return ok, f"max |Δ| {record['max_abs_diff']:.2e} {'≤' if ok else '>'} {cfg.fp32_max_abs_diff:.0e}"
     if metric in record and metric in student:
-        drop = student[metric] - record[metric]
+        drop = metric_drop(student, record, metric)
         ok = drop <= cfg.int8_max_metric_drop
         name = metric.replace("_", " ")
         return ok, f"{name} drop {drop * 100:+.2f} pt {'≤' if ok else '>'} {cfg.int8_max_metric_drop * 100:.1f} pt"
     ok = record["agreement_with_student"] >= 0.99
     return ok, f"agreement with student {record['agreement_with_student']:.4f} {'≥' if ok else '<'} 0.99"
+
+
+def metric_drop(reference: dict, record: dict, metric: str) -> float:
+    """How much worse ``record`` is than ``reference`` on ``metric`` (positive = worse; perplexity as a
+    relative increase)."""
+    if metric == "perplexity":
+        return record[metric] / reference[metric] - 1.0
+    return reference[metric] - record[metric]
 
 
 def _metrics(task_name: str, outputs: np.ndarray, teacher: np.ndarray, labels: np.ndarray, probe, k: int) -> dict:
@@ -98,44 +106,70 @@ def _agreement(task_name: str, outputs: np.ndarray, reference: np.ndarray, label
     return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
 
 
+class Checker:
+    """Measures exported files against the PyTorch student on one split of the run's data.
+
+    ``reference`` is what the artifact is compared with: by default the PyTorch student's outputs on
+    the test split (eval/student_test.npy); export passes the fp32 file's outputs on training texts
+    when it decides whether an int8 file needs the float fallback, so that no choice is made on the
+    test split."""
+
+    def __init__(self, recipe: "Recipe", run_dir: Path, split: str = "test", limit: int | None = None):
+        self.run_dir, self.task_name = run_dir, recipe.task
+        cache = CacheReader(run_dir)
+        field = "pooled" if self.task_name == "sentence_embedding" else "logits"
+        ids, labels = cache.ids(split), cache.labels(split)
+        teacher = cache.field(0, split, field)
+        n = min(len(ids), limit) if limit else len(ids)
+        self.ids = Packed(ids.values, ids.offsets[:n + 1]) if n < len(ids) else ids
+        self.labels, self.teacher = labels[:n], np.asarray(teacher[:n])
+        probe_path = run_dir / "eval" / "probe_student.json"
+        self.probe = read_json(probe_path) if probe_path.is_file() else None
+        evaluation = read_json(run_dir / "eval" / "metrics.json")
+        self.metric, self.knn_k = evaluation["quality_metric"], evaluation["knn_k"]
+        self.threads, self.pad_id, self.cfg = recipe.bench.threads, cache.meta["pad_id"], recipe.verify
+        if split == "test":
+            self.use_reference(np.load(need(run_dir / "eval" / "student_test.npy", "run the evaluate stage first"))[:n])
+
+    def use_reference(self, reference: np.ndarray) -> None:
+        """Compare artifacts with these outputs (one row per text of the split)."""
+        self.reference = reference
+        self.student = _metrics(self.task_name, reference, self.teacher, self.labels, self.probe, self.knn_k)
+
+    def outputs(self, path: Path, info: dict) -> np.ndarray:
+        """The file's outputs on every text of the split, through its own runtime."""
+        if info["runtime"] == "onnxruntime":
+            return run_onnx(path, self.ids, self.pad_id, self.threads)
+        return run_tflite(path, self.ids, self.pad_id, self.threads, info["signatures"],
+                          self.run_dir / "logs" / "verify-tflite.log")
+
+    def measure(self, path: Path, info: dict) -> dict:
+        """|Δ| against the reference, task metrics, agreement, and the verdict."""
+        outputs = self.outputs(path, info)
+        diff = np.abs(outputs - self.reference)
+        record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
+                  "runtime": info["runtime"], "n_examples": len(self.ids),
+                  "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                  "agreement_with_student": _agreement(self.task_name, outputs, self.reference, self.labels, self.probe),
+                  **_metrics(self.task_name, outputs, self.teacher, self.labels, self.probe, self.knn_k)}
+        record["passed"], record["reason"] = verdict(info, record, self.student, self.metric, self.cfg)
+        return record
+
+
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write verify/<artifact>.json for every artifact."""
-    cfg = recipe.verify
     sidecars = sorted((ctx.run_dir / "artifacts").glob("*.json"))
     if not sidecars:
         with atomic_dir(ctx.run_dir / "verify") as out:
             write_json(out / "student.json", {"name": "student", "note": "no exported files to verify"})
         return
-    cache = CacheReader(ctx.run_dir)
-    task_name = recipe.task
-    field = "pooled" if task_name == "sentence_embedding" else "logits"
-    ids, labels = cache.ids("test"), cache.labels("test")
-    teacher = np.asarray(cache.field(0, "test", field))
-    reference = np.load(need(ctx.run_dir / "eval" / "student_test.npy", "run the evaluate stage first"))
-    if cfg.max_examples and len(ids) > cfg.max_examples:
-        n = cfg.max_examples
-        ids, teacher, labels, reference = Packed(ids.values, ids.offsets[:n + 1]), teacher[:n], labels[:n], reference[:n]
-    probe_path = ctx.run_dir / "eval" / "probe_student.json"
-    probe = read_json(probe_path) if probe_path.is_file() else None
-    evaluation = read_json(ctx.run_dir / "eval" / "metrics.json")
-    metric = evaluation["quality_metric"]
-    student = _metrics(task_name, reference, teacher, labels, probe, evaluation["knn_k"])
-    threads = recipe.bench.threads
-    pad_id = cache.meta["pad_id"]
+    checker = Checker(recipe, ctx.run_dir, limit=recipe.verify.max_examples)
     with atomic_dir(ctx.run_dir / "verify") as out:
         for sidecar in sidecars:
             info = read_json(sidecar)
-            path = ctx.run_dir / "artifacts" / info["name"]
-            if info["runtime"] == "onnxruntime":
-                outputs = run_onnx(path, ids, pad_id, threads)
-            else:
-                outputs = run_tflite(path, ids, pad_id, threads, info["signatures"], ctx.run_dir / "logs" / "verify-tflite.log")
-            diff = np.abs(outputs - reference)
-            record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
-                      "runtime": info["runtime"], "n_examples": len(ids),
-                      "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                      "agreement_with_student": _agreement(task_name, outputs, reference, labels, probe),
-                      **_metrics(task_name, outputs, teacher, labels, probe, evaluation["knn_k"])}
-            record["passed"], record["reason"] = verdict(info, record, student, metric, cfg)
+            record = checker.measure(ctx.run_dir / "artifacts" / info["name"], info)
+            if info.get("fallback"):
+                record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
+                                      "nodes_in_float": len(info["fallback"].get("nodes", []))}
             write_json(out / f"{info['name']}.json", record)
-        write_json(out / "student.json", {"name": "student", **student})
+        write_json(out / "student.json", {"name": "student", **checker.student})
