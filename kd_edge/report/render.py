@@ -10,6 +10,21 @@ from typing import Any, Callable
 Fmt = Callable[[Any], str]
 
 
+def build_notes(row: dict) -> list[str]:
+    """How an exported file was made, where it matters to its parity: fused operators, and the int8
+    fallback (which nodes stayed in float)."""
+    notes = []
+    if row.get("fusions"):
+        notes.append("ONNX Runtime fusions: " + ", ".join(f"{k} ×{v}" for k, v in sorted(row["fusions"].items())))
+    fb = row.get("fallback")
+    if fb and fb.get("engaged"):
+        notes.append(f"int8 fallback level {fb.get('level')}: kept in float {fb.get('kept_in_float')} "
+                     f"({fb.get('nodes_in_float')} nodes)" + ("" if fb.get("within_budget") else ", still over budget"))
+    elif fb:
+        notes.append(f"int8 fallback not applied: {fb.get('reason')}")
+    return notes
+
+
 def _num(digits: int, suffix: str = "") -> Fmt:
     return lambda v: "—" if v is None else f"{v:,.{digits}f}{suffix}"
 
@@ -132,8 +147,8 @@ def to_markdown(report: dict) -> str:
     checked = [r for r in report["rows"] if r.get("parity_reason")]
     if checked:
         out += ["## Parity of each exported file", "", "| file | runtime | verdict | why |", "|---|---|---|---|"]
-        out += [f"| {r['name']} | {r['runtime']} | {'pass' if r['parity_passed'] else '**FAIL**'} | {r['parity_reason']} |"
-                for r in checked]
+        out += [f"| {r['name']} | {r['runtime']} | {'pass' if r['parity_passed'] else '**FAIL**'} | "
+                f"{'; '.join([r['parity_reason'], *build_notes(r)])} |" for r in checked]
         out.append("")
     errors = [r for r in report["rows"] if r.get("bench_error")]
     if errors:
@@ -356,7 +371,7 @@ def to_html(report: dict) -> str:
         for r in rows)
     parity = "".join(
         f"<tr><td>{e(r['name'])}</td><td>{e(r['runtime'])}</td><td class='{'pass' if r['parity_passed'] else 'fail'}'>"
-        f"{'pass' if r['parity_passed'] else 'FAIL'}</td><td>{e(r['parity_reason'])}</td>"
+        f"{'pass' if r['parity_passed'] else 'FAIL'}</td><td>{e('; '.join([r['parity_reason'], *build_notes(r)]))}</td>"
         f"<td>{e(_pct(r.get('agreement_with_student')))}</td></tr>"
         for r in rows if r.get("parity_reason"))
     errors = "".join(f"<li>{e(r['name'])}: {e(r['bench_error'])}</li>" for r in rows if r.get("bench_error"))

@@ -1,0 +1,91 @@
+"""The export stage on a tiny classifier run: the export matrix, and the int8 float fallback's wiring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kd_edge.artifacts import read_json
+from tests.conftest import tiny_recipe_dict
+from tests.distill.test_methods import run
+
+MATRIX = [{"format": "onnx", "precision": p} for p in ("fp32", "fp16", "int8", "int8-static")] + \
+         [{"format": "tflite", "precision": p} for p in ("fp32", "fp16", "int8", "int8-weights")]
+
+
+def classifier_run(tiny_classifier, tiny_data, out, **export):
+    data = tiny_recipe_dict(tiny_classifier, tiny_data, task="sequence_classification",
+                            distill={"max_steps": 4, "batch_size": 8, "checkpoint_every": 100,
+                                     "losses": [{"name": "kl", "temperature": 2.0}, {"name": "ce", "weight": 0.5}]},
+                            gate={"budgets": []})
+    data["export"] = {"tflite_shapes": [[1, 32]], **export}
+    return run(data, out, stop_after="report")
+
+
+def test_every_format_and_precision_is_written_verified_and_reported(tmp_path, tiny_classifier, tiny_data):
+    out = tmp_path / "run"
+    classifier_run(tiny_classifier, tiny_data, out, artifacts=MATRIX, int8_fallback=False, calibration_size=16)
+    names = {f"student.{a['precision']}.{a['format']}" for a in MATRIX}
+    assert {p.name for p in (out / "artifacts").iterdir() if p.suffix != ".json"} == names  # no _base / _fused left
+    for name in names:
+        side = read_json(out / "artifacts" / f"{name}.json")
+        ver = read_json(out / "verify" / f"{name}.json")
+        assert side["size_bytes"] > 0 and ver["n_examples"] > 0 and "passed" in ver
+        if side["precision"] == "fp32":
+            assert ver["max_abs_diff"] <= 1e-4 and ver["passed"], (name, ver)
+        else:
+            assert side["quantization"]["method"]
+    assert read_json(out / "artifacts" / "student.int8-static.onnx.json")["quantization"]["calibration_examples"] == 16
+    report = json.loads((out / "report.json").read_text())
+    assert {r["name"] for r in report["rows"] if r["kind"] == "artifact"} == names
+
+
+def test_int8_fallback_engages_when_the_drop_is_over_budget_and_says_what_stayed_in_float(
+        tmp_path, tiny_classifier, tiny_data, monkeypatch):
+    from kd_edge.export import run as export_run
+
+    drops = iter([0.05, 0.03, 0.004])  # over the 1-point budget, still over at level 1, within at level 2
+    seen = []
+
+    def fake_drop(self, fmt, base, base_info, path, info):
+        seen.append(path.stat().st_size)
+        return next(drops), "accuracy"
+
+    monkeypatch.setattr(export_run.Fallback, "drop", fake_drop)
+    out = tmp_path / "run"
+    classifier_run(tiny_classifier, tiny_data, out, artifacts=[{"format": "onnx", "precision": "int8"}])
+    side = read_json(out / "artifacts" / "student.int8.onnx.json")
+    fb = side["fallback"]
+    assert fb["engaged"] and fb["level"] == 2 and fb["within_budget"]
+    assert "LayerNorm" in fb["kept_in_float"] and any("LayerNormalization" in n for n in fb["nodes"])
+    assert [t["drop"] for t in side["int8_check"]["tried"]] == [0.05, 0.03, 0.004]
+    assert len(seen) == 3
+    ver = read_json(out / "verify" / "student.int8.onnx.json")
+    assert ver["fallback"]["nodes_in_float"] == len(fb["nodes"])
+    row = next(r for r in json.loads((out / "report.json").read_text())["rows"] if r["name"] == "student.int8.onnx")
+    assert row["fallback"]["level"] == 2
+    assert "kept in float" in (out / "report.md").read_text()
+
+
+def test_int8_within_budget_is_left_alone(tmp_path, tiny_classifier, tiny_data, monkeypatch):
+    from kd_edge.export import run as export_run
+
+    monkeypatch.setattr(export_run.Fallback, "drop", lambda *a: (0.002, "accuracy"))
+    out = tmp_path / "run"
+    classifier_run(tiny_classifier, tiny_data, out, artifacts=[{"format": "onnx", "precision": "int8"}])
+    side = read_json(out / "artifacts" / "student.int8.onnx.json")
+    assert "fallback" not in side and side["int8_check"]["tried"] == [{"nodes_in_float": 0, "drop": 0.002}]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"format": "tflite", "precision": "int8-static"}, "int8-static is an ONNX precision"),
+    ({"format": "onnx", "precision": "int8-weights"}, "int8-weights is a TFLite precision"),
+])
+def test_precision_a_format_does_not_have_is_refused(spec, message):
+    from pydantic import ValidationError
+
+    from kd_edge.export.config import ArtifactSpec
+
+    with pytest.raises(ValidationError, match=message):
+        ArtifactSpec(**spec)
