@@ -1,25 +1,155 @@
-"""`kd-edge export`: (re)write and verify the deployable files of a run."""
+"""`kd-edge export` (a run, or any model folder) and `kd-edge quantize` (any exported file)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 from kd_edge.cli import app
-from kd_edge.cli.options import QuietOpt, RunDirArg, SetOpt
+from kd_edge.cli.options import QuietOpt, SetOpt
+
+FORMATS = ("onnx", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-static", "int8-weights")
+
+
+def _split(value: str | None, allowed: tuple[str, ...], option: str) -> list[str]:
+    from kd_edge.errors import ConfigError
+
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise ConfigError(f"{option} {bad[0]!r} is not one of {', '.join(allowed)}")
+    return items
+
+
+def _shapes(value: str | None) -> list[tuple[int, int]]:
+    from kd_edge.errors import ConfigError
+
+    shapes = []
+    for part in (value or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            b, s = part.lower().split("x")
+            shapes.append((int(b), int(s)))
+        except ValueError:
+            raise ConfigError(f"--shapes {part!r}: write BATCHxSEQUENCE, e.g. 1x128,1x64") from None
+    return shapes
 
 
 @app.command("export")
-def export_command(run_dir: RunDirArg, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Export the run's distilled student to ONNX / TFLite (quantized as the recipe says) and verify
-    every file against the PyTorch student.
+def export_command(
+    path: Annotated[Path, typer.Argument(help="A run folder (re-export its student) or any Hugging Face model "
+                                              "folder.", show_default=False)],
+    format_: Annotated[Optional[str], typer.Option(
+        "--format", "-f", help="Model folder: formats, comma separated: onnx, tflite.", show_default="onnx")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", "-p", help="Model folder: precisions, comma separated: fp32, fp16, int8, int8-static (onnx), "
+        "int8-weights (tflite).", show_default="fp32,int8")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model folder: where the files go.",
+                                                show_default="exports/<model folder name>")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Model folder: sentence_embedding or sequence_classification "
+                                                     "(default: from config.json).", show_default=False)] = None,
+    shapes: Annotated[Optional[str], typer.Option(help="TFLite signatures, BATCHxSEQUENCE comma separated.",
+                                                  show_default="1x128")] = None,
+    texts: Annotated[Optional[Path], typer.Option(
+        help="Model folder: sentences (.jsonl with 'text', or .txt) to verify and calibrate on.",
+        show_default="bundled VADER sentences")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Model folder: replace what --out holds.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run custom modelling code shipped with the model.")] = False,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export to ONNX / TFLite at each precision, and prove every file equal to the PyTorch model.
+
+    On a run folder: re-export the run's student as its recipe says (--set export.* to change it),
+    then verify. On any model folder: write each format x precision into --out with a JSON sidecar,
+    check each on 200 real sentences (max/mean |Δ|, same predictions) and print a verdict table.
 
     Examples:
 
-      kd-edge export runs/minilm-l6-to-l2
-
       kd-edge export runs/minilm-l6-to-l2 --set 'export.tflite_shapes=[[1,64],[1,128]]'
-    """
-    from kd_edge.cli.run import execute
 
-    raise typer.Exit(execute(None, None, set_, resume=True, force=False, quiet=quiet, stop_after="verify",
-                             only=("export", "verify"), from_run=run_dir))
+      kd-edge export path/to/my-bert --format onnx,tflite --precision fp32,fp16,int8
+
+      kd-edge export path/to/my-classifier --precision int8-static --texts calib.jsonl
+    """
+    from kd_edge.errors import ConfigError
+
+    if (path / "manifest.json").is_file() or (path / "recipe.resolved.yaml").is_file():
+        if format_ or precision or out or task or texts or force:
+            raise ConfigError("on a run folder, export follows the recipe: change it with --set export.artifacts=... "
+                              "(--format/--precision/--out/--task/--texts are for model folders)")
+        from kd_edge.cli.run import execute
+
+        sets = list(set_ or [])
+        if shapes:
+            sets.append(f"export.tflite_shapes={[list(s) for s in _shapes(shapes)]}")
+        raise typer.Exit(execute(None, None, sets, resume=True, force=False, quiet=quiet, stop_after="verify",
+                                 only=("export", "verify"), from_run=path))
+    if set_:
+        raise ConfigError("--set is for run folders; on a model folder use --format, --precision, --shapes")
+    from kd_edge.export.config import ArtifactSpec, ExportConfig
+    from kd_edge.export.standalone import export_model_dir
+
+    formats = _split(format_, FORMATS, "--format") or ["onnx"]
+    precisions = _split(precision, PRECISIONS, "--precision") or ["fp32", "int8"]
+    specs = []
+    for fmt in formats:
+        for prec in precisions:
+            if (prec == "int8-static" and fmt != "onnx") or (prec == "int8-weights" and fmt != "tflite"):
+                continue  # a precision of the other format
+            specs.append(ArtifactSpec(format=fmt, precision=prec))
+    if not specs:
+        raise ConfigError(f"no precision of {', '.join(precisions)} exists for {', '.join(formats)}: int8-static is "
+                          "ONNX only, int8-weights TFLite only")
+    cfg = ExportConfig(artifacts=specs, **({"tflite_shapes": _shapes(shapes)} if shapes else {}))
+    out = out or Path("exports") / path.name
+    if not quiet:
+        typer.echo(f"kd-edge: exporting {path} -> {out} ({', '.join(s.name for s in specs)})")
+    records = export_model_dir(path, out, cfg, task=task, texts=texts, force=force, trust_remote_code=trust_remote_code)
+    width = max(len(r["name"]) for r in records)
+    typer.echo(f"{'file':<{width}}  {'size MB':>8}  {'max |Δ|':>9}  verdict")
+    for r in records:
+        typer.echo(f"{r['name']:<{width}}  {r['size_mb']:8.2f}  {r['max_abs_diff']:9.2e}  "
+                   f"{'pass' if r['passed'] else 'FAIL'}: {r['reason']}")
+    typer.echo(f"files and verify.json: {out}")
+    raise typer.Exit(0 if all(r["passed"] for r in records) else 1)
+
+
+@app.command("quantize")
+def quantize_command(
+    path: Annotated[Path, typer.Argument(help="An fp32 .onnx or .tflite file.", show_default=False)],
+    precision: Annotated[str, typer.Option("--precision", "-p", help="onnx: int8, int8-static, fp16; tflite: int8, "
+                                                                     "int8-weights, fp16.")] = "int8",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The new file.",
+                                                show_default="FILE.<precision>.onnx beside FILE")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(
+        help="Sentences (.jsonl with 'text', or .txt) to calibrate int8-static and to check the result on.",
+        show_default=False)] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="The model folder whose tokenizer reads --calibration.",
+                                                      show_default=False)] = None,
+    keep_float: Annotated[int, typer.Option(
+        help="ONNX int8: keep nodes in float. 1: first and last layers and the head; 2: also LayerNorm, GELU, "
+        "Softmax, residual Add.", min=0, max=2)] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Make a smaller precision of an exported file and check it against the original.
+
+    Examples:
+
+      kd-edge quantize student.fp32.onnx                       # dynamic int8 -> student.fp32.int8.onnx
+
+      kd-edge quantize model.onnx -p int8-static --calibration texts.jsonl --tokenizer path/to/model
+
+      kd-edge quantize model.tflite -p fp16
+    """
+    from kd_edge.export.standalone import quantize_file
+
+    r = quantize_file(path, precision, out, texts=calibration, tokenizer=tokenizer, force=force,
+                      fallback_level=keep_float)
+    typer.echo(f"{r['file']}: {r['size_mb']:.2f} MB (from {r['source_size_mb']:.2f} MB), max |Δ| {r['max_abs_diff']:.2e}, "
+               f"min cosine {r['min_cosine']:.4f} to the original on {r['n_inputs']} inputs"
+               + (f", {r['nodes_in_float']} nodes kept in float" if r["nodes_in_float"] else ""))

@@ -12,6 +12,7 @@ signatures, fusions, fallback) so that verify, bench and report need no other so
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -103,6 +104,67 @@ class Fallback:
         return metric_drop(reference, record, metric), metric
 
 
+def sample_feeds(vocab_size: int, seed: int = 0) -> dict:
+    """Two token sequences (one padded) to compare graphs on."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, max(6, min(vocab_size, 30000)), (2, 48)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 30:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def make_artifacts(module, model_config: dict, cfg, out: Path, *, input_names: tuple[str, ...], output_name: str,
+                   common: dict, logs: Path, fp32_tolerance: float, seed: int = 0,
+                   calibration: Callable[[], list[dict]] | None = None, fallback: "Fallback | None" = None,
+                   budget: float = 0.01) -> list[dict]:
+    """Write every ``cfg.artifacts`` file of ``module`` and its sidecar into ``out``; return the sidecars.
+
+    Shared by the export stage of a run and by ``kd-edge export MODEL_DIR``."""
+    formats = list(dict.fromkeys(a.format for a in cfg.artifacts))
+    base: dict[str, tuple[Path, dict]] = {}
+    for fmt in formats:
+        exporter = EXPORTERS.get(fmt)()
+        path = out / f"_base.fp32{exporter.suffix}"
+        t0 = time.perf_counter()
+        info = exporter.export(module, path, input_names=input_names, output_name=output_name,
+                               opset=cfg.opset, shapes=cfg.tflite_shapes, log_path=logs / f"export-{fmt}.log")
+        info = {**common, "format": fmt, "runtime": exporter.runtime, **info,
+                "export_seconds": round(time.perf_counter() - t0, 2)}
+        base[fmt] = (path, info)
+    float_onnx = None
+    sidecars = []
+    for spec in cfg.artifacts:
+        src, info = base[spec.format]
+        path = out / spec.name
+        t0 = time.perf_counter()
+        if spec.format == "onnx" and spec.precision in ("fp32", "fp16") and float_onnx is None:
+            float_onnx = (fused_graph(src, out / "_fused.onnx", model_config, fp32_tolerance,
+                                      lambda: sample_feeds(model_config.get("vocab_size", 1000), seed))
+                          if cfg.optimize else (src, {"fusions": None, "fusions_note": "export.optimize is off"}))
+        extra: dict = {}
+        if spec.precision == "fp32":
+            graph = float_onnx[0] if spec.format == "onnx" else src
+            extra = float_onnx[1] if spec.format == "onnx" else {}
+            shutil.copyfile(graph, path)
+        else:
+            quantize = QUANTIZERS.get(f"{spec.format}:{spec.precision}")
+            graph = float_onnx[0] if spec.format == "onnx" and spec.precision == "fp16" else src
+            kw = {"per_channel": cfg.int8_per_channel, "log_path": logs / f"quantize-{spec.name}.log",
+                  "calibration": calibration() if spec.precision == "int8-static" and calibration else None}
+            extra = quantize(graph, path, **kw)
+            if spec.format == "onnx" and spec.precision == "fp16":
+                extra.update(float_onnx[1])
+            if spec.precision.startswith("int8") and cfg.int8_fallback and fallback is not None:
+                extra.update(_fall_back(spec, src, info, path, quantize, kw, fallback, budget))
+        info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
+        sidecar = {"name": spec.name, "precision": spec.precision, **info, "size_bytes": path.stat().st_size}
+        write_json(out / f"{spec.name}.json", sidecar)
+        sidecars.append(sidecar)
+    for leftover in out.glob("_*"):
+        leftover.unlink()
+    return sidecars
+
+
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write artifacts/student.<precision>.<format> and their sidecars."""
     cfg = recipe.export
@@ -112,64 +174,15 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                           "set export.artifacts: [] for now")
     sdir = ctx.run_dir / "student"
     meta = student_meta(sdir)
-    config = json.loads((sdir / "config.json").read_text())
     model = task.load_model(ModelSource(sdir), eager=True)
-    module = task.export_module(model, meta)
-    params = sum(p.numel() for p in model.parameters())
-    common = {"task": recipe.task, "params": params, "pooling": meta.get("pooling"),
-              "normalize": meta.get("normalize"), "source": "student/"}
-    formats = list(dict.fromkeys(a.format for a in cfg.artifacts))
-    budget = recipe.verify.int8_max_metric_drop
-    fallback = Fallback(recipe, ctx.run_dir)
-    logs = ctx.run_dir / "logs"
-
-    def sample() -> dict:
-        rng = np.random.default_rng(recipe.seed)
-        ids = rng.integers(5, min(config.get("vocab_size", 1000), 30000), (2, 48)).astype(np.int64)
-        mask = np.ones_like(ids)
-        mask[1, 30:] = 0
-        return {"input_ids": ids, "attention_mask": mask}
-
+    common = {"task": recipe.task, "params": sum(p.numel() for p in model.parameters()),
+              "pooling": meta.get("pooling"), "normalize": meta.get("normalize"), "source": "student/"}
     with atomic_dir(ctx.run_dir / "artifacts") as out:
-        base: dict[str, tuple[Path, dict]] = {}
-        for fmt in formats:
-            exporter = EXPORTERS.get(fmt)()
-            path = out / f"_base.fp32{exporter.suffix}"
-            t0 = time.perf_counter()
-            info = exporter.export(module, path, input_names=task.input_names, output_name=task.output_name,
-                                   opset=cfg.opset, shapes=cfg.tflite_shapes, log_path=logs / f"export-{fmt}.log")
-            info = {**common, "format": fmt, "runtime": exporter.runtime, **info,
-                    "export_seconds": round(time.perf_counter() - t0, 2)}
-            base[fmt] = (path, info)
-        float_onnx = None
-        for spec in cfg.artifacts:
-            src, info = base[spec.format]
-            path = out / spec.name
-            t0 = time.perf_counter()
-            if spec.format == "onnx" and spec.precision in ("fp32", "fp16") and float_onnx is None:
-                float_onnx = (fused_graph(src, out / "_fused.onnx", config, recipe.verify.fp32_max_abs_diff, sample)
-                              if cfg.optimize else (src, {"fusions": None, "fusions_note": "export.optimize is off"}))
-            extra: dict = {}
-            if spec.precision == "fp32":
-                graph = float_onnx[0] if spec.format == "onnx" else src
-                extra = float_onnx[1] if spec.format == "onnx" else {}
-                path.write_bytes(graph.read_bytes())
-            else:
-                quantize = QUANTIZERS.get(f"{spec.format}:{spec.precision}")
-                graph = float_onnx[0] if spec.format == "onnx" and spec.precision == "fp16" else src
-                kw = {"per_channel": cfg.int8_per_channel, "log_path": logs / f"quantize-{spec.name}.log",
-                      "calibration": (_calibration(ctx.run_dir, recipe, task.input_names)
-                                      if spec.precision == "int8-static" else None)}
-                extra = quantize(graph, path, **kw)
-                if spec.format == "onnx" and spec.precision == "fp16":
-                    extra.update(float_onnx[1])
-                if spec.precision.startswith("int8") and cfg.int8_fallback and recipe.task != "causal_lm":
-                    extra.update(_fall_back(spec, src, info, path, quantize, kw, fallback, budget))
-            info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
-            write_json(out / f"{spec.name}.json", {"name": spec.name, "precision": spec.precision, **info,
-                                                  "size_bytes": path.stat().st_size})
-        for leftover in out.glob("_*"):
-            leftover.unlink()
+        make_artifacts(task.export_module(model, meta), json.loads((sdir / "config.json").read_text()), cfg, out,
+                       input_names=task.input_names, output_name=task.output_name, common=common,
+                       logs=ctx.run_dir / "logs", fp32_tolerance=recipe.verify.fp32_max_abs_diff, seed=recipe.seed,
+                       calibration=lambda: _calibration(ctx.run_dir, recipe, task.input_names),
+                       fallback=Fallback(recipe, ctx.run_dir), budget=recipe.verify.int8_max_metric_drop)
 
 
 def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fallback: Fallback, budget: float) -> dict:

@@ -18,6 +18,9 @@ from kd_edge.errors import QuantizeError
 
 # Node kinds kept in float at the second fallback level (the first keeps the first and last layers).
 SENSITIVE_OPS = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Div", "Erf", "Softmax", "Add")
+# Fused graphs (com.microsoft Attention, SkipLayerNormalization) defeat the quantizer's shape inference;
+# telling it that untyped tensors are float lets it quantize them (their MatMuls) anyway.
+_FUSED_OK = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
 _LAYER = re.compile(r"/layers?\.(\d+)/")
 
 
@@ -35,7 +38,7 @@ def _quiet() -> Iterator[None]:
 
 def _fail(what: str, src: Path, e: Exception) -> QuantizeError:
     return QuantizeError(f"{what} of {src.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}; "
-                         "drop this precision from export.artifacts or try another")
+                         "try another precision")
 
 
 def sensitive_nodes(path: Path, level: int) -> list[str]:
@@ -70,7 +73,7 @@ def quantize_onnx_int8(src: Path, dst: Path, *, per_channel: bool = True, exclud
     try:
         with _quiet():
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             nodes_to_exclude=exclude)
+                             nodes_to_exclude=exclude, extra_options=_FUSED_OK)
     except Exception as e:
         raise _fail("int8 quantization", src, e) from e
     return {"quantization": {"method": "onnxruntime.quantize_dynamic", "weight_type": "int8",
@@ -97,16 +100,28 @@ def quantize_onnx_int8_static(src: Path, dst: Path, *, per_channel: bool = True,
         raise QuantizeError(f"static int8 quantization of {src.name} needs calibration data (tokenized example "
                             "inputs); in a run it uses the recipe's training texts, on the command line pass "
                             "--calibration TEXTS.jsonl --tokenizer MODEL_DIR, or use --precision int8 (dynamic)")
+    from onnxruntime.quantization import quantize_dynamic
+
     exclude = list(exclude)
+    qdq = dst.with_name(f".{dst.name}.qdq")
     try:
         with _quiet():
-            quantize_static(str(src), str(dst), _Reader(calibration), quant_format=QuantFormat.QDQ,
+            quantize_static(str(src), str(qdq), _Reader(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["MatMul", "Gemm"],
-                            nodes_to_exclude=exclude)
+                            nodes_to_exclude=exclude, extra_options=_FUSED_OK)
+            # The embedding tables (Gather) hold most of a small encoder's weights: int8 rows, dequantized
+            # after the lookup, as dynamic quantization stores them. A QDQ pair on a Gather would
+            # dequantize the whole table on every call.
+            quantize_dynamic(str(qdq), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
+                             nodes_to_exclude=exclude, extra_options=_FUSED_OK)
     except Exception as e:
+        dst.unlink(missing_ok=True)
         raise _fail("static int8 quantization", src, e) from e
-    return {"quantization": {"method": "onnxruntime.quantize_static (QDQ, MinMax)", "weight_type": "int8",
+    finally:
+        qdq.unlink(missing_ok=True)
+    return {"quantization": {"method": "onnxruntime.quantize_static (QDQ, MinMax) + int8 embedding tables",
+                             "weight_type": "int8",
                              "activation_type": "uint8", "per_channel": per_channel,
                              "calibration_examples": len(calibration), "nodes_in_float": len(exclude)}}
 

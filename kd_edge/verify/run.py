@@ -54,7 +54,8 @@ def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signat
         fit = [b for b in buckets if b[0] >= len(seq)]
         if not fit:
             raise ExportError(f"a test text has {len(seq)} tokens, longer than every TFLite bucket "
-                              f"({', '.join(n for _, n in buckets)}); add a longer shape to export.tflite_shapes")
+                              f"({', '.join(n for _, n in buckets)}); add a longer shape (export.tflite_shapes in a recipe, "
+                              "--shapes on the command line)")
         length, name = fit[0]
         arr, mask = pad([seq], pad_id, length=length)
         with captured(log_path) if i == 0 else contextlib.nullcontext():  # XNNPACK announces itself from C++

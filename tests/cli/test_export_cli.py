@@ -1,0 +1,73 @@
+"""`kd-edge export MODEL_DIR` and `kd-edge quantize FILE` on folders and files that are not runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli.test_cli import assert_one_line_error, kd_edge
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, wide_teacher):
+    out = tmp_path_factory.mktemp("exp") / "out"
+    p = kd_edge("export", wide_teacher, "--format", "onnx,tflite", "--precision", "fp32,fp16,int8,int8-static",
+                "--shapes", "1x32,1x64", "--out", out, timeout=600)
+    return p, out
+
+
+def test_export_any_model_folder_writes_checks_and_prints_every_file(exported):
+    p, out = exported
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = {"student.fp32.onnx", "student.fp16.onnx", "student.int8.onnx", "student.int8-static.onnx",
+             "student.fp32.tflite", "student.fp16.tflite", "student.int8.tflite"}  # int8-static: ONNX only
+    assert names <= {f.name for f in out.iterdir()}
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["task"] == "sentence_embedding"
+    records = {r["name"]: r for r in verify["artifacts"]}
+    assert set(records) == names
+    for name in ("student.fp32.onnx", "student.fp32.tflite"):
+        assert records[name]["max_abs_diff"] <= 1e-4 and records[name]["passed"]
+    assert records["student.int8.onnx"]["size_mb"] < 0.5 * records["student.fp32.onnx"]["size_mb"]
+    side = json.loads((out / "student.fp32.tflite.json").read_text())
+    assert [s["name"] for s in side["signatures"]] == ["b1_s32", "b1_s64"]
+    for name in names:
+        assert name in p.stdout
+
+
+def test_export_refuses_to_overwrite_and_leaves_the_files_alone(exported, wide_teacher):
+    _, out = exported
+    before = {f.name: f.stat().st_mtime_ns for f in out.iterdir()}
+    assert_one_line_error(kd_edge("export", wide_teacher, "--out", out), "already holds files", "--force")
+    assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == before
+
+
+def test_text_longer_than_every_tflite_bucket_is_a_clear_error(tmp_path, wide_teacher):
+    texts = tmp_path / "long.txt"
+    texts.write_text("good movie " * 40 + "\n")
+    out = tmp_path / "out"
+    p = kd_edge("export", wide_teacher, "--format", "tflite", "--precision", "fp32", "--shapes", "1x8,1x16",
+                "--texts", texts, "--out", out, timeout=600)
+    assert_one_line_error(p, "longer than every TFLite bucket (b1_s8, b1_s16)", "--shapes")
+    assert not out.exists()
+
+
+def test_quantize_an_exported_file(exported, tmp_path):
+    _, out = exported
+    src = tmp_path / "m.onnx"
+    src.write_bytes((out / "student.fp32.onnx").read_bytes())
+    p = kd_edge("quantize", src)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (tmp_path / "m.int8.onnx").is_file() and "min cosine" in p.stdout
+    assert_one_line_error(kd_edge("quantize", src), "already exists", "--force")
+    assert_one_line_error(kd_edge("quantize", src, "-p", "int8-static"), "needs calibration data", "--calibration")
+    assert_one_line_error(kd_edge("quantize", src, "-p", "int8-weights"), "int8, int8-static, fp16".replace(
+        "int8, int8-static, fp16", "fp16, int8, int8-static"))
+    assert not (tmp_path / "m.int8-static.onnx").exists()
+    p = kd_edge("quantize", src, "-p", "int8", "--keep-float", "1", "--out", tmp_path / "edge.onnx")
+    assert p.returncode == 0 and "nodes kept in float" in p.stdout, p.stdout + p.stderr
+
+
+def test_export_of_a_folder_that_is_no_model(tmp_path):
+    assert_one_line_error(kd_edge("export", tmp_path), "not a model folder", "config.json")
