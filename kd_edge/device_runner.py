@@ -334,7 +334,8 @@ def measure(args) -> dict:
 
 def _size(path: str) -> int:
     if os.path.isfile(path):
-        return os.path.getsize(path)
+        data = path + ".data"  # ONNX weights over the 2 GB protobuf limit live beside the graph
+        return os.path.getsize(path) + (os.path.getsize(data) if os.path.isfile(data) else 0)
     total = 0
     for root, _, files in os.walk(path):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith((".safetensors", ".bin", ".gguf")))

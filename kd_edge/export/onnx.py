@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
 import torch
 
 from kd_edge.errors import ExportError
-
-_TWO_GB = 2 * 1024**3
+from kd_edge.export import onnx_files
 
 
 class OnnxExporter:
@@ -24,21 +24,35 @@ class OnnxExporter:
         """Write ``out``; return what the artifact's sidecar records about its inputs."""
         sample = {n: torch.ones(2, 16, dtype=torch.int64) for n in input_names}
         dynamic = {n: {0: "batch", 1: "sequence"} for n in input_names}
-        params = sum(p.numel() * p.element_size() for p in module.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        external = onnx_files.needs_external(weight_bytes)
+        # Over the limit, torch writes one file per tensor beside the graph: let it do so in a folder of
+        # its own, then gather them into <name>.data.
+        target = out.parent / f"_scratch-{out.name}" / out.name if external else out
+        target.parent.mkdir(exist_ok=True)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # The TorchScript-based exporter (dynamo=False) takes ~1 s here against 4-10 s for
                 # dynamo, and its graph of eager attention is the one ONNX Runtime's fusions match.
-                torch.onnx.export(module, tuple(sample.values()), str(out), input_names=list(input_names),
+                torch.onnx.export(module, tuple(sample.values()), str(target), input_names=list(input_names),
                                   output_names=[output_name], dynamic_axes=dynamic, opset_version=opset,
                                   dynamo=False, do_constant_folding=True)
         except Exception as e:
             raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}; "
                               "try another export.opset or the tflite format") from e
-        self.check(out, large=params > _TWO_GB)
-        return {"inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in input_names],
-                "outputs": [output_name], "opset": opset}
+        if external:
+            onnx_files.consolidate(target, external=True)
+            target.replace(out)
+            onnx_files.data_file(target).replace(onnx_files.data_file(out))
+            shutil.rmtree(target.parent)
+        self.check(out, large=external)
+        info = {"inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in input_names],
+                "outputs": [output_name], "opset": opset, "external_data": external}
+        if external:
+            info["external_data_note"] = (f"{weight_bytes / 1024**3:.2f} GB of weights exceed ONNX's 2 GB protobuf "
+                                          f"limit: they are in {out.name}.data, which must stay beside the file")
+        return info
 
     @staticmethod
     def check(path: Path, large: bool = False) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.errors import ExportError
-from kd_edge.export import EXPORTERS
+from kd_edge.export import EXPORTERS, onnx_files
 from kd_edge.quantize import QUANTIZERS
 from kd_edge.runfiles import student_meta
 from kd_edge.tasks import TASKS
@@ -54,10 +54,10 @@ def fused_graph(base: Path, out: Path, config: dict, tolerance: float, sample: C
         b = ort.InferenceSession(str(out), **opts).run(None, feeds)[0]
         diff = float(np.abs(a - b).max())
     except Exception as e:  # fusion is an optimisation: the unfused graph is always a valid answer
-        out.unlink(missing_ok=True)
+        onnx_files.remove(out)
         return base, {"fusions": None, "fusions_note": f"fusion failed ({type(e).__name__}); kept the unfused graph"}
     if diff > tolerance:
-        out.unlink()
+        onnx_files.remove(out)
         return base, {"fusions": None, "fusions_note": f"fused graph differed by {diff:.1e} > {tolerance:.0e}; "
                                                         "kept the unfused graph"}
     return out, {"fusions": counts, "fusions_max_abs_diff": diff}
@@ -145,7 +145,10 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, input_names: t
         if spec.precision == "fp32":
             graph = float_onnx[0] if spec.format == "onnx" else src
             extra = float_onnx[1] if spec.format == "onnx" else {}
-            shutil.copyfile(graph, path)
+            if spec.format == "onnx":
+                onnx_files.copy(graph, path)
+            else:
+                shutil.copyfile(graph, path)
         else:
             quantize = QUANTIZERS.get(f"{spec.format}:{spec.precision}")
             graph = float_onnx[0] if spec.format == "onnx" and spec.precision == "fp16" else src
@@ -157,11 +160,12 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, input_names: t
             if spec.precision.startswith("int8") and cfg.int8_fallback and fallback is not None:
                 extra.update(_fall_back(spec, src, info, path, quantize, kw, fallback, budget))
         info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
-        sidecar = {"name": spec.name, "precision": spec.precision, **info, "size_bytes": path.stat().st_size}
+        size = onnx_files.size(path) if spec.format == "onnx" else path.stat().st_size
+        sidecar = {"name": spec.name, "precision": spec.precision, **info, "size_bytes": size}
         write_json(out / f"{spec.name}.json", sidecar)
         sidecars.append(sidecar)
     for leftover in out.glob("_*"):
-        leftover.unlink()
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     return sidecars
 
 
@@ -200,7 +204,7 @@ def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fall
                                                          "fallback for TFLite files yet"}}
     for level in (1, 2):
         exclude = sensitive_nodes(src, level)
-        path.unlink()
+        onnx_files.remove(path)
         extra = quantize(src, path, **{**kw, "exclude": exclude})
         drop, _ = fallback.drop(spec.format, src, info, path, {**info, "name": spec.name, "precision": spec.precision})
         tried.append({"nodes_in_float": len(exclude), "drop": round(drop, 5)})

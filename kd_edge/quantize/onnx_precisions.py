@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from kd_edge.errors import QuantizeError
+from kd_edge.export import onnx_files
 
 # Node kinds kept in float at the second fallback level (the first keeps the first and last layers).
 SENSITIVE_OPS = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Div", "Erf", "Softmax", "Add")
@@ -73,7 +74,8 @@ def quantize_onnx_int8(src: Path, dst: Path, *, per_channel: bool = True, exclud
     try:
         with _quiet():
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             nodes_to_exclude=exclude, extra_options=_FUSED_OK)
+                             nodes_to_exclude=exclude, extra_options=_FUSED_OK,
+                             use_external_data_format=onnx_files.is_external(src))
     except Exception as e:
         raise _fail("int8 quantization", src, e) from e
     return {"quantization": {"method": "onnxruntime.quantize_dynamic", "weight_type": "int8",
@@ -109,7 +111,8 @@ def quantize_onnx_int8_static(src: Path, dst: Path, *, per_channel: bool = True,
             quantize_static(str(src), str(qdq), _Reader(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["MatMul", "Gemm"],
-                            nodes_to_exclude=exclude, extra_options=_FUSED_OK)
+                            nodes_to_exclude=exclude, extra_options=_FUSED_OK,
+                            use_external_data_format=onnx_files.is_external(src))
             # The embedding tables (Gather) hold most of a small encoder's weights: int8 rows, dequantized
             # after the lookup, as dynamic quantization stores them. A QDQ pair on a Gather would
             # dequantize the whole table on every call.
@@ -133,7 +136,7 @@ def convert_onnx_fp16(src: Path, dst: Path, **_: object) -> dict:
 
     try:
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-        onnx.save(model, str(dst))
+        onnx_files.save(model, dst, external=onnx_files.needs_external(onnx_files.size(src) // 2))
     except Exception as e:
         raise _fail("fp16 conversion", src, e) from e
     return {"quantization": {"method": "onnxruntime.transformers.float16", "weight_type": "fp16",
@@ -147,5 +150,5 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
 
     with _quiet():
         model = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size)
-        model.save_model_to_file(str(dst))
+        model.save_model_to_file(str(dst), use_external_data_format=onnx_files.is_external(src))
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}

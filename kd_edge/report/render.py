@@ -13,7 +13,7 @@ Fmt = Callable[[Any], str]
 def build_notes(row: dict) -> list[str]:
     """How an exported file was made, where it matters to its parity: fused operators, and the int8
     fallback (which nodes stayed in float)."""
-    notes = []
+    notes = [row["external_data_note"]] if row.get("external_data_note") else []
     if row.get("fusions"):
         notes.append("ONNX Runtime fusions: " + ", ".join(f"{k} ×{v}" for k, v in sorted(row["fusions"].items())))
     fb = row.get("fallback")

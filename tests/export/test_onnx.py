@@ -41,3 +41,35 @@ def test_export_failure_is_one_line_export_error(tmp_path):
     with pytest.raises(ExportError, match="ONNX export failed.*aten::linalg_eigvals"):
         EXPORTERS.get("onnx")().export(Broken(), tmp_path / "b.onnx", input_names=("input_ids", "attention_mask"),
                                        output_name="y", opset=17)
+
+
+def test_model_over_the_protobuf_limit_switches_to_external_data(module, tmp_path, monkeypatch):
+    """The switch is by weight bytes against ONNX's 2 GB limit; the limit is lowered here so that a tiny
+    model takes the same path a 3 GB one does."""
+    from kd_edge.export import onnx_files
+    from kd_edge.quantize import QUANTIZERS
+
+    monkeypatch.setattr(onnx_files, "PROTO_LIMIT", 10_000)
+    path = tmp_path / "big.onnx"
+    info = EXPORTERS.get("onnx")().export(module, path, input_names=("input_ids", "attention_mask"),
+                                          output_name="sentence_embedding", opset=17)
+    assert info["external_data"] and "2 GB protobuf limit" in info["external_data_note"]
+    data = tmp_path / "big.onnx.data"
+    assert data.is_file() and data.stat().st_size > path.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]  # nothing else left behind
+    ids = torch.randint(5, 40, (2, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ref = module(ids, mask).numpy()
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # copied under another name, the data file follows; quantizing keeps working
+    onnx_files.copy(path, tmp_path / "copy.onnx")
+    assert (tmp_path / "copy.onnx.data").is_file()
+    got = ort.InferenceSession(str(tmp_path / "copy.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    QUANTIZERS.get("onnx:int8")(path, tmp_path / "q.onnx")
+    out = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert out.shape == ref.shape
+    assert onnx_files.size(path) == path.stat().st_size + data.stat().st_size
