@@ -109,9 +109,22 @@ class OrtBackend:
         self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         types = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32"}
         self.inputs = {i.name: types.get(i.type, "float32") for i in self.session.get_inputs()}
+        self.shapes = {i.name: i.shape for i in self.session.get_inputs()}
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
-        return self.session.run(None, {k: v.astype(self.inputs[k]) for k, v in feeds.items() if k in self.inputs})
+        import numpy as np
+
+        feeds = {k: v.astype(self.inputs[k]) for k, v in feeds.items() if k in self.inputs}
+        batch, seq = feeds["input_ids"].shape
+        for name, shape in self.shapes.items():  # a causal LM's KV-cache step: a prompt with an empty past
+            if name in feeds:
+                continue
+            if name == "position_ids":
+                feeds[name] = np.arange(seq, dtype=np.int64)[None].repeat(batch, 0)
+            else:
+                dims = [d if isinstance(d, int) else (batch if i == 0 else 0) for i, d in enumerate(shape)]
+                feeds[name] = np.zeros(dims, self.inputs[name])
+        return self.session.run(None, feeds)
 
 
 def _tflite_interpreter():

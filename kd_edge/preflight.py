@@ -194,6 +194,13 @@ def resolve(recipe: Recipe) -> Recipe:
         raise ConfigError("distill.augment is for encoders; causal LMs use distill.generate or distill.rationale")
     if recipe.task != "causal_lm" and (recipe.distill.generate or recipe.distill.rationale):
         raise ConfigError("distill.generate and distill.rationale are for task causal_lm")
+    if recipe.task == "causal_lm":
+        for spec in recipe.export.artifacts:
+            if spec.format == "tflite":
+                raise ConfigError("export: causal LMs export to ONNX with a KV cache; TFLite prefill/decode "
+                                  "signatures are not built yet: remove the tflite entries from export.artifacts")
+            if spec.precision == "int8-static":
+                raise ConfigError("export: int8-static is for encoders; causal LMs take onnx fp32, fp16 or int8")
     teacher = recipe.teacher
     if recipe.task == "sentence_embedding":
         st_pool, st_norm = sentence_transformers_pooling(resolve_teacher(teacher))

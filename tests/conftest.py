@@ -61,8 +61,9 @@ def tiny_teacher(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("teacher") / "tiny-bert")
 
 
-def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: int = 0) -> Path:
-    """A real LlamaForCausalLM (random weights) with the tiny WordPiece tokenizer."""
+def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: int = 0, logit_scale: float = 1.0) -> Path:
+    """A real LlamaForCausalLM (random weights) with the tiny WordPiece tokenizer. ``logit_scale``
+    sharpens its next-token distribution (greedy decoding without near-ties)."""
     import torch
     from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
@@ -76,7 +77,10 @@ def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: i
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-    LlamaForCausalLM(config).eval().save_pretrained(str(folder))
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(logit_scale)
+    model.save_pretrained(str(folder))
     return folder
 
 

@@ -22,8 +22,13 @@ class OnnxExporter:
     def export(self, module: torch.nn.Module, out: Path, *, input_names: tuple[str, ...], output_name: str,
                opset: int, **_: object) -> dict:
         """Write ``out``; return what the artifact's sidecar records about its inputs."""
-        sample = {n: torch.ones(2, 16, dtype=torch.int64) for n in input_names}
-        dynamic = {n: {0: "batch", 1: "sequence"} for n in input_names}
+        io = module.onnx_io() if hasattr(module, "onnx_io") else None  # causal LMs: a KV-cache step
+        if io is None:
+            args = tuple(torch.ones(2, 16, dtype=torch.int64) for _ in input_names)
+            names_in, names_out = list(input_names), [output_name]
+            dynamic = {n: {0: "batch", 1: "sequence"} for n in input_names}
+        else:
+            args, names_in, names_out, dynamic = io["args"], io["input_names"], io["output_names"], io["dynamic_axes"]
         weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
         external = onnx_files.needs_external(weight_bytes)
         # Over the limit, torch writes one file per tensor beside the graph: let it do so in a folder of
@@ -35,8 +40,8 @@ class OnnxExporter:
                 warnings.simplefilter("ignore")
                 # The TorchScript-based exporter (dynamo=False) takes ~1 s here against 4-10 s for
                 # dynamo, and its graph of eager attention is the one ONNX Runtime's fusions match.
-                torch.onnx.export(module, tuple(sample.values()), str(target), input_names=list(input_names),
-                                  output_names=[output_name], dynamic_axes=dynamic, opset_version=opset,
+                torch.onnx.export(module, args, str(target), input_names=names_in,
+                                  output_names=names_out, dynamic_axes=dynamic, opset_version=opset,
                                   dynamo=False, do_constant_folding=True)
         except Exception as e:
             raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}; "
@@ -49,6 +54,8 @@ class OnnxExporter:
         self.check(out, large=external)
         info = {"inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in input_names],
                 "outputs": [output_name], "opset": opset, "external_data": external}
+        if io is not None:
+            info.update(inputs=io["inputs"], outputs=names_out, kv_cache=io["kv_cache"])
         if external:
             info["external_data_note"] = (f"{weight_bytes / 1024**3:.2f} GB of weights exceed ONNX's 2 GB protobuf "
                                           f"limit: they are in {out.name}.data, which must stay beside the file")

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
-from kd_edge.errors import ExportError
 from kd_edge.export import EXPORTERS, onnx_files
 from kd_edge.quantize import QUANTIZERS
 from kd_edge.runfiles import student_meta
@@ -173,9 +172,6 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write artifacts/student.<precision>.<format> and their sidecars."""
     cfg = recipe.export
     task = TASKS.get(recipe.task)()
-    if recipe.task == "causal_lm" and cfg.artifacts:
-        raise ExportError("exporting causal LMs (ONNX with a KV cache, TFLite prefill/decode) is not built yet; "
-                          "set export.artifacts: [] for now")
     sdir = ctx.run_dir / "student"
     meta = student_meta(sdir)
     model = task.load_model(ModelSource(sdir), eager=True)
@@ -186,7 +182,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                        input_names=task.input_names, output_name=task.output_name, common=common,
                        logs=ctx.run_dir / "logs", fp32_tolerance=recipe.verify.fp32_max_abs_diff, seed=recipe.seed,
                        calibration=lambda: _calibration(ctx.run_dir, recipe, task.input_names),
-                       fallback=Fallback(recipe, ctx.run_dir), budget=recipe.verify.int8_max_metric_drop)
+                       fallback=Fallback(recipe, ctx.run_dir) if recipe.task != "causal_lm" else None,
+                       budget=recipe.verify.int8_max_metric_drop)
 
 
 def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fallback: Fallback, budget: float) -> dict:

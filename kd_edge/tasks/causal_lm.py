@@ -33,6 +33,58 @@ class CausalLMLogitsModule(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
+class CausalLMKVModule(nn.Module):
+    """One decoding step with a KV cache, for export:
+    (input_ids [B,T], attention_mask [B,P+T], position_ids [B,T], past key/value per layer [B,H,P,D])
+    -> (logits [B,T,V], present key/value per layer [B,H,P+T,D]).
+    The prompt runs with P = 0 (empty past), then one token per step with the presents fed back."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.layers = cfg.num_hidden_layers
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        presents = []
+        for layer in out.past_key_values.layers[:self.layers]:
+            presents += [layer.keys, layer.values]
+        return (out.logits, *presents)
+
+    def past_names(self) -> list[str]:
+        return [f"past_key_values.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
+
+    def onnx_io(self) -> dict:
+        """What the ONNX exporter needs: sample arguments, names and dynamic axes."""
+        b, t, p = 1, 4, 3
+        past = self.past_names()
+        present = [n.replace("past_key_values", "present") for n in past]
+        dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
+                   "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
+                   **{n: {0: "batch", 2: "past_sequence"} for n in past},
+                   **{n: {0: "batch", 2: "total_sequence"} for n in present}}
+        args = (torch.ones(b, t, dtype=torch.int64), torch.ones(b, p + t, dtype=torch.int64),
+                torch.arange(p, p + t).unsqueeze(0),
+                *[torch.zeros(b, self.kv_heads, p, self.head_dim) for _ in past])
+        kv = ["batch", self.kv_heads, "past_sequence", self.head_dim]
+        return {"args": args, "input_names": ["input_ids", "attention_mask", "position_ids", *past],
+                "output_names": ["logits", *present], "dynamic_axes": dynamic,
+                "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+                           {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "total_sequence"]},
+                           {"name": "position_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+                           *[{"name": n, "dtype": "float32", "shape": kv} for n in past]],
+                "kv_cache": {"layers": self.layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim}}
+
+
 class CausalLMTask(Task):
     """Adapter for `task: causal_lm`."""
 
@@ -87,4 +139,5 @@ class CausalLMTask(Task):
         return out
 
     def export_module(self, model: nn.Module, meta: dict) -> nn.Module:
-        return CausalLMLogitsModule(model).eval()
+        """The KV-cache step module: exported files generate token by token."""
+        return CausalLMKVModule(model).eval()

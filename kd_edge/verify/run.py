@@ -164,6 +164,10 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         with atomic_dir(ctx.run_dir / "verify") as out:
             write_json(out / "student.json", {"name": "student", "note": "no exported files to verify"})
         return
+    if recipe.task == "causal_lm":
+        from kd_edge.verify import causal_lm
+
+        return causal_lm.run(recipe, ctx)
     checker = Checker(recipe, ctx.run_dir, limit=recipe.verify.max_examples)
     with atomic_dir(ctx.run_dir / "verify") as out:
         for sidecar in sidecars:

@@ -89,3 +89,44 @@ def test_precision_a_format_does_not_have_is_refused(spec, message):
 
     with pytest.raises(ValidationError, match=message):
         ArtifactSpec(**spec)
+
+
+def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, tiny_data):
+    from tests.conftest import write_tiny_llama
+
+    teacher = write_tiny_llama(tmp_path / "llama", logit_scale=20.0)
+    data = tiny_recipe_dict(teacher, tiny_data, task="causal_lm",
+                            teacher={"model": str(teacher), "top_k": 8, "batch_size": 16},
+                            student={"layers": 2},
+                            distill={"max_steps": 4, "batch_size": 8, "lr": 1e-4, "checkpoint_every": 100,
+                                     "losses": [{"name": "kl"}, {"name": "ce", "weight": 0.5}]},
+                            export={"artifacts": [{"format": "onnx", "precision": "fp32"},
+                                                  {"format": "onnx", "precision": "int8"}]},
+                            gate={"budgets": []}, bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16})
+    out = tmp_path / "run"
+    run(data, out)
+    side = read_json(out / "artifacts" / "student.fp32.onnx.json")
+    assert side["kv_cache"] == {"layers": 2, "kv_heads": 2, "head_dim": 8}
+    assert [i["name"] for i in side["inputs"]][:3] == ["input_ids", "attention_mask", "position_ids"]
+    fp32 = read_json(out / "verify" / "student.fp32.onnx.json")
+    assert fp32["max_abs_diff"] <= 1e-4 and fp32["passed"], fp32
+    assert fp32["greedy_prompts"] == 5 and fp32["greedy_new_tokens"] == 32
+    assert fp32["greedy_same_as_pytorch"] == 5, fp32
+    assert fp32["generation_tokens_per_s"] > 0 and fp32["pytorch_generation_tokens_per_s"] > 0
+    student = read_json(out / "verify" / "student.json")
+    assert fp32["perplexity"] == pytest.approx(student["perplexity"], rel=1e-4)
+    int8 = read_json(out / "verify" / "student.int8.onnx.json")
+    assert int8["perplexity"] > 1 and "perplexity" in int8["reason"]
+    rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows["student.fp32.onnx"]["latency_p50_ms"] > 0  # the runner feeds the KV-cache inputs itself
+    assert rows["student.int8.onnx"]["file_size_mb"] < rows["student.fp32.onnx"]["file_size_mb"]
+
+
+def test_causal_lm_tflite_is_refused_before_anything_runs(tmp_path, tiny_llama, tiny_data):
+    from kd_edge.errors import ConfigError
+
+    data = tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm", distill={"losses": [{"name": "kl"}]},
+                            export={"artifacts": [{"format": "tflite", "precision": "fp32"}]})
+    with pytest.raises(ConfigError, match="TFLite prefill/decode"):
+        run(data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

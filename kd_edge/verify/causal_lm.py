@@ -1,0 +1,144 @@
+"""Verification of exported causal LMs: logits, perplexity and greedy generation through the file.
+
+An exported LM is one decoding step with a KV cache (see ``CausalLMKVModule``). Here it is driven the
+way a device drives it: the prompt with an empty past, then one token at a time with the presents
+fed back. Each file is compared with the PyTorch student on held-out texts (max/mean |Δ| of the
+logits, perplexity, top-1 agreement) and on greedy generation from prompts cut from held-out texts
+(the same tokens, and tokens per second for both).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
+from kd_edge.runfiles import CacheReader
+
+if TYPE_CHECKING:
+    from kd_edge.config import Recipe
+
+N_TEXTS = 100  # held-out texts for logits and perplexity
+N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 5, 8, 32
+
+
+class OrtDecoder:
+    """Greedy decoding through an exported KV-cache step."""
+
+    def __init__(self, path: Path, info: dict, threads: int | None = None):
+        from kd_edge.device_runner import OrtBackend
+
+        self.session = OrtBackend(str(path), threads).session
+        kv = info["kv_cache"]
+        self.past_names = [i["name"] for i in info["inputs"] if i["name"].startswith("past_key_values")]
+        self.kv_shape = (kv["kv_heads"], kv["head_dim"])
+
+    def step(self, ids: np.ndarray, past: list[np.ndarray] | None, done: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits of ``ids`` [1, T] after ``done`` tokens whose keys and values are ``past``."""
+        if past is None:
+            past = [np.zeros((ids.shape[0], *self.kv_shape[:1], 0, self.kv_shape[1]), np.float32)
+                    for _ in self.past_names]
+        t = ids.shape[1]
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((ids.shape[0], done + t), np.int64),
+                 "position_ids": np.arange(done, done + t, dtype=np.int64)[None].repeat(ids.shape[0], 0),
+                 **dict(zip(self.past_names, past))}
+        out = self.session.run(None, feeds)
+        return out[0], out[1:]
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        logits, past = self.step(np.asarray([prompt]), None, 0)
+        done, tokens = len(prompt), []
+        for _ in range(n):
+            nxt = int(logits[0, -1].argmax())
+            tokens.append(nxt)
+            if len(tokens) == n:
+                break
+            logits, past = self.step(np.asarray([[nxt]]), past, done)
+            done += 1
+        return tokens
+
+
+def torch_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """PyTorch's own greedy generation (KV cache on), exactly ``n`` new tokens."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
+                             pad_token_id=model.config.pad_token_id or 0)
+    return out[0, len(prompt):].tolist()
+
+
+def _nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int, np.ndarray]:
+    """Summed next-token NLL of one text, the token count, and the argmax predictions."""
+    z = logits[:-1].astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1, logits[:-1].argmax(-1)
+
+
+def run(recipe: "Recipe", ctx: StageContext) -> None:
+    """verify/<artifact>.json for every exported LM file, and verify/student.json."""
+    import torch
+
+    from kd_edge.tasks import TASKS
+    from kd_edge.tasks.base import ModelSource
+    from kd_edge.verify.run import metric_drop, verdict
+
+    cache = CacheReader(ctx.run_dir)
+    ids_all = cache.ids("test")
+    texts = [np.asarray(ids_all[i], np.int64) for i in range(len(ids_all)) if len(ids_all[i]) > PROMPT_TOKENS + 1]
+    texts = texts[:N_TEXTS]
+    prompts = [t[:PROMPT_TOKENS].tolist() for t in texts[:N_PROMPTS]]
+    task = TASKS.get("causal_lm")()
+    model = task.load_model(ModelSource(ctx.run_dir / "student"), eager=True).eval()
+    reference, student_nll, tokens, student_pred = [], 0.0, 0, []
+    with torch.no_grad():
+        for t in texts:
+            z = model(input_ids=torch.from_numpy(t)[None], use_cache=False).logits[0].numpy()
+            reference.append(z)
+            nll, n, pred = _nll(z, t)
+            student_nll, tokens = student_nll + nll, tokens + n
+            student_pred.append(pred)
+    t0 = time.perf_counter()
+    torch_tokens = [torch_greedy(model, p, NEW_TOKENS) for p in prompts]
+    torch_tps = N_PROMPTS * NEW_TOKENS / (time.perf_counter() - t0)
+    student = {"perplexity": math.exp(student_nll / tokens), "generation_tokens_per_s": torch_tps,
+               "n_texts": len(texts), "n_tokens": tokens}
+    with atomic_dir(ctx.run_dir / "verify") as out:
+        for sidecar in sorted((ctx.run_dir / "artifacts").glob("*.json")):
+            info = read_json(sidecar)
+            decoder = OrtDecoder(ctx.run_dir / "artifacts" / info["name"], info, recipe.bench.threads)
+            max_diff, sum_diff, count, nll_sum, agree = 0.0, 0.0, 0, 0.0, 0
+            for t, ref, pred in zip(texts, reference, student_pred):
+                z, _ = decoder.step(t[None], None, 0)
+                diff = np.abs(z[0] - ref)
+                max_diff, sum_diff, count = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), count + diff.size
+                nll, _, p = _nll(z[0], t)
+                nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
+            t0 = time.perf_counter()
+            file_tokens = [decoder.greedy(p, NEW_TOKENS) for p in prompts]
+            file_tps = N_PROMPTS * NEW_TOKENS / (time.perf_counter() - t0)
+            same = [a == b for a, b in zip(file_tokens, torch_tokens)]
+            record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
+                      "runtime": info["runtime"], "n_examples": len(texts), "max_abs_diff": max_diff,
+                      "mean_abs_diff": sum_diff / count, "perplexity": math.exp(nll_sum / tokens),
+                      "agreement_with_student": agree / tokens,
+                      "greedy_prompts": N_PROMPTS, "greedy_new_tokens": NEW_TOKENS,
+                      "greedy_same_as_pytorch": sum(same),
+                      "greedy_tokens_matching": sum(sum(x == y for x, y in zip(a, b))
+                                                    for a, b in zip(file_tokens, torch_tokens)),
+                      "generation_tokens_per_s": file_tps, "pytorch_generation_tokens_per_s": torch_tps}
+            record["passed"], record["reason"] = verdict(info, record, student, "perplexity", recipe.verify)
+            if info["precision"] == "fp32" and not all(same):
+                record["passed"] = False
+                record["reason"] += f"; greedy generation differs from PyTorch on {len(same) - sum(same)} of {len(same)} prompts"
+            elif info["precision"] == "fp32":
+                record["reason"] += f"; same {NEW_TOKENS} greedy tokens as PyTorch on {len(same)} prompts"
+            record["perplexity_increase"] = metric_drop(student, record, "perplexity")
+            write_json(out / f"{info['name']}.json", record)
+        write_json(out / "student.json", {"name": "student", **student})
