@@ -22,7 +22,6 @@ from kd_edge.runfiles import CacheReader
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
-N_TEXTS = 100  # held-out texts for logits and perplexity
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 5, 8, 32
 
 
@@ -91,9 +90,10 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
 
     cache = CacheReader(ctx.run_dir)
     ids_all = cache.ids("test")
-    texts = [np.asarray(ids_all[i], np.int64) for i in range(len(ids_all)) if len(ids_all[i]) > PROMPT_TOKENS + 1]
-    texts = texts[:N_TEXTS]
-    prompts = [t[:PROMPT_TOKENS].tolist() for t in texts[:N_PROMPTS]]
+    texts = [np.asarray(ids_all[i], np.int64) for i in range(len(ids_all)) if len(ids_all[i]) > 1]
+    if recipe.verify.max_examples:
+        texts = texts[:recipe.verify.max_examples]
+    prompts = [t[:PROMPT_TOKENS].tolist() for t in texts if len(t) > PROMPT_TOKENS][:N_PROMPTS]
     task = TASKS.get("causal_lm")()
     model = task.load_model(ModelSource(ctx.run_dir / "student"), eager=True).eval()
     reference, student_nll, tokens, student_pred = [], 0.0, 0, []
@@ -106,7 +106,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             student_pred.append(pred)
     t0 = time.perf_counter()
     torch_tokens = [torch_greedy(model, p, NEW_TOKENS) for p in prompts]
-    torch_tps = N_PROMPTS * NEW_TOKENS / (time.perf_counter() - t0)
+    torch_tps = len(prompts) * NEW_TOKENS / (time.perf_counter() - t0)
     student = {"perplexity": math.exp(student_nll / tokens), "generation_tokens_per_s": torch_tps,
                "n_texts": len(texts), "n_tokens": tokens}
     with atomic_dir(ctx.run_dir / "verify") as out:
@@ -122,13 +122,13 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                 nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
             t0 = time.perf_counter()
             file_tokens = [decoder.greedy(p, NEW_TOKENS) for p in prompts]
-            file_tps = N_PROMPTS * NEW_TOKENS / (time.perf_counter() - t0)
+            file_tps = len(prompts) * NEW_TOKENS / (time.perf_counter() - t0)
             same = [a == b for a, b in zip(file_tokens, torch_tokens)]
             record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
                       "runtime": info["runtime"], "n_examples": len(texts), "max_abs_diff": max_diff,
                       "mean_abs_diff": sum_diff / count, "perplexity": math.exp(nll_sum / tokens),
                       "agreement_with_student": agree / tokens,
-                      "greedy_prompts": N_PROMPTS, "greedy_new_tokens": NEW_TOKENS,
+                      "greedy_prompts": len(prompts), "greedy_new_tokens": NEW_TOKENS,
                       "greedy_same_as_pytorch": sum(same),
                       "greedy_tokens_matching": sum(sum(x == y for x, y in zip(a, b))
                                                     for a, b in zip(file_tokens, torch_tokens)),
