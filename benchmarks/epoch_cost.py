@@ -82,7 +82,7 @@ def main() -> None:
     plain = "plain fine-tuning (CE on labels, no teacher)"
     recipe = (base / "recipe.resolved.yaml").read_text()
     batch = next(ln.split(":")[1].strip() for ln in recipe.splitlines() if ln.strip().startswith("batch_size:"))
-    lines = ["| training loop | median samples/s | range | epoch s ({n_train} texts)"
+    lines = [f"| training loop | median samples/s | range | epoch s ({n_train} texts)"
              + " | × plain fine-tuning (median of rounds) | range |", "|---|---:|---:|---:|---:|---:|"]
     for name in LOOPS:
         ratios = [rates[plain][i] / rates[name][i] for i in range(args.rounds)]
