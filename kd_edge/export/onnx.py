@@ -51,9 +51,12 @@ class OnnxExporter:
             target.replace(out)
             onnx_files.data_file(target).replace(onnx_files.data_file(out))
             shutil.rmtree(target.parent)
+        tied = tie_embeddings(out, external)
         self.check(out, large=external)
         info = {"inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in input_names],
                 "outputs": [output_name], "opset": opset, "external_data": external}
+        if tied:
+            info["tied_weights"] = tied
         if io is not None:
             info.update(inputs=io["inputs"], outputs=names_out, kv_cache=io["kv_cache"])
         if external:
@@ -73,3 +76,44 @@ class OnnxExporter:
         except Exception as e:
             raise ExportError(f"{path.name} is not a loadable ONNX model ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]})") from e
+
+
+def tie_embeddings(path: Path, external: bool) -> list[list[str]]:
+    """Store a tied embedding table once. The exporter writes an input embedding [V, H] for the
+    Gather and, folded, its transpose [H, V] for the output head's MatMul: twice the largest tensor
+    of a small LM. The Gather is rewritten to read the transposed table by column (Gather axis=1, then
+    Transpose), so one [H, V] table serves both and quantizes once. Returns the (dropped, kept) pairs."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    heads = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+    tied = []
+    for node in list(graph.node):
+        if node.op_type != "Gather" or node.input[0] not in inits or len(inits[node.input[0]].dims) != 2:
+            continue
+        if any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        table = inits[node.input[0]]
+        for head in heads:
+            weight = inits[head.input[1]]
+            if list(weight.dims) != list(table.dims)[::-1]:
+                continue
+            if not np.array_equal(numpy_helper.to_array(table).T, numpy_helper.to_array(weight)):
+                continue
+            at = list(graph.node).index(node)
+            by_column = node.output[0] + "_by_column"
+            graph.node.remove(node)
+            graph.node.insert(at, helper.make_node("Transpose", [by_column], [node.output[0]],
+                                                   name=node.name + "_tied_transpose", perm=[1, 2, 0]))
+            graph.node.insert(at, helper.make_node("Gather", [weight.name, node.input[1]], [by_column],
+                                                   name=node.name + "_tied", axis=1))
+            graph.initializer.remove(table)
+            tied.append([table.name, weight.name])
+            break
+    if tied:
+        onnx_files.save(model, path, external)
+    return tied
