@@ -142,9 +142,23 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
                                   fp32_tolerance=1e-4, calibration=calibration)
         for side in sidecars:
             got = _outputs(tmp / side["name"], side, ids, pad_id, logs / "verify-tflite.log")
+            if side["runtime"] == "tflite" and len(side["signatures"]) > 1:
+                from kd_edge.verify.run import signature_diffs
+
+                sig = signature_diffs(tmp / side["name"], ids, pad_id, None, side["signatures"], ref,
+                                      logs / "verify-tflite.log")
+            else:
+                sig = None
             record = {"name": side["name"], "format": side["format"], "precision": side["precision"],
                       "runtime": side["runtime"], "size_mb": side["size_bytes"] / 1e6, "n_texts": len(ids),
                       **compare(task, got, ref, side["precision"], 1e-4)}
+            if sig:
+                record["signature_max_abs_diff"] = sig
+                if side["precision"] == "fp32" and max(sig.values()) > record["max_abs_diff"]:
+                    record["max_abs_diff"] = max(sig.values())
+                    record["passed"] = record["max_abs_diff"] <= 1e-4
+                    record["reason"] = f"max |Δ| over signatures {record['max_abs_diff']:.2e} " \
+                                       f"{'≤' if record['passed'] else '>'} 1e-04"
             records.append(record)
         write_json(tmp / "verify.json", {"model": str(model_dir), "task": task, "artifacts": records})
     return records

@@ -65,21 +65,107 @@ def sensitive_nodes(path: Path, level: int) -> list[str]:
     return names
 
 
+def tied_table(path: Path) -> tuple[str, str, str] | None:
+    """(table, lookup node, head node) when one [H, V] table serves an embedding lookup (Gather by
+    column, as ``tie_embeddings`` writes it) and the output head's MatMul; else None."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Gather" and node.input[0] in inits and any(a.name == "axis" and a.i == 1 for a in node.attribute):
+            head = next((n for n in graph.node if n.op_type == "MatMul" and n.input[1] == node.input[0]), None)
+            if head is not None:
+                return node.input[0], node.name, head.name
+    return None
+
+
+def _quantize_tied_table(path: Path, table: str, lookup: str, head: str) -> dict:
+    """Store the shared [H, V] table once, as int8 in blocks of the hidden dimension with one scale per
+    block of each vocabulary entry, in the layout of ONNX Runtime's MatMulNBits (bits 8). The head
+    becomes MatMulNBits with int8 compute (activations quantized per block too: far finer than
+    dynamic int8's one scale per tensor); the lookup reads the same bytes row by row and dequantizes
+    them. Returns what the sidecar records."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    init = next(i for i in graph.initializer if i.name == table)
+    w = numpy_helper.to_array(init).astype(np.float32)  # [H, V]: x @ w
+    k, n = w.shape
+    block = next(b for b in (128, 64, 32, 16) if k % b == 0) if k % 16 == 0 else None
+    if block is None:
+        raise QuantizeError(f"hidden size {k} is not a multiple of 16: cannot store the tied table in blocks")
+    blocks = k // block
+    rows = w.T.reshape(n, blocks, block)
+    scale = (np.maximum(np.abs(rows).max(-1), 1e-12) / 127.0).astype(np.float32)  # [V, blocks]
+    q = (np.clip(np.round(rows / scale[..., None]), -127, 127) + 128).astype(np.uint8)  # zero point 128
+    graph.initializer.remove(init)
+    t = f"{table}_nbits"
+    graph.initializer.extend([numpy_helper.from_array(q, t), numpy_helper.from_array(scale.reshape(-1), f"{t}_scales"),
+                              numpy_helper.from_array(np.array([n, k], np.int64), f"{t}_rows_shape"),
+                              numpy_helper.from_array(np.array([n, blocks], np.int64), f"{t}_scales_shape"),
+                              numpy_helper.from_array(np.array([0, 0, blocks, block], np.int64), f"{t}_split"),
+                              numpy_helper.from_array(np.array([0, 0, k], np.int64), f"{t}_join"),
+                              numpy_helper.from_array(np.array(128.0, np.float32), f"{t}_zero_point"),
+                              numpy_helper.from_array(np.array([-1], np.int64), f"{t}_last_axis")])
+    nodes = list(graph.node)
+    g = next(x for x in nodes if x.name == lookup)
+    m = next(x for x in nodes if x.name == head)
+    ids = g.input[1]
+    lookup_nodes = [
+        helper.make_node("Reshape", [t, f"{t}_rows_shape"], [f"{t}_rows"], name=f"{lookup}_rows"),
+        helper.make_node("Gather", [f"{t}_rows", ids], [f"{t}_q"], name=f"{lookup}_int8", axis=0),
+        helper.make_node("Cast", [f"{t}_q"], [f"{t}_qf"], name=f"{lookup}_cast", to=TensorProto.FLOAT),
+        helper.make_node("Sub", [f"{t}_qf", f"{t}_zero_point"], [f"{t}_centred"], name=f"{lookup}_centre"),
+        helper.make_node("Reshape", [f"{t}_centred", f"{t}_split"], [f"{t}_blocks"], name=f"{lookup}_split"),
+        helper.make_node("Reshape", [f"{t}_scales", f"{t}_scales_shape"], [f"{t}_scale_rows"], name=f"{lookup}_scale_rows"),
+        helper.make_node("Gather", [f"{t}_scale_rows", ids], [f"{t}_token_scales"], name=f"{lookup}_scales", axis=0),
+        helper.make_node("Unsqueeze", [f"{t}_token_scales", f"{t}_last_axis"], [f"{t}_token_scales_1"],
+                         name=f"{lookup}_scales_axis"),
+        helper.make_node("Mul", [f"{t}_blocks", f"{t}_token_scales_1"], [f"{t}_deq"], name=f"{lookup}_dequantize"),
+        helper.make_node("Reshape", [f"{t}_deq", f"{t}_join"], [f"{t}_embedded"], name=f"{lookup}_join"),
+        # the lookup it replaces gave [H, B, T] (columns of the table); the Transpose after it restores [B, T, H]
+        helper.make_node("Transpose", [f"{t}_embedded"], [g.output[0]], name=f"{lookup}_as_columns", perm=[2, 0, 1]),
+    ]
+    head_nodes = [helper.make_node("MatMulNBits", [m.input[0], t, f"{t}_scales"], [m.output[0]], name=f"{head}_nbits",
+                                   domain="com.microsoft", K=k, N=n, bits=8, block_size=block, accuracy_level=4)]
+    for old, new in ((g, lookup_nodes), (m, head_nodes)):
+        at = list(graph.node).index(old)
+        graph.node.remove(old)
+        for i, node in enumerate(new):
+            graph.node.insert(at + i, node)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx_files.save(model, path, onnx_files.is_external(path))
+    return {"tied_table": f"int8 once, blocks of {block} with a scale each (MatMulNBits bits=8, int8 compute)"}
+
+
 def quantize_onnx_int8(src: Path, dst: Path, *, per_channel: bool = True, exclude: Iterable[str] = (),
                        **_: object) -> dict:
-    """Dynamic int8: int8 weights (per channel), activations quantized at run time."""
+    """Dynamic int8: int8 weights (per channel), activations quantized at run time. A table shared by
+    the embedding lookup and the output head is quantized once, per vocabulary entry."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exclude = list(exclude)
+    tied = tied_table(src)
+    tied_in_float = tied is not None and (tied[1] in exclude or tied[2] in exclude)
     try:
         with _quiet():
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             nodes_to_exclude=exclude, extra_options=_FUSED_OK,
+                             nodes_to_exclude=exclude + (list(tied[1:]) if tied else []), extra_options=_FUSED_OK,
                              use_external_data_format=onnx_files.is_external(src))
+            tied_info = _quantize_tied_table(dst, *tied) if tied and not tied_in_float else {}
     except Exception as e:
+        onnx_files.remove(dst)
         raise _fail("int8 quantization", src, e) from e
-    return {"quantization": {"method": "onnxruntime.quantize_dynamic", "weight_type": "int8",
-                             "per_channel": per_channel, "nodes_in_float": len(exclude)}}
+    info = {"method": "onnxruntime.quantize_dynamic", "weight_type": "int8", "per_channel": per_channel,
+            "nodes_in_float": len(exclude)}
+    if tied:
+        info.update(tied_info or {"tied_table": "float (kept in float by the fallback)"})
+    return {"quantization": info}
 
 
 class _Reader:

@@ -19,7 +19,7 @@ def classifier_run(tiny_classifier, tiny_data, out, **export):
                             distill={"max_steps": 4, "batch_size": 8, "checkpoint_every": 100,
                                      "losses": [{"name": "kl", "temperature": 2.0}, {"name": "ce", "weight": 0.5}]},
                             gate={"budgets": []})
-    data["export"] = {"tflite_shapes": [[1, 32]], **export}
+    data["export"] = {"tflite_shapes": [[1, 32], [2, 32]], **export}
     return run(data, out, stop_after="report")
 
 
@@ -37,6 +37,9 @@ def test_every_format_and_precision_is_written_verified_and_reported(tmp_path, t
         else:
             assert side["quantization"]["method"]
     assert read_json(out / "artifacts" / "student.int8-static.onnx.json")["quantization"]["calibration_examples"] == 16
+    tflite = read_json(out / "verify" / "student.fp32.tflite.json")
+    assert set(tflite["signature_max_abs_diff"]) == {"b1_s32", "b2_s32"}  # every signature checked
+    assert max(tflite["signature_max_abs_diff"].values()) <= 1e-4
     report = json.loads((out / "report.json").read_text())
     assert {r["name"] for r in report["rows"] if r["kind"] == "artifact"} == names
 

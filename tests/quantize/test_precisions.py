@@ -157,3 +157,32 @@ def test_fusions_are_kept_only_when_they_match(three_layer, tmp_path):
     assert not (tmp_path / "fused2.onnx").exists()
     graph, info = fused_graph(fp32, tmp_path / "fused3.onnx", {**config, "model_type": "llama"}, 1e-4, feeds)
     assert graph == fp32 and "no ONNX Runtime fusions" in info["fusions_note"]
+
+
+def test_int8_of_a_tied_lm_stores_its_table_once_in_int8_blocks(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    module = TASKS.get("causal_lm")().export_module(model, {})
+    fp32, int8 = tmp_path / "lm.onnx", tmp_path / "lm.int8.onnx"
+    EXPORTERS.get("onnx")().export(module, fp32, input_names=NAMES, output_name="logits", opset=17)
+    info = QUANTIZERS.get("onnx:int8")(fp32, int8)
+    assert "MatMulNBits" in info["quantization"]["tied_table"]
+    graph = onnx.load(str(int8)).graph
+    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    # no float copy of the vocabulary table is left; its int8 blocks are the only copy
+    assert not [i.name for i in graph.initializer if sorted(i.dims) == [64, 500] and i.data_type == onnx.TensorProto.FLOAT]
+    assert len([i for i in graph.initializer if list(i.dims) == [500, 1, 64]]) == 1
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    ids = torch.randint(0, 500, (1, 9))
+    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones((1, 9), np.int64), "position_ids": np.arange(9)[None],
+             **{i.name: np.zeros((1, 2, 0, 16), np.float32) for i in sess.get_inputs() if i.name.startswith("past")}}
+    with torch.no_grad():
+        ref = model(ids).logits.numpy()
+    got = sess.run(None, feeds)[0]
+    assert got.shape == ref.shape
+    assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.8
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
