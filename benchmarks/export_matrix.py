@@ -84,7 +84,7 @@ def table(report: dict) -> str:
             verdict += " (" + "; ".join(extra) + ")"
         size = r.get("file_size_mb") or 0
         lines.append(f"| {r['name']} | {r['format']} | {r['precision']} | {size:.1f} | "
-                     f"{size * 1e6 / params:.2f} | {diff} | {value_s} | {delta_s} | {p50} | {speed} | {verdict} |")
+                     f"{size * 1e6 / (r.get('params') or params):.2f} | {diff} | {value_s} | {delta_s} | {p50} | {speed} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -94,11 +94,16 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--bench-runs", type=int, default=100)
     p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    p.add_argument("--tables-only", action="store_true", help="print the tables of the <run>--matrix copies as they are")
     args = p.parse_args()
     parts = []
     for run in args.runs:
-        report, seconds = matrix(run, args.seq, args.bench_runs)
-        text = f"**{report['name']}** ({report['task']}; export + verify + bench took {seconds:.0f} s)\n\n" + table(report)
+        if args.tables_only:
+            report = json.loads((run.with_name(f"{run.name}--matrix") / "report.json").read_text())
+            text = f"**{report['name']}** ({report['task']})\n\n" + table(report)
+        else:
+            report, seconds = matrix(run, args.seq, args.bench_runs)
+            text = f"**{report['name']}** ({report['task']}; export + verify + bench took {seconds:.0f} s)\n\n" + table(report)
         print(text + "\n", flush=True)
         parts.append(text)
     if args.write:
