@@ -88,6 +88,27 @@ def test_onnx_and_tflite_over_ssh_match_the_local_schema(sshd, files):
     target.close()
 
 
+def test_onnx_with_external_data_goes_over_ssh_with_its_weights(sshd, tiny_teacher, tmp_path, monkeypatch):
+    """A model over ONNX's 2 GB limit (limit lowered here) keeps its weights in <file>.data: both are
+    uploaded, under their own names, and the device runs it and counts both in the file size."""
+    from kd_edge.bench import RUNNER_PATH
+    from kd_edge.export import onnx_files
+
+    monkeypatch.setattr(onnx_files, "PROTO_LIMIT", 10_000)
+    task = TASKS.get("sentence_embedding")()
+    module = task.export_module(task.load_model(tiny_teacher, eager=True), {"pooling": "mean", "normalize": True})
+    path = tmp_path / "big.onnx"
+    EXPORTERS.get("onnx")().export(module, path, input_names=("input_ids", "attention_mask"), output_name="e", opset=17)
+    assert (tmp_path / "big.onnx.data").is_file()
+    target = make_target(ssh_profile(sshd))
+    counting = CountingTransport(target.transport)
+    target.transport = counting
+    doc = target.run(RUNNER_PATH, path, ["--runtime", "onnxruntime", *RUN_ARGS], threads=1, timeout_s=300)
+    target.close()
+    assert counting.puts[-2:] == ["big.onnx.data", "big.onnx"]
+    assert doc["timed_runs"] == 8 and doc["file_size_bytes"] == onnx_files.size(path)
+
+
 def test_bench_command_over_ssh_writes_json(sshd, files, tmp_path):
     profile = tmp_path / "pi.yaml"
     profile.write_text(ssh_profile(sshd).model_dump_json())

@@ -99,12 +99,22 @@ class RemoteTarget:
         """The path of ``local`` on the device, uploading it unless a copy with its checksum is there."""
         if local.is_dir():
             raise TargetError(f"{local.name} is a model folder; on {self.name} benchmark exported files (.onnx, .tflite)")
+        data = local.with_name(local.name + ".data")
+        if local.suffix == ".onnx" and data.is_file():
+            # ONNX over the 2 GB protobuf limit: the graph finds its weights by file name, so both go,
+            # under their own names, into a folder of their own
+            folder = f"{self.workdir}/cache/{local_sha256(local)[:16]}"
+            self._put(data, f"{folder}/{data.name}", local_sha256(data))
+            return self._put(local, f"{folder}/{local.name}", local_sha256(local))
         digest = local_sha256(local)
-        remote = f"{self.workdir}/cache/{digest[:16]}-{local.name}"
+        return self._put(local, f"{self.workdir}/cache/{digest[:16]}-{local.name}", digest)
+
+    def _put(self, local: Path, remote: str, digest: str) -> str:
+        """Copy ``local`` to ``remote`` unless a file with its checksum is there already."""
         rc, out, _ = self._sh(["sha256sum", remote])
         if rc == 0 and out.split() and out.split()[0] == digest:
             return remote
-        self._sh(["mkdir", "-p", f"{self.workdir}/cache"])
+        self._sh(["mkdir", "-p", remote.rsplit("/", 1)[0]])
         free = self._free_bytes()
         size = local.stat().st_size
         if free is not None and free < size + (16 << 10):
