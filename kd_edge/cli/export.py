@@ -11,7 +11,7 @@ from kd_edge.cli import app
 from kd_edge.cli.options import QuietOpt, SetOpt
 
 FORMATS = ("onnx", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8", "int8-static", "int8-weights")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-static", "int8-weights", "int4")
 
 
 def _split(value: str | None, allowed: tuple[str, ...], option: str) -> list[str]:
@@ -47,7 +47,7 @@ def export_command(
         "--format", "-f", help="Model folder: formats, comma separated: onnx, tflite.", show_default="onnx")] = None,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", "-p", help="Model folder: precisions, comma separated: fp32, fp16, int8, int8-static (onnx), "
-        "int8-weights (tflite).", show_default="fp32,int8")] = None,
+        "int4 (onnx), int8-weights (tflite).", show_default="fp32,int8")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model folder: where the files go.",
                                                 show_default="exports/<model folder name>")] = None,
     task: Annotated[Optional[str], typer.Option(help="Model folder: sentence_embedding or sequence_classification "
@@ -99,7 +99,7 @@ def export_command(
     specs = []
     for fmt in formats:
         for prec in precisions:
-            if (prec == "int8-static" and fmt != "onnx") or (prec == "int8-weights" and fmt != "tflite"):
+            if (prec in ("int8-static", "int4") and fmt != "onnx") or (prec == "int8-weights" and fmt != "tflite"):
                 continue  # a precision of the other format
             specs.append(ArtifactSpec(format=fmt, precision=prec))
     if not specs:
@@ -122,8 +122,8 @@ def export_command(
 @app.command("quantize")
 def quantize_command(
     path: Annotated[Path, typer.Argument(help="An fp32 .onnx or .tflite file.", show_default=False)],
-    precision: Annotated[str, typer.Option("--precision", "-p", help="onnx: int8, int8-static, fp16; tflite: int8, "
-                                                                     "int8-weights, fp16.")] = "int8",
+    precision: Annotated[str, typer.Option("--precision", "-p", help="onnx: int8, int8-static, int4, fp16; tflite: "
+                                                                     "int8, int8-weights, fp16.")] = "int8",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The new file.",
                                                 show_default="FILE.<precision>.onnx beside FILE")] = None,
     calibration: Annotated[Optional[Path], typer.Option(

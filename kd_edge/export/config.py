@@ -13,15 +13,18 @@ class ArtifactSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: Literal["onnx", "tflite"] = Field(description="File format.")
-    precision: Literal["fp32", "fp16", "int8", "int8-static", "int8-weights"] = Field(
+    precision: Literal["fp32", "fp16", "int8", "int8-static", "int8-weights", "int4"] = Field(
         "fp32", description="fp32; fp16 (weights and compute in half precision, float inputs and outputs kept); "
         "int8: dynamic (int8 weights, activations quantized at run time); int8-static (ONNX only: QDQ, "
-        "activations calibrated on recipe data); int8-weights (TFLite only: int8 weights, float compute).")
+        "activations calibrated on recipe data); int8-weights (TFLite only: int8 weights, float compute); "
+        "int4 (ONNX only: MatMul weights int4 in blocks, embedding tables int8).")
 
     @model_validator(mode="after")
     def _supported(self) -> "ArtifactSpec":
         if self.precision == "int8-static" and self.format != "onnx":
             raise ValueError("int8-static is an ONNX precision; for tflite use int8 (dynamic range) or int8-weights")
+        if self.precision == "int4" and self.format != "onnx":
+            raise ValueError("int4 is an ONNX precision (MatMulNBits); for tflite use int8-weights")
         if self.precision == "int8-weights" and self.format != "tflite":
             raise ValueError("int8-weights is a TFLite precision; for onnx use int8 (dynamic) or int8-static")
         return self

@@ -164,7 +164,7 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
     return records
 
 
-QUANTIZE_PRECISIONS = {".onnx": ("fp16", "int8", "int8-static"), ".tflite": ("fp16", "int8", "int8-weights")}
+QUANTIZE_PRECISIONS = {".onnx": ("fp16", "int8", "int8-static", "int4"), ".tflite": ("fp16", "int8", "int8-weights")}
 
 
 def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | None = None,

@@ -178,6 +178,41 @@ class _Reader:
         return next(self._it, None)
 
 
+def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), block_size: int = 32, **_: object) -> dict:
+    """Weight-only int4: MatMul weights in blocks of ``block_size`` with a scale each (ONNX Runtime's
+    MatMulNBits, int8 compute); embedding tables int8 (a tied LM table: int8 blocks shared by the
+    lookup and the head, see ``_quantize_tied_table``)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    import onnx
+
+    exclude = list(exclude)
+    tied = tied_table(src)
+    tmp = dst.with_name(f".{dst.name}.int4")
+    external = onnx_files.is_external(src)
+    try:
+        with _quiet():
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True,
+                                             accuracy_level=4, nodes_to_exclude=exclude + ([tied[2]] if tied else []))
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
+            if tied and tied[1] not in exclude and tied[2] not in exclude:
+                tied_info = _quantize_tied_table(tmp, *tied)
+                onnx_files.copy(tmp, dst)
+            else:
+                tied_info = {}
+                quantize_dynamic(str(tmp), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
+                                 nodes_to_exclude=exclude, extra_options=_FUSED_OK, use_external_data_format=external)
+    except Exception as e:
+        onnx_files.remove(dst)
+        raise _fail("int4 quantization", src, e) from e
+    finally:
+        onnx_files.remove(tmp)
+    return {"quantization": {"method": f"onnxruntime MatMulNBits (int4 weights, blocks of {block_size}, int8 compute)",
+                             "weight_type": "int4", "nodes_in_float": len(exclude), **tied_info}}
+
+
 def quantize_onnx_int8_static(src: Path, dst: Path, *, per_channel: bool = True, exclude: Iterable[str] = (),
                               calibration: list[dict[str, np.ndarray]] | None = None, **_: object) -> dict:
     """Static int8 in QDQ format: MatMul weights int8 per channel, their input activations uint8 with

@@ -190,6 +190,7 @@ th:first-child,td:first-child{text-align:left}th{background:#f5f7fa;font-weight:
 tr.teacher td{background:#fbf7ee}.pass{color:#137333;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1.5rem}
 table.text td,table.text th{text-align:left}
+td.wrap{white-space:normal}
 figure{margin:0}figcaption{font-weight:600;margin-bottom:.3rem}svg text{font:12px system-ui,sans-serif;fill:#1d2330}
 """
 _COLORS = {"teacher": "#c98a1b", "student": "#3b6fd4", "artifact": "#2e9d6b"}
@@ -286,11 +287,18 @@ def _pareto_chart(report: dict) -> str:
              f"<text x='{sx(x1):.1f}' y='{height - pad + 14}' text-anchor='end'>{x1:.3g}</text>"]
     path = " ".join(f"{'M' if i == 0 else 'L'}{sx(r['latency_p50_ms']):.1f},{sy(r[metric]):.1f}" for i, r in enumerate(front))
     parts.append(f"<path d='{path}' fill='none' stroke='#2e9d6b' stroke-dasharray='5 4' stroke-width='2'/>")
-    for r in pts:
+    placed: list[tuple[float, float, float]] = []  # (x, y, width) of the labels written so far
+    for r in sorted(pts, key=lambda r: (r not in front, sy(r[metric]), sx(r["latency_p50_ms"]))):
         on = r in front
-        parts.append(f"<circle cx='{sx(r['latency_p50_ms']):.1f}' cy='{sy(r[metric]):.1f}' r='{6 if on else 4}' "
+        x, y = sx(r["latency_p50_ms"]), sy(r[metric])
+        parts.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{6 if on else 4}' "
                      f"fill='{_COLORS[r['kind']]}' stroke='{'#1d2330' if on else 'none'}'/>")
-        parts.append(f"<text x='{sx(r['latency_p50_ms']) + 8:.1f}' y='{sy(r[metric]) - 6:.1f}'>{html.escape(r['name'])}</text>")
+        # nearby points (files of one precision sit together) get their labels stacked, not overprinted
+        lx, ly, lw = x + 8, y - 6, 6.5 * len(r["name"])
+        while any(abs(ly - py) < 12 and lx < px + pw and px < lx + lw for px, py, pw in placed):
+            ly += 13
+        placed.append((lx, ly, lw))
+        parts.append(f"<text x='{lx:.1f}' y='{ly:.1f}'>{html.escape(r['name'])}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -371,7 +379,7 @@ def to_html(report: dict) -> str:
         for r in rows)
     parity = "".join(
         f"<tr><td>{e(r['name'])}</td><td>{e(r['runtime'])}</td><td class='{'pass' if r['parity_passed'] else 'fail'}'>"
-        f"{'pass' if r['parity_passed'] else 'FAIL'}</td><td>{e('; '.join([r['parity_reason'], *build_notes(r)]))}</td>"
+        f"{'pass' if r['parity_passed'] else 'FAIL'}</td><td class='wrap'>{e('; '.join([r['parity_reason'], *build_notes(r)]))}</td>"
         f"<td>{e(_pct(r.get('agreement_with_student')))}</td></tr>"
         for r in rows if r.get("parity_reason"))
     errors = "".join(f"<li>{e(r['name'])}: {e(r['bench_error'])}</li>" for r in rows if r.get("bench_error"))
@@ -401,7 +409,7 @@ def to_html(report: dict) -> str:
 <figure><figcaption>File size, MB</figcaption>{_bar_chart(rows, 'file_size_mb', 'MB')}</figure>
 <figure><figcaption>Peak memory, MB</figcaption>{_bar_chart(rows, 'peak_rss_mb', 'MB')}</figure>
 <figure><figcaption>Training loss</figcaption>{_line_chart(report['training']['curve'], loss_keys)}</figure>
-<figure><figcaption>Per class: teacher (gold) and student (blue) recall, student delta</figcaption>{_per_class_chart(report.get('per_class'))}</figure>
+{f"<figure><figcaption>Per class: teacher (gold) and student (blue) recall, student delta</figcaption>{_per_class_chart(report.get('per_class'))}</figure>" if report.get('per_class') else ''}
 </div>
 {_slices_html(report.get('slices'))}
 <h2>Parity of each exported file</h2>

@@ -186,3 +186,16 @@ def test_int8_of_a_tied_lm_stores_its_table_once_in_int8_blocks(tmp_path):
     assert got.shape == ref.shape
     assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.8
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_int4_packs_matmul_weights_in_blocks(three_layer, tmp_path):
+    _, _, fp32, _ = three_layer
+    int8, int4 = tmp_path / "m.int8.onnx", tmp_path / "m.int4.onnx"
+    QUANTIZERS.get("onnx:int8")(fp32, int8)
+    info = QUANTIZERS.get("onnx:int4")(fp32, int4)
+    assert info["quantization"]["weight_type"] == "int4"
+    ops = [n.op_type for n in onnx.load(str(int4)).graph.node]
+    assert ops.count("MatMulNBits") >= 12  # 4 attention + 2 feed-forward MatMuls in each of 3 layers
+    assert int4.stat().st_size < 0.75 * int8.stat().st_size
+    feeds = _feeds()
+    assert _cos(_ort(fp32, feeds), _ort(int4, feeds)).min() > 0.95
