@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENCODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int8-static")] + \
+ENCODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int8-static", "int4")] + \
           [("tflite", p) for p in ("fp32", "fp16", "int8", "int8-weights")]
-DECODER = [("onnx", p) for p in ("fp32", "fp16", "int8")]
+DECODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int4")]
 
 
 def cpu_name() -> str:
