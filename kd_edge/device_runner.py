@@ -165,6 +165,8 @@ class TfliteBackend:
         name = f"b{batch}_s{seq}"
         if name in self.signatures:
             return name
+        if batch == 1 and f"prefill_{seq}" in self.signatures:  # a causal LM: its prompt step
+            return f"prefill_{seq}"
         if len(self.signatures) == 1 and not next(iter(self.signatures)).startswith("b"):
             return next(iter(self.signatures))
         raise RunnerError("load", f"no signature for batch {batch} x sequence {seq}; "
@@ -177,7 +179,18 @@ class TfliteBackend:
         sig = signature or self.signature_for(batch, seq)
         if sig not in self._runners:
             self._runners[sig] = self.interpreter.get_signature_runner(sig)
-        out = self._runners[sig](**{k: np.ascontiguousarray(v, dtype=np.int32) for k, v in feeds.items()})
+        runner = self._runners[sig]
+        if sig.startswith("prefill_") or sig == "decode":
+            # a causal LM's step: tokens, positions, then empty key/value buffers
+            details = runner.get_input_details()
+            args = {"args_0": np.ascontiguousarray(feeds["input_ids"], dtype=np.int32),
+                    "args_1": np.arange(seq, dtype=np.int32)}
+            for name, d in details.items():
+                if name not in args:
+                    args[name] = np.zeros(d["shape"], d["dtype"])
+            out = runner(**args)
+            return [out["output_0"]]
+        out = runner(**{k: np.ascontiguousarray(v, dtype=np.int32) for k, v in feeds.items()})
         return [out[k] for k in sorted(out)]
 
 

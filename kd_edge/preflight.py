@@ -196,9 +196,12 @@ def resolve(recipe: Recipe) -> Recipe:
         raise ConfigError("distill.generate and distill.rationale are for task causal_lm")
     if recipe.task == "causal_lm":
         for spec in recipe.export.artifacts:
-            if spec.format == "tflite":
-                raise ConfigError("export: causal LMs export to ONNX with a KV cache; TFLite prefill/decode "
-                                  "signatures are not built yet: remove the tflite entries from export.artifacts")
+            if spec.format == "tflite" and any(b != 1 for b, _ in recipe.export.tflite_shapes):
+                raise ConfigError("export.tflite_shapes: causal-LM TFLite files take batch 1 ([[1, T], ...], one "
+                                  "prefill signature per length T)")
+            if spec.format == "tflite" and max(s for _, s in recipe.export.tflite_shapes) >= recipe.export.kv_cache_size:
+                raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
+                                  "export.tflite_shapes (room for the generated tokens)")
             if spec.precision == "int8-static":
                 raise ConfigError("export: int8-static is for encoders; causal LMs take onnx fp32, fp16 or int8")
     teacher = recipe.teacher

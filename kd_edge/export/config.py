@@ -59,6 +59,8 @@ class ExportConfig(BaseModel):
         True, description="When an int8 file drops the task metric by more than verify.int8_max_metric_drop, "
         "quantize again keeping sensitive nodes in float (first and last layers, then LayerNorm, GELU, "
         "residual Add, Softmax) and record which.")
+    kv_cache_size: int = Field(256, gt=1, description="Causal LMs in TFLite: positions in the fixed key/value "
+                               "buffers (prompt + generated tokens).")
     tflite_shapes: list[tuple[int, int]] = Field(
         default_factory=lambda: [(1, 128)],
         description="TFLite has fixed shapes: one signature per (batch, sequence) pair, weights shared.",

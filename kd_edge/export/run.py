@@ -126,7 +126,8 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, input_names: t
         path = out / f"_base.fp32{exporter.suffix}"
         t0 = time.perf_counter()
         info = exporter.export(module, path, input_names=input_names, output_name=output_name,
-                               opset=cfg.opset, shapes=cfg.tflite_shapes, log_path=logs / f"export-{fmt}.log")
+                               opset=cfg.opset, shapes=cfg.tflite_shapes, kv_cache_size=cfg.kv_cache_size,
+                               log_path=logs / f"export-{fmt}.log")
         info = {**common, "format": fmt, "runtime": exporter.runtime, **info,
                 "export_seconds": round(time.perf_counter() - t0, 2)}
         base[fmt] = (path, info)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from transformers.cache_utils import Cache
+
 from kd_edge.data.packed import Packed, pad
 from kd_edge.tasks.base import Batch, CacheSpec, Task
 
@@ -60,6 +62,10 @@ class CausalLMKVModule(nn.Module):
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
 
+    def static_step(self, size: int) -> "CausalLMStaticStep":
+        """The same model as one step over fixed-size KV buffers of ``size`` positions (TFLite)."""
+        return CausalLMStaticStep(self.model, size).eval()
+
     def past_names(self) -> list[str]:
         return [f"past_key_values.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
 
@@ -83,6 +89,72 @@ class CausalLMKVModule(nn.Module):
                            {"name": "position_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
                            *[{"name": n, "dtype": "float32", "shape": kv} for n in past]],
                 "kv_cache": {"layers": self.layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim}}
+
+
+class _BufferCache(Cache):
+    """A transformers Cache over fixed-size key/value buffers given as tensors: ``update`` writes the
+    new positions (index_copy, no in-place mutation) and returns the whole buffer."""
+
+    def __init__(self, keys, values, positions, size: int, layers: int):  # noqa: no Cache.__init__: no layers of its own
+        self.keys, self.values, self.positions, self.size, self.n_layers = list(keys), list(values), positions, size, layers
+        self.layers = []
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None, **_):
+        self.keys[layer_idx] = self.keys[layer_idx].index_copy(2, self.positions, key_states)
+        self.values[layer_idx] = self.values[layer_idx].index_copy(2, self.positions, value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_mask_sizes(self, cache_position, layer_idx: int = 0):
+        return self.size, 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self.n_layers
+
+
+class CausalLMStaticStep(nn.Module):
+    """One step over fixed-size KV buffers, for formats with fixed shapes (TFLite):
+    (tokens [1,T] int32, input_pos [T] int32, key/value buffer per layer [1,H,S,D])
+    -> (logits [1,T,V], the buffers with positions ``input_pos`` written).
+    A query at position p sees buffer positions <= p, so whatever a padded prefill wrote past the
+    prompt is never read: decoding overwrites it first."""
+
+    def __init__(self, model: nn.Module, size: int):
+        super().__init__()
+        self.model, self.size = model, size
+        cfg = model.config
+        self.layers = cfg.num_hidden_layers
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    def forward(self, tokens, input_pos, *kv):
+        t = tokens.shape[1]
+        cache = _BufferCache(kv[0::2], kv[1::2], input_pos.long(), self.size, self.layers)
+        keys = torch.arange(self.size).view(1, 1, 1, self.size)
+        mask = torch.where(keys <= input_pos.long().view(1, 1, t, 1), 0.0, torch.finfo(torch.float32).min)
+        out = self.model(input_ids=tokens.long(), position_ids=input_pos.long().unsqueeze(0), past_key_values=cache,
+                         attention_mask=mask, use_cache=True, cache_position=input_pos.long())
+        result = [out.logits]
+        for i in range(self.layers):
+            result += [cache.keys[i], cache.values[i]]
+        return tuple(result)
+
+    def tflite_signatures(self, prefill: list[int]) -> list[tuple[str, tuple]]:
+        """(name, sample args) of each signature: ``prefill_<T>`` per length, then ``decode``."""
+        kv = [torch.zeros(1, self.kv_heads, self.size, self.head_dim) for _ in range(2 * self.layers)]
+        sigs = [(f"prefill_{t}", (torch.zeros(1, t, dtype=torch.int32), torch.arange(t, dtype=torch.int32), *kv))
+                for t in prefill]
+        sigs.append(("decode", (torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), *kv)))
+        return sigs
+
+    def kv_cache(self) -> dict:
+        return {"layers": self.layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim, "size": self.size}
 
 
 class CausalLMTask(Task):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
+from kd_edge.errors import ExportError
 from kd_edge.runfiles import CacheReader
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ class OrtDecoder:
         out = self.session.run(None, feeds)
         return out[0], out[1:]
 
+    def logits_of(self, ids: np.ndarray) -> np.ndarray:
+        """Logits [T, V] of one text, run as a prompt."""
+        return self.step(ids[None], None, 0)[0][0]
+
     def greedy(self, prompt: list[int], n: int) -> list[int]:
         logits, past = self.step(np.asarray([prompt]), None, 0)
         done, tokens = len(prompt), []
@@ -58,6 +63,57 @@ class OrtDecoder:
                 break
             logits, past = self.step(np.asarray([[nxt]]), past, done)
             done += 1
+        return tokens
+
+
+class TfliteDecoder:
+    """Greedy decoding through a TFLite decoder: ``prefill_<T>`` (the prompt padded to the nearest
+    length T), then ``decode`` one token at a time, the key/value buffers fed back."""
+
+    def __init__(self, path: Path, info: dict, threads: int | None = None):
+        from kd_edge.device_runner import TfliteBackend
+
+        self.interpreter = TfliteBackend(str(path), threads).interpreter
+        kv = info["kv_cache"]
+        self.n_buffers, self.size = 2 * kv["layers"], kv["size"]
+        self.shape = (1, kv["kv_heads"], kv["size"], kv["head_dim"])
+        self.prefill = sorted((s["seq"], s["name"]) for s in info["signatures"] if s.get("kind") == "prefill")
+        self.runners: dict = {}
+
+    def _run(self, name: str, tokens: np.ndarray, positions: np.ndarray, kv: list[np.ndarray]):
+        if name not in self.runners:
+            self.runners[name] = self.interpreter.get_signature_runner(name)
+        out = self.runners[name](args_0=tokens.astype(np.int32), args_1=positions.astype(np.int32),
+                                 **{f"args_{2 + i}": kv[i] for i in range(self.n_buffers)})
+        return out["output_0"], [out[f"output_{1 + i}"] for i in range(self.n_buffers)]
+
+    def _prefill(self, ids: np.ndarray):
+        fit = [b for b in self.prefill if b[0] >= len(ids)]
+        if not fit:
+            raise ExportError(f"a text has {len(ids)} tokens, longer than every prefill signature "
+                              f"({', '.join(n for _, n in self.prefill)}); add a longer [1, T] to export.tflite_shapes")
+        length, name = fit[0]
+        tokens = np.zeros((1, length), np.int64)
+        tokens[0, :len(ids)] = ids
+        kv = [np.zeros(self.shape, np.float32) for _ in range(self.n_buffers)]
+        return self._run(name, tokens, np.arange(length), kv)
+
+    def logits_of(self, ids: np.ndarray) -> np.ndarray:
+        return self._prefill(ids)[0][0, :len(ids)]
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        logits, kv = self._prefill(np.asarray(prompt))
+        logits, done, tokens = logits[0, len(prompt) - 1], len(prompt), []
+        for _ in range(n):
+            nxt = int(logits.argmax())
+            tokens.append(nxt)
+            if len(tokens) == n:
+                break
+            if done >= self.size:
+                raise ExportError(f"generation reached the TFLite key/value buffer's {self.size} positions; raise "
+                                  "export.kv_cache_size")
+            out, kv = self._run("decode", np.asarray([[nxt]]), np.asarray([done]), kv)
+            logits, done = out[0, -1], done + 1
         return tokens
 
 
@@ -112,13 +168,14 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     with atomic_dir(ctx.run_dir / "verify") as out:
         for sidecar in sorted((ctx.run_dir / "artifacts").glob("*.json")):
             info = read_json(sidecar)
-            decoder = OrtDecoder(ctx.run_dir / "artifacts" / info["name"], info, recipe.bench.threads)
+            kind = OrtDecoder if info["runtime"] == "onnxruntime" else TfliteDecoder
+            decoder = kind(ctx.run_dir / "artifacts" / info["name"], info, recipe.bench.threads)
             max_diff, sum_diff, count, nll_sum, agree = 0.0, 0.0, 0, 0.0, 0
             for t, ref, pred in zip(texts, reference, student_pred):
-                z, _ = decoder.step(t[None], None, 0)
-                diff = np.abs(z[0] - ref)
+                z = decoder.logits_of(t)
+                diff = np.abs(z - ref)
                 max_diff, sum_diff, count = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), count + diff.size
-                nll, _, p = _nll(z[0], t)
+                nll, _, p = _nll(z, t)
                 nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
             t0 = time.perf_counter()
             file_tokens = [decoder.greedy(p, NEW_TOKENS) for p in prompts]

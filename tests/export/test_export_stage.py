@@ -104,7 +104,9 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
                             distill={"max_steps": 4, "batch_size": 8, "lr": 1e-4, "checkpoint_every": 100,
                                      "losses": [{"name": "kl"}, {"name": "ce", "weight": 0.5}]},
                             export={"artifacts": [{"format": "onnx", "precision": "fp32"},
-                                                  {"format": "onnx", "precision": "int8"}]},
+                                                  {"format": "onnx", "precision": "int8"},
+                                                  {"format": "tflite", "precision": "fp32"}],
+                                    "tflite_shapes": [[1, 16], [1, 32]], "kv_cache_size": 80},
                             gate={"budgets": []}, bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16})
     out = tmp_path / "run"
     run(data, out)
@@ -120,16 +122,29 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
     assert fp32["perplexity"] == pytest.approx(student["perplexity"], rel=1e-4)
     int8 = read_json(out / "verify" / "student.int8.onnx.json")
     assert int8["perplexity"] > 1 and "perplexity" in int8["reason"]
+    # TFLite: prefill_<T> per length and decode over fixed key/value buffers, driven token by token
+    tfl_side = read_json(out / "artifacts" / "student.fp32.tflite.json")
+    assert [s["name"] for s in tfl_side["signatures"]] == ["prefill_16", "prefill_32", "decode"]
+    assert tfl_side["kv_cache"]["size"] == 80
+    tfl = read_json(out / "verify" / "student.fp32.tflite.json")
+    assert tfl["max_abs_diff"] <= 1e-4 and tfl["passed"], tfl
+    assert tfl["greedy_same_as_pytorch"] == 5, tfl
+    assert tfl["perplexity"] == pytest.approx(student["perplexity"], rel=1e-4)
     rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
     assert rows["student.fp32.onnx"]["latency_p50_ms"] > 0  # the runner feeds the KV-cache inputs itself
+    assert rows["student.fp32.tflite"]["latency_p50_ms"] > 0  # through prefill_16
     assert rows["student.int8.onnx"]["file_size_mb"] < rows["student.fp32.onnx"]["file_size_mb"]
 
 
-def test_causal_lm_tflite_is_refused_before_anything_runs(tmp_path, tiny_llama, tiny_data):
+@pytest.mark.parametrize("export, message", [
+    ({"tflite_shapes": [[2, 16]]}, "causal-LM TFLite files take batch 1"),
+    ({"tflite_shapes": [[1, 64]], "kv_cache_size": 64}, "kv_cache_size must exceed the longest prefill"),
+])
+def test_causal_lm_tflite_shapes_are_checked_before_anything_runs(tmp_path, tiny_llama, tiny_data, export, message):
     from kd_edge.errors import ConfigError
 
     data = tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm", distill={"losses": [{"name": "kl"}]},
-                            export={"artifacts": [{"format": "tflite", "precision": "fp32"}]})
-    with pytest.raises(ConfigError, match="TFLite prefill/decode"):
+                            export={"artifacts": [{"format": "tflite", "precision": "fp32"}], **export})
+    with pytest.raises(ConfigError, match=message):
         run(data, tmp_path / "run")
     assert not (tmp_path / "run").exists()
