@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ENCODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int8-static", "int4")] + \
           [("tflite", p) for p in ("fp32", "fp16", "int8", "int8-weights")]
-DECODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int4")]
+DECODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int4")] + \
+          [("tflite", p) for p in ("fp32", "fp16", "int8", "int8-weights")]
 
 
 def cpu_name() -> str:
@@ -48,6 +49,8 @@ def matrix(run: Path, seq: int, runs: int) -> tuple[dict, float]:
            "--set", f"bench.runs={runs}", "--set", "gate.budgets=[]"]
     if task != "causal_lm":
         cmd += ["--set", f"export.tflite_shapes=[[1, {seq}]]"]
+    else:  # prefill signatures for the recipe's texts (64 tokens) and for the benchmark shape
+        cmd += ["--set", f"export.tflite_shapes=[[1, 64], [1, {seq}]]", "--set", f"export.kv_cache_size={2 * seq}"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode not in (0, 1):
