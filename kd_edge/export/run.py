@@ -80,9 +80,32 @@ def _calibration(run_dir: Path, recipe: "Recipe", input_names: tuple[str, ...]) 
 class Fallback:
     """Decides whether an int8 file keeps enough of the fp32 file's quality, on training texts."""
 
+    LM_TEXTS = 200  # causal LMs: perplexity through the file on this many training texts
+
     def __init__(self, recipe: "Recipe", run_dir: Path):
         self.recipe, self.run_dir = recipe, run_dir
         self._checkers: dict[str, object] = {}
+        self._ppl: dict[Path, float] = {}
+
+    def _perplexity(self, path: Path, info: dict) -> float:
+        """Perplexity of a causal-LM file on training texts, through its own runtime (cached per file)."""
+        import math
+
+        from kd_edge.runfiles import CacheReader
+        from kd_edge.verify.causal_lm import OrtDecoder, TfliteDecoder, _nll
+
+        key = (path, path.stat().st_mtime_ns)
+        if key not in self._ppl:
+            ids = CacheReader(self.run_dir).ids("train")
+            texts = [np.asarray(ids[i], np.int64) for i in range(min(len(ids), self.LM_TEXTS)) if len(ids[i]) > 1]
+            kind = OrtDecoder if info["runtime"] == "onnxruntime" else TfliteDecoder
+            decoder = kind(path, info, self.recipe.bench.threads)
+            nll = count = 0.0
+            for t in texts:
+                value, n, _ = _nll(decoder.logits_of(t), t)
+                nll, count = nll + value, count + n
+            self._ppl[key] = math.exp(nll / count)
+        return self._ppl[key]
 
     def checker(self, fmt: str, base: Path, info: dict):
         from kd_edge.verify.run import Checker
@@ -96,6 +119,8 @@ class Fallback:
     def drop(self, fmt: str, base: Path, base_info: dict, path: Path, info: dict) -> tuple[float, str]:
         from kd_edge.verify.run import metric_drop
 
+        if self.recipe.task == "causal_lm":
+            return self._perplexity(path, info) / self._perplexity(base, base_info) - 1, "perplexity"
         checker = self.checker(fmt, base, base_info)
         record = checker.measure(path, info)
         metric = checker.metric if checker.metric in record else "agreement_with_student"
@@ -183,7 +208,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                        input_names=task.input_names, output_name=task.output_name, common=common,
                        logs=ctx.run_dir / "logs", fp32_tolerance=recipe.verify.fp32_max_abs_diff, seed=recipe.seed,
                        calibration=lambda: _calibration(ctx.run_dir, recipe, task.input_names),
-                       fallback=Fallback(recipe, ctx.run_dir) if recipe.task != "causal_lm" else None,
+                       fallback=Fallback(recipe, ctx.run_dir),
                        budget=recipe.verify.int8_max_metric_drop)
 
 
@@ -197,9 +222,19 @@ def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fall
     if drop <= budget:
         return {"int8_check": {"metric": metric, "texts": "train", "tried": tried}}
     if spec.format != "onnx":
-        return {"int8_check": {"metric": metric, "texts": "train", "tried": tried},
-                "fallback": {"engaged": False, "reason": f"{metric} drop {drop * 100:.2f} pt > budget; no float "
-                                                         "fallback for TFLite files yet"}}
+        if spec.precision != "int8":
+            return {"int8_check": {"metric": metric, "texts": "train", "tried": tried},
+                    "fallback": {"engaged": False, "reason": f"{metric} drop {drop * 100:.2f} pt > budget and "
+                                                             f"{spec.precision} has no lighter TFLite recipe"}}
+        # TFLite: ai-edge-quantizer recipes apply to whole op kinds; the lighter one keeps every
+        # activation (and all compute) in float, with the weights still int8.
+        path.unlink()
+        extra = QUANTIZERS.get("tflite:int8-weights")(src, path, **kw)
+        drop, _ = fallback.drop(spec.format, src, info, path, {**info, "name": spec.name, "precision": spec.precision})
+        tried.append({"activations_in_float": True, "drop": round(drop, 5)})
+        return {**extra, "int8_check": {"metric": metric, "texts": "train", "tried": tried},
+                "fallback": {"engaged": True, "level": 1, "kept_in_float": "every activation and all compute "
+                             "(int8 weights only)", "nodes": [], "within_budget": drop <= budget}}
     for level in (1, 2):
         exclude = sensitive_nodes(src, level)
         onnx_files.remove(path)

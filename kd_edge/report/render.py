@@ -18,8 +18,9 @@ def build_notes(row: dict) -> list[str]:
         notes.append("ONNX Runtime fusions: " + ", ".join(f"{k} ×{v}" for k, v in sorted(row["fusions"].items())))
     fb = row.get("fallback")
     if fb and fb.get("engaged"):
-        notes.append(f"int8 fallback level {fb.get('level')}: kept in float {fb.get('kept_in_float')} "
-                     f"({fb.get('nodes_in_float')} nodes)" + ("" if fb.get("within_budget") else ", still over budget"))
+        count = f" ({fb['nodes_in_float']} nodes)" if fb.get("nodes_in_float") else ""
+        notes.append(f"int8 fallback level {fb.get('level')}: kept in float {fb.get('kept_in_float')}{count}"
+                     + ("" if fb.get("within_budget") else ", still over budget"))
     elif fb:
         notes.append(f"int8 fallback not applied: {fb.get('reason')}")
     return notes

@@ -148,3 +148,17 @@ def test_causal_lm_tflite_shapes_are_checked_before_anything_runs(tmp_path, tiny
     with pytest.raises(ConfigError, match=message):
         run(data, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_tflite_int8_over_budget_falls_back_to_float_activations(tmp_path, tiny_classifier, tiny_data, monkeypatch):
+    from kd_edge.export import run as export_run
+
+    drops = iter([0.05, 0.002])  # dynamic-range int8 over the budget, weight-only within it
+    monkeypatch.setattr(export_run.Fallback, "drop", lambda *a: (next(drops), "accuracy"))
+    out = tmp_path / "run"
+    classifier_run(tiny_classifier, tiny_data, out, artifacts=[{"format": "tflite", "precision": "int8"}])
+    side = read_json(out / "artifacts" / "student.int8.tflite.json")
+    assert side["fallback"]["engaged"] and side["fallback"]["within_budget"]
+    assert "every activation" in side["fallback"]["kept_in_float"]
+    assert "weight_only" in side["quantization"]["method"]
+    assert read_json(out / "verify" / "student.int8.tflite.json")["fallback"]["level"] == 1
