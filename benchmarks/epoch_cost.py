@@ -36,13 +36,11 @@ LOOPS = {
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU model, as the device runner records it."""
+    sys.path.insert(0, str(ROOT))
+    from kd_edge.device_runner import fingerprint
+
+    return fingerprint(None)["cpu_model"]
 
 
 def throughput(run: Path, overrides: list[str], steps: int) -> float:
