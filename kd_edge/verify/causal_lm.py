@@ -197,5 +197,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             elif info["precision"] == "fp32":
                 record["reason"] += f"; same {NEW_TOKENS} greedy tokens as PyTorch on {len(same)} prompts"
             record["perplexity_increase"] = metric_drop(student, record, "perplexity")
+            if info.get("fallback"):
+                record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
+                                      "nodes_in_float": len(info["fallback"].get("nodes", []))}
             write_json(out / f"{info['name']}.json", record)
         write_json(out / "student.json", {"name": "student", **student})
