@@ -149,7 +149,7 @@ def to_markdown(report: dict) -> str:
     if checked:
         out += ["## Parity of each exported file", "", "| file | runtime | verdict | why |", "|---|---|---|---|"]
         out += [f"| {r['name']} | {r['runtime']} | {'pass' if r['parity_passed'] else '**FAIL**'} | "
-                f"{'; '.join([r['parity_reason'], *build_notes(r)])} |" for r in checked]
+                + "; ".join([r["parity_reason"], *build_notes(r)]).replace("|", "\\|") + " |" for r in checked]
         out.append("")
     errors = [r for r in report["rows"] if r.get("bench_error")]
     if errors:

@@ -95,6 +95,8 @@ def verdict(info: dict, record: dict, student: dict, metric: str, cfg) -> tuple[
     if metric in record and metric in student:
         drop = metric_drop(student, record, metric)
         ok = drop <= cfg.int8_max_metric_drop
+        if metric == "perplexity":  # a relative increase
+            return ok, f"perplexity {drop * 100:+.2f} % {'≤' if ok else '>'} +{cfg.int8_max_metric_drop * 100:.1f} %"
         name = metric.replace("_", " ")
         return ok, f"{name} drop {drop * 100:+.2f} pt {'≤' if ok else '>'} {cfg.int8_max_metric_drop * 100:.1f} pt"
     ok = record["agreement_with_student"] >= 0.99
