@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results  # noqa: E402
 
 
 def slug(name: str) -> str:
@@ -68,8 +71,7 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     if args.write:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d')} — {args.write}\n\n`benchmarks/compare_variants.py {base}`; "
+        results.append(f"\n### {time.strftime('%Y-%m-%d')} — {args.write}\n\n`benchmarks/compare_variants.py {base}`; "
                     f"same data, split, teacher and steps for every variant. \"vs teacher\" is the student's share of "
                     f"the teacher's {metric}" + (" (teacher / student for perplexity)" if not higher else "") +
                     ".\n\n" + table + "\n")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -28,19 +27,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results  # noqa: E402
 LOOPS = {
     "plain fine-tuning (CE on labels, no teacher)": ["distill.losses=[{name: ce, weight: 1.0}]"],
     "distillation, teacher cache": [],
     "naive distillation, teacher run every step": ["distill.mode=live"],
 }
-
-
-def cpu_name() -> str:
-    """The CPU model, as the device runner records it."""
-    sys.path.insert(0, str(ROOT))
-    from kd_edge.device_runner import fingerprint
-
-    return fingerprint(None)["cpu_model"]
 
 
 def throughput(run: Path, overrides: list[str], steps: int) -> float:
@@ -91,11 +85,8 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     if args.write:
-        import os
-
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d')} — `benchmarks/epoch_cost.py {base}`\n\n"
-                    f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
+        results.append(f"\n### {time.strftime('%Y-%m-%d')} — `benchmarks/epoch_cost.py {base}`\n\n"
+                       f"Machine: {results.machine()}. "
                     f"{args.steps}–{args.steps + args.rounds - 1} optimizer steps of batch {batch} per loop per "
                     f"round, {args.rounds} rounds, loops interleaved; throughput is the training loop's own "
                     "(model loading excluded).\n\n" + table + "\n")

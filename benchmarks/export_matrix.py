@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -21,18 +19,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results  # noqa: E402
 ENCODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int8-static", "int4")] + \
           [("tflite", p) for p in ("fp32", "fp16", "int8", "int8-weights")]
 DECODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int4")] + \
           [("tflite", p) for p in ("fp32", "fp16", "int8", "int8-weights")]
-
-
-def cpu_name() -> str:
-    """The CPU model, as the device runner records it."""
-    sys.path.insert(0, str(ROOT))
-    from kd_edge.device_runner import fingerprint
-
-    return fingerprint(None)["cpu_model"]
 
 
 def matrix(run: Path, seq: int, runs: int) -> tuple[dict, float]:
@@ -108,9 +101,8 @@ def main() -> None:
         print(text + "\n", flush=True)
         parts.append(text)
     if args.write:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d')} — `benchmarks/export_matrix.py` (format × precision)\n\n"
-                    f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; one "
+        results.append(f"\n### {time.strftime('%Y-%m-%d')} — `benchmarks/export_matrix.py` (format × precision)\n\n"
+                       f"Machine: {results.machine()}; one "
                     f"invocation, batch 1 × {args.seq} tokens, {args.bench_runs} timed runs per file in a fresh "
                     "process. \"bytes / param\" is the file size over the student's parameter count.\n\n"
                     + "\n\n".join(parts) + "\n")

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 from kd_edge.bench.files import bench_files  # noqa: E402
@@ -39,8 +42,7 @@ def main() -> None:
             f"p50 per run (ms): {', '.join(f'{v:.3f}' for v in p50)}; **max/min = {max(p50) / min(p50):.3f}**.\n")
     print(text)
     if args.write:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(text)
+        results.append(text)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 from kd_edge.bench import RUNNER_PATH  # noqa: E402
@@ -78,8 +81,7 @@ def main() -> None:
             f"(range {min(over) * 100:+.2f} % to {max(over) * 100:+.2f} %).\n")
     print(text)
     if args.write:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(text)
+        results.append(text)
 
 
 if __name__ == "__main__":

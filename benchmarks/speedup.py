@@ -20,6 +20,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 from kd_edge.bench import RUNNER_PATH  # noqa: E402
@@ -67,8 +70,7 @@ def main() -> None:
     text = header + "\n" + "\n".join(lines) + "\n"
     print("\n" + text)
     if args.write:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n" + text)
+        results.append(text)
 
 
 if __name__ == "__main__":
