@@ -14,23 +14,9 @@ import pytest
 
 from kd_edge.bench import RUNNER_PATH
 from kd_edge.bench.profiles import make_target, resolve_target
-from kd_edge.export import EXPORTERS
-from kd_edge.tasks import TASKS
 
 pytestmark = pytest.mark.pi
 ROOTFS = Path(os.environ.get("KD_EDGE_PI_ROOTFS", ".cache/pi-rootfs"))
-
-
-@pytest.fixture(scope="module")
-def files(tiny_teacher, tmp_path_factory):
-    task = TASKS.get("sentence_embedding")()
-    module = task.export_module(task.load_model(tiny_teacher, eager=True), {"pooling": "mean", "normalize": True})
-    out = tmp_path_factory.mktemp("files")
-    names = ("input_ids", "attention_mask")
-    EXPORTERS.get("onnx")().export(module, out / "student.fp32.onnx", input_names=names, output_name="e", opset=17)
-    EXPORTERS.get("tflite")().export(module, out / "student.fp32.tflite", input_names=names, output_name="e",
-                                     shapes=[(1, 16)], log_path=out / "log.txt")
-    return out
 
 
 @pytest.mark.parametrize("name, runtime", [("student.fp32.onnx", "onnxruntime"), ("student.fp32.tflite", "tflite")])

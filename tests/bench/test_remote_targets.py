@@ -29,18 +29,6 @@ def sshd(tmp_path_factory):
     server.process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def files(tiny_teacher, tmp_path_factory):
-    task = TASKS.get("sentence_embedding")()
-    module = task.export_module(task.load_model(tiny_teacher, eager=True), {"pooling": "mean", "normalize": True})
-    out = tmp_path_factory.mktemp("files")
-    names = ("input_ids", "attention_mask")
-    EXPORTERS.get("onnx")().export(module, out / "student.fp32.onnx", input_names=names, output_name="e", opset=17)
-    EXPORTERS.get("tflite")().export(module, out / "student.fp32.tflite", input_names=names, output_name="e",
-                                     shapes=[(1, 16)], log_path=out / "log.txt")
-    return out
-
-
 def ssh_profile(sshd, **over) -> TargetProfile:
     data = {"name": "pi-on-loopback", "kind": "ssh", "host": sshd.address, "key_file": str(sshd.client_key),
             "known_hosts": str(sshd.known_hosts), "python": sys.executable, "connect_timeout_s": 5,
