@@ -178,14 +178,29 @@ class _Reader:
         return next(self._it, None)
 
 
+def _int8_tables(stage: Path, dst: Path, exclude: list[str], tied: tuple[str, str, str] | None) -> dict:
+    """Second step of int4 and static int8, from the ``stage`` file their MatMul quantizer wrote to
+    ``dst``: embedding tables in int8 rows, dequantized after the lookup (as dynamic quantization
+    stores them; a QDQ pair on a Gather would dequantize the whole table on every call), or a table
+    tied to the output head as shared int8 blocks. Returns what the sidecar records of it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if tied and tied[1] not in exclude and tied[2] not in exclude:
+        info = _quantize_tied_table(stage, *tied)
+        onnx_files.copy(stage, dst)
+        return info
+    quantize_dynamic(str(stage), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
+                     nodes_to_exclude=exclude, extra_options=_FUSED_OK,
+                     use_external_data_format=onnx_files.is_external(stage))
+    return {}
+
+
 def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), block_size: int = 32, **_: object) -> dict:
     """Weight-only int4: MatMul weights in blocks of ``block_size`` with a scale each (ONNX Runtime's
     MatMulNBits, int8 compute); embedding tables int8 (a tied LM table: int8 blocks shared by the
     lookup and the head, see ``_quantize_tied_table``)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     exclude = list(exclude)
     tied = tied_table(src)
@@ -197,13 +212,7 @@ def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), blo
                                              accuracy_level=4, nodes_to_exclude=exclude + ([tied[2]] if tied else []))
             quantizer.process()
             quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
-            if tied and tied[1] not in exclude and tied[2] not in exclude:
-                tied_info = _quantize_tied_table(tmp, *tied)
-                onnx_files.copy(tmp, dst)
-            else:
-                tied_info = {}
-                quantize_dynamic(str(tmp), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
-                                 nodes_to_exclude=exclude, extra_options=_FUSED_OK, use_external_data_format=external)
+            tied_info = _int8_tables(tmp, dst, exclude, tied)
     except Exception as e:
         onnx_files.remove(dst)
         raise _fail("int4 quantization", src, e) from e
@@ -223,31 +232,26 @@ def quantize_onnx_int8_static(src: Path, dst: Path, *, per_channel: bool = True,
         raise QuantizeError(f"static int8 quantization of {src.name} needs calibration data (tokenized example "
                             "inputs); in a run it uses the recipe's training texts, on the command line pass "
                             "--calibration TEXTS.jsonl --tokenizer MODEL_DIR, or use --precision int8 (dynamic)")
-    from onnxruntime.quantization import quantize_dynamic
-
     exclude = list(exclude)
+    tied = tied_table(src)
     qdq = dst.with_name(f".{dst.name}.qdq")
     try:
         with _quiet():
             quantize_static(str(src), str(qdq), _Reader(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["MatMul", "Gemm"],
-                            nodes_to_exclude=exclude, extra_options=_FUSED_OK,
+                            nodes_to_exclude=exclude + ([tied[2]] if tied else []), extra_options=_FUSED_OK,
                             use_external_data_format=onnx_files.is_external(src))
-            # The embedding tables (Gather) hold most of a small encoder's weights: int8 rows, dequantized
-            # after the lookup, as dynamic quantization stores them. A QDQ pair on a Gather would
-            # dequantize the whole table on every call.
-            quantize_dynamic(str(qdq), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
-                             nodes_to_exclude=exclude, extra_options=_FUSED_OK)
+            tied_info = _int8_tables(qdq, dst, exclude, tied)
     except Exception as e:
-        dst.unlink(missing_ok=True)
+        onnx_files.remove(dst)
         raise _fail("static int8 quantization", src, e) from e
     finally:
-        qdq.unlink(missing_ok=True)
+        onnx_files.remove(qdq)
     return {"quantization": {"method": "onnxruntime.quantize_static (QDQ, MinMax) + int8 embedding tables",
                              "weight_type": "int8",
                              "activation_type": "uint8", "per_channel": per_channel,
-                             "calibration_examples": len(calibration), "nodes_in_float": len(exclude)}}
+                             "calibration_examples": len(calibration), "nodes_in_float": len(exclude), **tied_info}}
 
 
 def convert_onnx_fp16(src: Path, dst: Path, **_: object) -> dict:
