@@ -85,26 +85,18 @@ class Fallback:
     def __init__(self, recipe: "Recipe", run_dir: Path):
         self.recipe, self.run_dir = recipe, run_dir
         self._checkers: dict[str, object] = {}
-        self._ppl: dict[Path, float] = {}
+        self._ppl: dict[tuple[Path, int], float] = {}  # (file, mtime) -> perplexity
 
     def _perplexity(self, path: Path, info: dict) -> float:
         """Perplexity of a causal-LM file on training texts, through its own runtime (cached per file)."""
-        import math
-
         from kd_edge.runfiles import CacheReader
-        from kd_edge.verify.causal_lm import OrtDecoder, TfliteDecoder, _nll
+        from kd_edge.verify.causal_lm import decoder, perplexity
 
         key = (path, path.stat().st_mtime_ns)
         if key not in self._ppl:
             ids = CacheReader(self.run_dir).ids("train")
             texts = [np.asarray(ids[i], np.int64) for i in range(min(len(ids), self.LM_TEXTS)) if len(ids[i]) > 1]
-            kind = OrtDecoder if info["runtime"] == "onnxruntime" else TfliteDecoder
-            decoder = kind(path, info, self.recipe.bench.threads)
-            nll = count = 0.0
-            for t in texts:
-                value, n, _ = _nll(decoder.logits_of(t), t)
-                nll, count = nll + value, count + n
-            self._ppl[key] = math.exp(nll / count)
+            self._ppl[key] = perplexity(decoder(path, info, self.recipe.bench.threads), texts)
         return self._ppl[key]
 
     def checker(self, fmt: str, base: Path, info: dict):

@@ -136,6 +136,20 @@ def _nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int, np.ndarray]:
     return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1, logits[:-1].argmax(-1)
 
 
+def decoder(path: Path, info: dict, threads: int | None):
+    """The decoder that drives an exported LM file in its own runtime."""
+    return (OrtDecoder if info["runtime"] == "onnxruntime" else TfliteDecoder)(path, info, threads)
+
+
+def perplexity(dec, texts: list[np.ndarray]) -> float:
+    """Perplexity of ``texts`` through a decoder, each text run as one prompt."""
+    nll = count = 0.0
+    for t in texts:
+        value, n, _ = _nll(dec.logits_of(t), t)
+        nll, count = nll + value, count + n
+    return math.exp(nll / count)
+
+
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """verify/<artifact>.json for every exported LM file, and verify/student.json."""
     import torch
@@ -168,17 +182,16 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     with atomic_dir(ctx.run_dir / "verify") as out:
         for sidecar in sorted((ctx.run_dir / "artifacts").glob("*.json")):
             info = read_json(sidecar)
-            kind = OrtDecoder if info["runtime"] == "onnxruntime" else TfliteDecoder
-            decoder = kind(ctx.run_dir / "artifacts" / info["name"], info, recipe.bench.threads)
+            dec = decoder(ctx.run_dir / "artifacts" / info["name"], info, recipe.bench.threads)
             max_diff, sum_diff, count, nll_sum, agree = 0.0, 0.0, 0, 0.0, 0
             for t, ref, pred in zip(texts, reference, student_pred):
-                z = decoder.logits_of(t)
+                z = dec.logits_of(t)
                 diff = np.abs(z - ref)
                 max_diff, sum_diff, count = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), count + diff.size
                 nll, _, p = _nll(z, t)
                 nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
             t0 = time.perf_counter()
-            file_tokens = [decoder.greedy(p, NEW_TOKENS) for p in prompts]
+            file_tokens = [dec.greedy(p, NEW_TOKENS) for p in prompts]
             file_tps = len(prompts) * NEW_TOKENS / (time.perf_counter() - t0)
             same = [a == b for a, b in zip(file_tokens, torch_tokens)]
             record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
