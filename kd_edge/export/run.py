@@ -148,32 +148,34 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, input_names: t
         info = {**common, "format": fmt, "runtime": exporter.runtime, **info,
                 "export_seconds": round(time.perf_counter() - t0, 2)}
         base[fmt] = (path, info)
-    float_onnx = None
+    fused: dict[str, tuple[Path, dict]] = {}
+
+    def float_graph(fmt: str) -> tuple[Path, dict]:
+        """The graph fp32 and fp16 files are made from, and what the sidecar says of it: for ONNX the
+        fused graph where fusion keeps parity (made once), else the base."""
+        src = base[fmt][0]
+        if fmt != "onnx":
+            return src, {}
+        if fmt not in fused:
+            fused[fmt] = (fused_graph(src, out / "_fused.onnx", model_config, fp32_tolerance,
+                                      lambda: sample_feeds(model_config.get("vocab_size", 1000), seed))
+                          if cfg.optimize else (src, {"fusions": None, "fusions_note": "export.optimize is off"}))
+        return fused[fmt]
+
     sidecars = []
     for spec in cfg.artifacts:
         src, info = base[spec.format]
         path = out / spec.name
         t0 = time.perf_counter()
-        if spec.format == "onnx" and spec.precision in ("fp32", "fp16") and float_onnx is None:
-            float_onnx = (fused_graph(src, out / "_fused.onnx", model_config, fp32_tolerance,
-                                      lambda: sample_feeds(model_config.get("vocab_size", 1000), seed))
-                          if cfg.optimize else (src, {"fusions": None, "fusions_note": "export.optimize is off"}))
-        extra: dict = {}
         if spec.precision == "fp32":
-            graph = float_onnx[0] if spec.format == "onnx" else src
-            extra = float_onnx[1] if spec.format == "onnx" else {}
-            if spec.format == "onnx":
-                onnx_files.copy(graph, path)
-            else:
-                shutil.copyfile(graph, path)
+            graph, extra = float_graph(spec.format)
+            (onnx_files.copy if spec.format == "onnx" else shutil.copyfile)(graph, path)
         else:
             quantize = QUANTIZERS.get(f"{spec.format}:{spec.precision}")
-            graph = float_onnx[0] if spec.format == "onnx" and spec.precision == "fp16" else src
+            graph, notes = float_graph(spec.format) if spec.precision == "fp16" else (src, {})
             kw = {"per_channel": cfg.int8_per_channel, "log_path": logs / f"quantize-{spec.name}.log",
                   "calibration": calibration() if spec.precision == "int8-static" and calibration else None}
-            extra = quantize(graph, path, **kw)
-            if spec.format == "onnx" and spec.precision == "fp16":
-                extra.update(float_onnx[1])
+            extra = {**quantize(graph, path, **kw), **notes}
             if spec.precision.startswith("int8") and cfg.int8_fallback and fallback is not None:
                 extra.update(_fall_back(spec, src, info, path, quantize, kw, fallback, budget))
         info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
