@@ -109,21 +109,29 @@ class OrtBackend:
         self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         types = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32"}
         self.inputs = {i.name: types.get(i.type, "float32") for i in self.session.get_inputs()}
-        self.shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        # inputs beyond ids and mask: a causal LM's KV-cache step (position_ids, past key/values)
+        self.extra = {i.name: i.shape for i in self.session.get_inputs() if i.name not in ("input_ids", "attention_mask")}
+        self._extra_feeds: dict = {}
 
-    def run(self, feeds: dict, signature: str | None = None) -> list:
+    def _fill(self, batch: int, seq: int) -> dict:
+        """A prompt with an empty past, made once per shape (not inside the timed loop)."""
         import numpy as np
 
+        if (batch, seq) not in self._extra_feeds:
+            feeds = {}
+            for name, shape in self.extra.items():
+                if name == "position_ids":
+                    feeds[name] = np.arange(seq, dtype=np.int64)[None].repeat(batch, 0)
+                else:
+                    dims = [d if isinstance(d, int) else (batch if i == 0 else 0) for i, d in enumerate(shape)]
+                    feeds[name] = np.zeros(dims, self.inputs[name])
+            self._extra_feeds[(batch, seq)] = feeds
+        return self._extra_feeds[(batch, seq)]
+
+    def run(self, feeds: dict, signature: str | None = None) -> list:
         feeds = {k: v.astype(self.inputs[k]) for k, v in feeds.items() if k in self.inputs}
-        batch, seq = feeds["input_ids"].shape
-        for name, shape in self.shapes.items():  # a causal LM's KV-cache step: a prompt with an empty past
-            if name in feeds:
-                continue
-            if name == "position_ids":
-                feeds[name] = np.arange(seq, dtype=np.int64)[None].repeat(batch, 0)
-            else:
-                dims = [d if isinstance(d, int) else (batch if i == 0 else 0) for i, d in enumerate(shape)]
-                feeds[name] = np.zeros(dims, self.inputs[name])
+        if self.extra:
+            feeds.update({k: v for k, v in self._fill(*feeds["input_ids"].shape).items() if k not in feeds})
         return self.session.run(None, feeds)
 
 
@@ -181,14 +189,14 @@ class TfliteBackend:
             self._runners[sig] = self.interpreter.get_signature_runner(sig)
         runner = self._runners[sig]
         if sig.startswith("prefill_") or sig == "decode":
-            # a causal LM's step: tokens, positions, then empty key/value buffers
-            details = runner.get_input_details()
-            args = {"args_0": np.ascontiguousarray(feeds["input_ids"], dtype=np.int32),
-                    "args_1": np.arange(seq, dtype=np.int32)}
-            for name, d in details.items():
-                if name not in args:
-                    args[name] = np.zeros(d["shape"], d["dtype"])
-            out = runner(**args)
+            # a causal LM's step: tokens, positions, then empty key/value buffers (made once per signature)
+            if ("buffers", sig) not in self._runners:
+                self._runners[("buffers", sig)] = {
+                    "args_1": np.arange(seq, dtype=np.int32),
+                    **{n: np.zeros(d["shape"], d["dtype"]) for n, d in runner.get_input_details().items()
+                       if n not in ("args_0", "args_1")}}
+            out = runner(args_0=np.ascontiguousarray(feeds["input_ids"], dtype=np.int32),
+                         **self._runners[("buffers", sig)])
             return [out["output_0"]]
         out = runner(**{k: np.ascontiguousarray(v, dtype=np.int32) for k, v in feeds.items()})
         return [out[k] for k in sorted(out)]
