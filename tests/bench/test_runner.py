@@ -11,20 +11,6 @@ from kd_edge import device_runner
 from kd_edge.bench import RUNNER_PATH
 from kd_edge.bench.targets.local import LocalTarget
 from kd_edge.errors import TargetError
-from kd_edge.export import EXPORTERS
-from kd_edge.tasks import TASKS
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_teacher, tmp_path_factory):
-    task = TASKS.get("sentence_embedding")()
-    module = task.export_module(task.load_model(tiny_teacher, eager=True), {"pooling": "mean", "normalize": True})
-    out = tmp_path_factory.mktemp("exported")
-    names = ("input_ids", "attention_mask")
-    EXPORTERS.get("onnx")().export(module, out / "m.onnx", input_names=names, output_name="e", opset=17)
-    EXPORTERS.get("tflite")().export(module, out / "m.tflite", input_names=names, output_name="e",
-                                     shapes=[(1, 16)], log_path=out / "log.txt")
-    return out
 
 
 def _run(*args):
@@ -32,9 +18,9 @@ def _run(*args):
     return p.returncode, json.loads(p.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name, runtime", [("m.onnx", "onnxruntime"), ("m.tflite", "tflite")])
-def test_runner_measures_every_phase(exported, name, runtime):
-    code, doc = _run(exported / name, "--runtime", runtime, "--batch", 1, "--seq", 16, "--threads", 1,
+@pytest.mark.parametrize("name, runtime", [("student.fp32.onnx", "onnxruntime"), ("student.fp32.tflite", "tflite")])
+def test_runner_measures_every_phase(files, name, runtime):
+    code, doc = _run(files / name, "--runtime", runtime, "--batch", 1, "--seq", 16, "--threads", 1,
                      "--warmup", 2, "--runs", 12, "--vocab-size", 90)
     assert code == 0, doc
     assert doc["schema"] == device_runner.SCHEMA and doc["runtime"] == runtime
@@ -44,7 +30,7 @@ def test_runner_measures_every_phase(exported, name, runtime):
     assert lat["p50_ci95_ms"][0] <= lat["p50_ms"] <= lat["p50_ci95_ms"][1]
     mem = doc["memory"]
     assert 0 < mem["after_import_mb"] <= mem["after_load_mb"] <= mem["after_runs_mb"] == doc["peak_rss_mb"]
-    assert doc["load_ms"] > 0 and doc["file_size_bytes"] == (exported / name).stat().st_size
+    assert doc["load_ms"] > 0 and doc["file_size_bytes"] == (files / name).stat().st_size
     assert doc["environment"]["cpu_count"] >= 1 and doc["environment"]["threads"] == 1
 
 
@@ -55,8 +41,8 @@ def test_runner_reports_unloadable_file(tmp_path):
     assert code == 3 and doc["phase"] == "load" and "onnxruntime cannot load" in doc["error"]
 
 
-def test_runner_names_available_tflite_signatures(exported):
-    code, doc = _run(exported / "m.tflite", "--runtime", "tflite", "--batch", 1, "--seq", 128, "--runs", 5)
+def test_runner_names_available_tflite_signatures(files):
+    code, doc = _run(files / "student.fp32.tflite", "--runtime", "tflite", "--batch", 1, "--seq", 128, "--runs", 5)
     assert code == 3 and "no signature for batch 1 x sequence 128" in doc["error"] and "b1_s16" in doc["error"]
 
 
@@ -67,9 +53,9 @@ def test_local_target_turns_runner_failure_into_target_error(tmp_path):
         LocalTarget().run(RUNNER_PATH, bad, ["--runtime", "onnxruntime", "--runs", "5"], threads=1, timeout_s=120)
 
 
-def test_local_target_timeout(exported):
+def test_local_target_timeout(files):
     with pytest.raises(TargetError, match="took longer than 0.3 s"):
-        LocalTarget().run(RUNNER_PATH, exported / "m.onnx", ["--runtime", "onnxruntime", "--runs", "100000", "--vocab-size", "90", "--seq", "16"],
+        LocalTarget().run(RUNNER_PATH, files / "student.fp32.onnx", ["--runtime", "onnxruntime", "--runs", "100000", "--vocab-size", "90", "--seq", "16"],
                           threads=1, timeout_s=0.3)
 
 
