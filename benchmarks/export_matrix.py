@@ -28,8 +28,10 @@ DECODER = [("onnx", p) for p in ("fp32", "fp16", "int8", "int4")] + \
           [("tflite", p) for p in ("fp32", "fp16", "int8", "int8-weights")]
 
 
-def matrix(run: Path, seq: int, runs: int) -> tuple[dict, float]:
+def matrix(run: Path, seq: int, runs: int, fresh: bool) -> tuple[dict, float]:
     copy = run.with_name(f"{run.name}--matrix")
+    if fresh and copy.exists():
+        shutil.rmtree(copy)
     if not copy.exists():
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock", "checkpoints"))
     task = json.loads((run / "report.json").read_text())["task"]
@@ -49,13 +51,15 @@ def matrix(run: Path, seq: int, runs: int) -> tuple[dict, float]:
     return json.loads((copy / "report.json").read_text()), time.perf_counter() - t0
 
 
-def table(report: dict) -> str:
+def table(report: dict, run_dir: Path) -> str:
     metric = report["quality_metric"]
     rows = report["rows"]
     student = next(r for r in rows if r["name"] == "student")
     params = student["params"]
-    lines = [f"| model | format | precision | size MB | bytes / param | max \\|Δ\\| | {metric} | Δ vs student "
-             "| p50 ms | speed-up vs teacher | verdict |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    own = json.loads((run_dir / "verify" / "student.json").read_text()).get("pytorch_fp32_max_abs_diff")
+    lines = [f"| model | format | precision | size MB | bytes / param | max \\|Δ\\| | vs PyTorch fp32 | {metric} "
+             "| Δ vs student | p50 ms | speed-up vs teacher | verdict |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r["kind"] == "artifact" and r.get(metric) is not None and student.get(metric) is not None:
             delta = r[metric] - student[metric]
@@ -65,6 +69,9 @@ def table(report: dict) -> str:
         value = r.get(metric)
         value_s = "" if value is None else (f"{value:.1f}" if metric == "perplexity" else f"{value * 100:.2f} %")
         diff = f"{r['max_abs_diff']:.1e}" if r.get("max_abs_diff") is not None else "—"
+        if r["name"] == "student" and own is not None:
+            diff = f"{own:.1e}"  # PyTorch's own fp32 rounding
+        vs32 = f"{r['max_abs_diff_vs_pytorch_fp32']:.1e}" if r.get("max_abs_diff_vs_pytorch_fp32") is not None else "—"
         p50 = f"{r['latency_p50_ms']:.2f}" if r.get("latency_p50_ms") else "—"
         speed = f"{r['speedup_p50']:.2f}×" if r.get("speedup_p50") else "—"
         verdict = "" if r.get("parity_passed") is None else ("pass" if r["parity_passed"] else "FAIL")
@@ -78,7 +85,7 @@ def table(report: dict) -> str:
             verdict += " (" + "; ".join(extra) + ")"
         size = r.get("file_size_mb") or 0
         lines.append(f"| {r['name']} | {r['format']} | {r['precision']} | {size:.1f} | "
-                     f"{size * 1e6 / (r.get('params') or params):.2f} | {diff} | {value_s} | {delta_s} | {p50} | {speed} | {verdict} |")
+                     f"{size * 1e6 / (r.get('params') or params):.2f} | {diff} | {vs32} | {value_s} | {delta_s} | {p50} | {speed} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -89,15 +96,17 @@ def main() -> None:
     p.add_argument("--bench-runs", type=int, default=100)
     p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     p.add_argument("--tables-only", action="store_true", help="print the tables of the <run>--matrix copies as they are")
+    p.add_argument("--fresh", action="store_true", help="copy each run again, replacing an older <run>--matrix")
     args = p.parse_args()
     parts = []
     for run in args.runs:
         if args.tables_only:
             report = json.loads((run.with_name(f"{run.name}--matrix") / "report.json").read_text())
-            text = f"**{report['name']}** ({report['task']})\n\n" + table(report)
+            text = f"**{report['name']}** ({report['task']})\n\n" + table(report, run.with_name(f"{run.name}--matrix"))
         else:
-            report, seconds = matrix(run, args.seq, args.bench_runs)
-            text = f"**{report['name']}** ({report['task']}; export + verify + bench took {seconds:.0f} s)\n\n" + table(report)
+            report, seconds = matrix(run, args.seq, args.bench_runs, args.fresh)
+            text = (f"**{report['name']}** ({report['task']}; the copy's run took {seconds:.0f} s)\n\n"
+                    + table(report, run.with_name(f"{run.name}--matrix")))
         print(text + "\n", flush=True)
         parts.append(text)
     if args.write:

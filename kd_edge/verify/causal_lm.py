@@ -3,7 +3,8 @@
 An exported LM is one decoding step with a KV cache (see ``CausalLMKVModule``). Here it is driven the
 way a device drives it: the prompt with an empty past, then one token at a time with the presents
 fed back. Each file is compared with the PyTorch student on held-out texts (max/mean |Δ| of the
-logits, perplexity, top-1 agreement) and on greedy generation from prompts cut from held-out texts
+logits against the student in float64, both as a prompt and one token at a time over the cache;
+perplexity, top-1 agreement) and on greedy generation from prompts cut from held-out texts
 (the same tokens, and tokens per second for both).
 """
 
@@ -19,11 +20,13 @@ import numpy as np
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.errors import ExportError
 from kd_edge.runfiles import CacheReader
+from kd_edge.verify.reference import REFERENCE, in_float64
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 5, 8, 32
+DECODE_TEXTS = 20  # texts whose second half is also run through the one-token decode step
 
 
 class OrtDecoder:
@@ -52,6 +55,16 @@ class OrtDecoder:
     def logits_of(self, ids: np.ndarray) -> np.ndarray:
         """Logits [T, V] of one text, run as a prompt."""
         return self.step(ids[None], None, 0)[0][0]
+
+    def decode_logits(self, ids: np.ndarray, start: int) -> np.ndarray:
+        """Logits [len - start, V] of positions start.. of one text, each from a one-token step fed
+        the keys and values of everything before it (the prompt ``ids[:start]`` run first)."""
+        _, past = self.step(ids[None, :start], None, 0)
+        rows = []
+        for pos in range(start, len(ids)):
+            logits, past = self.step(ids[None, pos:pos + 1], past, pos)
+            rows.append(logits[0, -1])
+        return np.stack(rows)
 
     def greedy(self, prompt: list[int], n: int) -> list[int]:
         logits, past = self.step(np.asarray([prompt]), None, 0)
@@ -88,18 +101,34 @@ class TfliteDecoder:
         return out["output_0"], [out[f"output_{1 + i}"] for i in range(self.n_buffers)]
 
     def _prefill(self, ids: np.ndarray):
-        fit = [b for b in self.prefill if b[0] >= len(ids)]
-        if not fit:
-            raise ExportError(f"a text has {len(ids)} tokens, longer than every prefill signature "
-                              f"({', '.join(n for _, n in self.prefill)}); add a longer [1, T] to export.tflite_shapes")
-        length, name = fit[0]
+        name = self.prefill_name(len(ids))
+        length = dict((n, t) for t, n in self.prefill)[name]
         tokens = np.zeros((1, length), np.int64)
         tokens[0, :len(ids)] = ids
         kv = [np.zeros(self.shape, np.float32) for _ in range(self.n_buffers)]
         return self._run(name, tokens, np.arange(length), kv)
 
+    def prefill_name(self, n: int) -> str:
+        """The prefill signature a prompt of ``n`` tokens runs through."""
+        fit = [name for length, name in self.prefill if length >= n]
+        if not fit:
+            raise ExportError(f"a text has {n} tokens, longer than every prefill signature "
+                              f"({', '.join(name for _, name in self.prefill)}); add a longer [1, T] to export.tflite_shapes")
+        return fit[0]
+
     def logits_of(self, ids: np.ndarray) -> np.ndarray:
         return self._prefill(ids)[0][0, :len(ids)]
+
+    def decode_logits(self, ids: np.ndarray, start: int) -> np.ndarray:
+        """Logits [len - start, V] of positions start.. through ``decode``, after a prefill of ``ids[:start]``."""
+        _, kv = self._prefill(ids[:start])
+        rows = []
+        for pos in range(start, len(ids)):
+            if pos >= self.size:
+                break
+            out, kv = self._run("decode", ids[None, pos:pos + 1], np.asarray([pos]), kv)
+            rows.append(out[0, -1])
+        return np.stack(rows)
 
     def greedy(self, prompt: list[int], n: int) -> list[int]:
         logits, kv = self._prefill(np.asarray(prompt))
@@ -174,30 +203,46 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             nll, n, pred = _nll(z, t)
             student_nll, tokens = student_nll + nll, tokens + n
             student_pred.append(pred)
+    with in_float64(model):
+        exact = [model(input_ids=torch.from_numpy(t)[None], use_cache=False).logits[0].numpy() for t in texts]
+    decode_texts = [i for i, t in enumerate(texts) if len(t) >= 4][:DECODE_TEXTS]
     t0 = time.perf_counter()
     torch_tokens = [torch_greedy(model, p, NEW_TOKENS) for p in prompts]
     torch_tps = len(prompts) * NEW_TOKENS / (time.perf_counter() - t0)
     student = {"perplexity": math.exp(student_nll / tokens), "generation_tokens_per_s": torch_tps,
-               "n_texts": len(texts), "n_tokens": tokens}
+               "n_texts": len(texts), "n_tokens": tokens, "reference": REFERENCE,
+               "pytorch_fp32_max_abs_diff": max(float(np.abs(r - e).max()) for r, e in zip(reference, exact))}
     with atomic_dir(ctx.run_dir / "verify") as out:
         for sidecar in sorted((ctx.run_dir / "artifacts").glob("*.json")):
             info = read_json(sidecar)
             dec = decoder(ctx.run_dir / "artifacts" / info["name"], info, recipe.bench.threads)
-            max_diff, sum_diff, count, nll_sum, agree = 0.0, 0.0, 0, 0.0, 0
-            for t, ref, pred in zip(texts, reference, student_pred):
+            tflite = isinstance(dec, TfliteDecoder)
+            worst: dict[str, float] = {}  # max |Δ| by the signature (TFLite) or step kind (ONNX) that gave it
+            sum_diff, count, vs_fp32, nll_sum, agree = 0.0, 0, 0.0, 0.0, 0
+            for t, ref, ex, pred in zip(texts, reference, exact, student_pred):
                 z = dec.logits_of(t)
-                diff = np.abs(z - ref)
-                max_diff, sum_diff, count = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), count + diff.size
+                diff = np.abs(z - ex)
+                key = dec.prefill_name(len(t)) if tflite else "prompt"
+                worst[key] = max(worst.get(key, 0.0), float(diff.max()))
+                sum_diff, count = sum_diff + float(diff.sum()), count + diff.size
+                vs_fp32 = max(vs_fp32, float(np.abs(z - ref).max()))
                 nll, _, p = _nll(z, t)
                 nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
+            for i in decode_texts:  # the one-token step over the cache, on the second half of a text
+                start = len(texts[i]) // 2
+                z = dec.decode_logits(texts[i], start)
+                worst["decode"] = max(worst.get("decode", 0.0), float(np.abs(z - exact[i][start:start + len(z)]).max()))
+                vs_fp32 = max(vs_fp32, float(np.abs(z - reference[i][start:start + len(z)]).max()))
             t0 = time.perf_counter()
             file_tokens = [dec.greedy(p, NEW_TOKENS) for p in prompts]
             file_tps = len(prompts) * NEW_TOKENS / (time.perf_counter() - t0)
             same = [a == b for a, b in zip(file_tokens, torch_tokens)]
             record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
-                      "runtime": info["runtime"], "n_examples": len(texts), "max_abs_diff": max_diff,
-                      "mean_abs_diff": sum_diff / count, "perplexity": math.exp(nll_sum / tokens),
-                      "agreement_with_student": agree / tokens,
+                      "runtime": info["runtime"], "n_examples": len(texts), "max_abs_diff": max(worst.values()),
+                      "mean_abs_diff": sum_diff / count, "decode_max_abs_diff": worst.get("decode"),
+                      "decode_texts": len(decode_texts), "max_abs_diff_vs_pytorch_fp32": vs_fp32,
+                      **({"signature_max_abs_diff": worst} if tflite else {}),
+                      "perplexity": math.exp(nll_sum / tokens), "agreement_with_student": agree / tokens,
                       "greedy_prompts": len(prompts), "greedy_new_tokens": NEW_TOKENS,
                       "greedy_same_as_pytorch": sum(same),
                       "greedy_tokens_matching": sum(sum(x == y for x, y in zip(a, b))

@@ -1,7 +1,7 @@
 """The ``verify`` stage: prove each exported file equal to the PyTorch student.
 
 For every artifact, on the held-out split and through the artifact's own runtime: max and mean |Δ|
-against the student's embeddings, the task metrics (with the probe fitted on the PyTorch student, as
+against the student's outputs computed in float64 (verify/reference.py), the task metrics (with the probe fitted on the PyTorch student, as
 deployed), agreement with the student's predictions, and a pass/fail verdict by precision.
 """
 
@@ -21,6 +21,7 @@ from kd_edge.export.capture import captured
 from kd_edge.runfiles import CacheReader, need
 from kd_edge.tasks.embedding_metrics import embedding_metrics, probe_predict
 from kd_edge.tasks.logit_metrics import classification_metrics
+from kd_edge.verify.reference import exact_outputs, fp32_reason
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -90,8 +91,7 @@ def verdict(info: dict, record: dict, student: dict, metric: str, cfg) -> tuple[
     """Pass/fail of one artifact, and why: fp32 by max |Δ|, lower precisions (fp16, int8) by the drop
     of the task metric against the PyTorch student (or, without labels, by agreement with it)."""
     if info["precision"] == "fp32":
-        ok = record["max_abs_diff"] <= cfg.fp32_max_abs_diff
-        return ok, f"max |Δ| {record['max_abs_diff']:.2e} {'≤' if ok else '>'} {cfg.fp32_max_abs_diff:.0e}"
+        return fp32_reason(record["max_abs_diff"], cfg.fp32_max_abs_diff, student.get("pytorch_fp32_max_abs_diff"))
     if metric in record and metric in student:
         drop = metric_drop(student, record, metric)
         ok = drop <= cfg.int8_max_metric_drop
@@ -132,10 +132,11 @@ def _agreement(task_name: str, outputs: np.ndarray, reference: np.ndarray, label
 class Checker:
     """Measures exported files against the PyTorch student on one split of the run's data.
 
-    ``reference`` is what the artifact is compared with: by default the PyTorch student's outputs on
-    the test split (eval/student_test.npy); export passes the fp32 file's outputs on training texts
-    when it decides whether an int8 file needs the float fallback, so that no choice is made on the
-    test split."""
+    ``reference`` is what predictions and task metrics are compared with: by default the PyTorch
+    student's outputs on the test split (eval/student_test.npy); export passes the fp32 file's outputs
+    on training texts when it decides whether an int8 file needs the float fallback, so that no choice
+    is made on the test split. On the test split |Δ| is measured against ``exact``, the student
+    computed in float64 (see verify/reference.py)."""
 
     def __init__(self, recipe: "Recipe", run_dir: Path, split: str = "test", limit: int | None = None):
         self.run_dir, self.task_name = run_dir, recipe.task
@@ -151,8 +152,21 @@ class Checker:
         evaluation = read_json(run_dir / "eval" / "metrics.json")
         self.metric, self.knn_k = evaluation["quality_metric"], evaluation["knn_k"]
         self.threads, self.pad_id, self.cfg = recipe.bench.threads, cache.meta["pad_id"], recipe.verify
+        self.exact: np.ndarray | None = None
         if split == "test":
             self.use_reference(np.load(need(run_dir / "eval" / "student_test.npy", "run the evaluate stage first"))[:n])
+            self.exact = self._exact(recipe)
+            self.student["pytorch_fp32_max_abs_diff"] = float(np.abs(self.reference - self.exact).max())
+
+    def _exact(self, recipe: "Recipe") -> np.ndarray:
+        from kd_edge.runfiles import student_meta
+        from kd_edge.tasks import TASKS
+        from kd_edge.tasks.base import ModelSource
+
+        task = TASKS.get(recipe.task)()
+        folder = self.run_dir / "student"
+        module = task.export_module(task.load_model(ModelSource(folder)), student_meta(folder))
+        return exact_outputs(module, self.ids)
 
     def use_reference(self, reference: np.ndarray) -> None:
         """Compare artifacts with these outputs (one row per text of the split)."""
@@ -169,15 +183,18 @@ class Checker:
     def measure(self, path: Path, info: dict) -> dict:
         """|Δ| against the reference, task metrics, agreement, and the verdict."""
         outputs = self.outputs(path, info)
-        diff = np.abs(outputs - self.reference)
+        exact = self.reference if self.exact is None else self.exact
+        diff = np.abs(outputs - exact)
         record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
                   "runtime": info["runtime"], "n_examples": len(self.ids),
                   "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                  **({} if self.exact is None else
+                     {"max_abs_diff_vs_pytorch_fp32": float(np.abs(outputs - self.reference).max())}),
                   "agreement_with_student": _agreement(self.task_name, outputs, self.reference, self.labels, self.probe),
                   **_metrics(self.task_name, outputs, self.teacher, self.labels, self.probe, self.knn_k)}
         if info["runtime"] == "tflite" and len(info.get("signatures", [])) > 1:
             record["signature_max_abs_diff"] = signature_diffs(
-                path, self.ids, self.pad_id, self.threads, info["signatures"], self.reference,
+                path, self.ids, self.pad_id, self.threads, info["signatures"], exact,
                 self.run_dir / "logs" / "verify-tflite.log")
             record["max_abs_diff"] = max(record["max_abs_diff"], *record["signature_max_abs_diff"].values())
         record["passed"], record["reason"] = verdict(info, record, self.student, self.metric, self.cfg)

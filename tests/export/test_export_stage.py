@@ -115,10 +115,13 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
     assert [i["name"] for i in side["inputs"]][:3] == ["input_ids", "attention_mask", "position_ids"]
     fp32 = read_json(out / "verify" / "student.fp32.onnx.json")
     assert fp32["max_abs_diff"] <= 1e-4 and fp32["passed"], fp32
+    assert "from the student in float64" in fp32["reason"]
+    assert fp32["decode_texts"] > 0 and fp32["decode_max_abs_diff"] <= fp32["max_abs_diff"]  # the one-token step too
     assert fp32["greedy_prompts"] == 5 and fp32["greedy_new_tokens"] == 32
     assert fp32["greedy_same_as_pytorch"] == 5, fp32
     assert fp32["generation_tokens_per_s"] > 0 and fp32["pytorch_generation_tokens_per_s"] > 0
     student = read_json(out / "verify" / "student.json")
+    assert 0 < student["pytorch_fp32_max_abs_diff"] < 1e-4  # PyTorch's own fp32 error, shown for scale
     assert fp32["perplexity"] == pytest.approx(student["perplexity"], rel=1e-4)
     int8 = read_json(out / "verify" / "student.int8.onnx.json")
     assert int8["perplexity"] > 1 and "perplexity" in int8["reason"]
@@ -128,6 +131,8 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
     assert tfl_side["kv_cache"]["size"] == 80
     tfl = read_json(out / "verify" / "student.fp32.tflite.json")
     assert tfl["max_abs_diff"] <= 1e-4 and tfl["passed"], tfl
+    assert set(tfl["signature_max_abs_diff"]) >= {"prefill_16", "decode"}  # every signature used is measured
+    assert tfl["max_abs_diff"] == max(tfl["signature_max_abs_diff"].values())
     assert tfl["greedy_same_as_pytorch"] == 5, tfl
     assert tfl["perplexity"] == pytest.approx(student["perplexity"], rel=1e-4)
     rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["rows"]}

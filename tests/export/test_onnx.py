@@ -99,3 +99,20 @@ def test_tied_embeddings_are_stored_once_and_the_kv_step_matches(tmp_path):
     with torch.no_grad():
         ref = model(ids).logits.numpy()
     np.testing.assert_allclose(sess.run(None, feeds)[0], ref, atol=1e-4)
+
+
+def test_the_exact_reference_is_float64_and_leaves_the_model_as_it_was(module):
+    from kd_edge.data.packed import Packed
+    from kd_edge.verify.reference import exact_outputs
+
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    rows = [np.arange(5, 5 + n) for n in (4, 9, 17)]
+    ids = Packed(np.concatenate(rows), np.cumsum([0] + [len(r) for r in rows]))
+    exact = exact_outputs(module, ids)
+    assert exact.dtype == np.float64 and exact.shape == (3, 32)
+    with torch.no_grad():
+        fp32 = np.concatenate([module(torch.as_tensor(r)[None], torch.ones(1, len(r), dtype=torch.int64)).numpy()
+                               for r in rows])
+    assert 0 < np.abs(fp32 - exact).max() < 1e-5  # fp32 rounding, not another function
+    after = module.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
