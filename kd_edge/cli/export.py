@@ -50,8 +50,8 @@ def export_command(
         "int4 (onnx), int8-weights (tflite).", show_default="fp32,int8")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model folder: where the files go.",
                                                 show_default="exports/<model folder name>")] = None,
-    task: Annotated[Optional[str], typer.Option(help="Model folder: sentence_embedding or sequence_classification "
-                                                     "(default: from config.json).", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option(help="Model folder: sentence_embedding, sequence_classification or "
+                                                     "causal_lm (default: from config.json).", show_default=False)] = None,
     shapes: Annotated[Optional[str], typer.Option(help="TFLite signatures, BATCHxSEQUENCE comma separated.",
                                                   show_default="1x128")] = None,
     texts: Annotated[Optional[Path], typer.Option(
@@ -66,7 +66,10 @@ def export_command(
 
     On a run folder: re-export the run's student as its recipe says (--set export.* to change it),
     then verify. On any model folder: write each format x precision into --out with a JSON sidecar,
-    check each on 200 real sentences (max/mean |Δ|, same predictions) and print a verdict table.
+    check each on 200 real sentences (max/mean |Δ| against the model in float64, same predictions)
+    and print a verdict table. A causal LM is exported with its KV cache (ONNX) or as prefill_<T> +
+    decode signatures (TFLite, --shapes 1xT), and each file also generates 32 greedy tokens on 5
+    prompts to compare with PyTorch's.
 
     Examples:
 
@@ -75,6 +78,8 @@ def export_command(
       kd-edge export path/to/my-bert --format onnx,tflite --precision fp32,fp16,int8
 
       kd-edge export path/to/my-classifier --precision int8-static --texts calib.jsonl
+
+      kd-edge export path/to/my-llama --format onnx,tflite --precision fp32,int8 --shapes 1x64
     """
     from kd_edge.errors import ConfigError
 
@@ -132,8 +137,8 @@ def quantize_command(
     tokenizer: Annotated[Optional[Path], typer.Option(help="The model folder whose tokenizer reads --calibration.",
                                                       show_default=False)] = None,
     keep_float: Annotated[int, typer.Option(
-        help="ONNX int8: keep nodes in float. 1: first and last layers and the head; 2: also LayerNorm, GELU, "
-        "Softmax, residual Add.", min=0, max=2)] = 0,
+        help="ONNX int8: keep nodes in float. 1: the attention MatMuls of two computed tensors (every weight "
+        "stays int8; changes static int8 only); 2: also the first and last layers and the head.", min=0, max=2)] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Make a smaller precision of an exported file and check it against the original.

@@ -57,8 +57,8 @@ class ExportConfig(BaseModel):
     calibration_size: int = Field(200, gt=0, description="int8-static: training texts used to calibrate activations.")
     int8_fallback: bool = Field(
         True, description="When an int8 file drops the task metric by more than verify.int8_max_metric_drop, "
-        "quantize again keeping sensitive nodes in float (first and last layers, then LayerNorm, GELU, "
-        "residual Add, Softmax) and record which.")
+        "quantize again keeping sensitive nodes in float, cheapest first (static int8: the attention MatMuls; "
+        "then the first and last layers and the head; TFLite: weight-only) and record which.")
     kv_cache_size: int = Field(256, gt=1, description="Causal LMs in TFLite: positions in the fixed key/value "
                                "buffers (prompt + generated tokens).")
     tflite_shapes: list[tuple[int, int]] = Field(

@@ -229,7 +229,8 @@ def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fall
         return {**extra, "int8_check": {"metric": metric, "texts": "train", "tried": tried},
                 "fallback": {"engaged": True, "level": 1, "kept_in_float": "every activation and all compute "
                              "(int8 weights only)", "nodes": [], "within_budget": drop <= budget}}
-    for level in (1, 2):
+    # Dynamic int8 leaves MatMuls of two computed tensors (level 1) in float already.
+    for level in (1, 2) if spec.precision == "int8-static" else (2,):
         exclude = sensitive_nodes(src, level)
         onnx_files.remove(path)
         extra = quantize(src, path, **{**kw, "exclude": exclude})
@@ -237,8 +238,8 @@ def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fall
         tried.append({"nodes_in_float": len(exclude), "drop": round(drop, 5)})
         if drop <= budget:
             break
-    kinds = "first and last layers and the output head" + (
-        "; LayerNorm, GELU (Erf), Softmax and residual Add everywhere" if level == 2 else "")
+    kinds = "attention MatMuls (of two computed tensors) everywhere" + (
+        "; first and last layers and the output head (their weights too)" if level == 2 else "")
     return {**extra, "int8_check": {"metric": metric, "texts": "train", "tried": tried},
             "fallback": {"engaged": True, "level": level, "kept_in_float": kinds, "nodes": exclude,
                          "within_budget": drop <= budget}}

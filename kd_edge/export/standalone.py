@@ -2,7 +2,9 @@
 
 ``kd-edge export MODEL_DIR`` writes the same files (and sidecars) as a run's export stage, then checks
 each against the PyTorch model on real sentences (the bundled VADER test texts, or ``--texts``):
-max and mean |Δ| (against the model computed in float64, see verify/reference.py), agreement (same class, or embedding cosine > 0.99) and a verdict by precision.
+max and mean |Δ| (against the model computed in float64, see verify/reference.py), agreement (same
+class, or embedding cosine > 0.99) and a verdict by precision. A causal LM gets the verify stage's
+checks: logits as a prompt and token by token over its cache, perplexity, greedy generation.
 ``kd-edge quantize FILE`` makes one precision of an exported file and checks it against that file.
 Nothing in the output folder is replaced unless ``--force`` is given.
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from kd_edge.artifacts import atomic_dir, write_json
 from kd_edge.data.packed import Packed
-from kd_edge.errors import ArtifactError, ConfigError, ExportError, QuantizeError
+from kd_edge.errors import ArtifactError, ConfigError, QuantizeError
 from kd_edge.verify.reference import REFERENCE, exact_outputs, fp32_reason
 
 TEXTS = 200  # sentences to verify on
@@ -107,8 +109,6 @@ def compare(task: str, got: np.ndarray, ref: np.ndarray, precision: str, fp32_to
 def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None, texts: Path | None = None,
                      max_length: int = 128, force: bool = False, trust_remote_code: bool = False) -> list[dict]:
     """Export ``model_dir`` to every ``cfg.artifacts`` file in ``out`` and check each; return the records."""
-    import torch
-
     from kd_edge.export.run import make_artifacts
     from kd_edge.tasks import TASKS
     from kd_edge.tasks.base import ModelSource
@@ -122,48 +122,94 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
         raise ArtifactError(f"'{out}' already holds files; pass --force to replace them or another --out")
     config = json.loads(config_path.read_text())
     task = task or detect_task(config)
+    max_length = min(max_length, config.get("max_position_embeddings") or max_length)
     if task == "causal_lm":
-        raise ExportError("exporting causal LMs (ONNX with a KV cache, TFLite prefill/decode) is not built yet")
+        cfg = _lm_export_config(cfg)
+        if any(a.format == "tflite" for a in cfg.artifacts):  # every text must fit a prefill signature
+            max_length = min(max_length, max(s for _, s in cfg.tflite_shapes))
     adapter = TASKS.get(task)()
     pooling, normalize = sentence_transformers_pooling(model_dir)
     meta = {"pooling": pooling or "mean", "normalize": bool(normalize) if normalize is not None else True}
-    model = adapter.load_model(ModelSource(model_dir, trust_remote_code=trust_remote_code), eager=True)
+    model = adapter.load_model(ModelSource(model_dir, trust_remote_code=trust_remote_code), eager=True).eval()
     module = adapter.export_module(model, meta)
-    ids = tokenize(model_dir, read_texts(texts), min(max_length, config.get("max_position_embeddings") or max_length))
-    pad_id = config.get("pad_token_id") or 0
+    ids = tokenize(model_dir, read_texts(texts), max_length)
     calibration = lambda: [{"input_ids": np.asarray(ids[i])[None], "attention_mask": np.ones((1, len(ids[i])), np.int64)}  # noqa: E731
                            for i in range(min(len(ids), cfg.calibration_size))]
     common = {"task": task, "params": sum(p.numel() for p in model.parameters()), "source": str(model_dir),
               **({"pooling": meta["pooling"], "normalize": meta["normalize"]} if task == "sentence_embedding" else {})}
+    check, pytorch_fp32 = _lm_checker(model, ids) if task == "causal_lm" else _encoder_checker(task, module, ids, config)
+    records = []
+    with atomic_dir(out) as tmp:
+        sidecars = make_artifacts(module, config, cfg, tmp, input_names=adapter.input_names,
+                                  output_name=adapter.output_name, common=common, logs=tmp / "logs",
+                                  fp32_tolerance=1e-4, calibration=calibration)
+        for side in sidecars:
+            records.append({"name": side["name"], "format": side["format"], "precision": side["precision"],
+                            "runtime": side["runtime"], "size_mb": side["size_bytes"] / 1e6,
+                            **check(tmp / side["name"], side, tmp / "logs")})
+        write_json(tmp / "verify.json", {"model": str(model_dir), "task": task, "reference": REFERENCE,
+                                         "pytorch_fp32_max_abs_diff": pytorch_fp32, "artifacts": records})
+    return records
+
+
+def _lm_export_config(cfg):
+    """The export settings a causal LM can take, or a one-line error."""
+    if any(a.precision == "int8-static" for a in cfg.artifacts):
+        raise ConfigError("--precision int8-static is for encoders; a causal LM takes fp32, fp16, int8 or int4 (onnx)")
+    longest = max(s for _, s in cfg.tflite_shapes)
+    if any(a.format == "tflite" for a in cfg.artifacts):
+        if any(b != 1 for b, _ in cfg.tflite_shapes):
+            raise ConfigError("--shapes: a causal LM's TFLite file takes batch 1 (1xT, one prefill signature per "
+                              "length T)")
+        if longest >= cfg.kv_cache_size:  # room to generate after the longest prompt
+            cfg = cfg.model_copy(update={"kv_cache_size": 2 * longest})
+    return cfg
+
+
+def _encoder_checker(task: str, module, ids: Packed, config: dict):
+    """A function (file, sidecar, logs) -> record for an encoder (outputs on every text against the
+    model in float64, every TFLite signature too; agreement; verdict), and PyTorch's own fp32 |Δ|."""
+    import torch
+
+    from kd_edge.verify.run import signature_diffs
+
+    pad_id = config.get("pad_token_id") or 0
     with torch.no_grad():
         fp32 = np.concatenate([module(torch.as_tensor(np.asarray(ids[i])[None]),
                                       torch.ones((1, len(ids[i])), dtype=torch.int64)).numpy() for i in range(len(ids))])
     ref = exact_outputs(module, ids)
     pytorch_fp32 = float(np.abs(fp32 - ref).max())
-    records = []
-    with atomic_dir(out) as tmp:
-        logs = tmp / "logs"
-        sidecars = make_artifacts(module, config, cfg, tmp, input_names=adapter.input_names,
-                                  output_name=adapter.output_name, common=common, logs=logs,
-                                  fp32_tolerance=1e-4, calibration=calibration)
-        for side in sidecars:
-            got = _outputs(tmp / side["name"], side, ids, pad_id, logs / "verify-tflite.log")
-            sig = {}
-            if side["runtime"] == "tflite" and len(side["signatures"]) > 1:  # every signature, batched ones too
-                from kd_edge.verify.run import signature_diffs
 
-                sig = signature_diffs(tmp / side["name"], ids, pad_id, None, side["signatures"], ref,
-                                      logs / "verify-tflite.log")
-            record = {"name": side["name"], "format": side["format"], "precision": side["precision"],
-                      "runtime": side["runtime"], "size_mb": side["size_bytes"] / 1e6, "n_texts": len(ids),
-                      **compare(task, got, ref, side["precision"], 1e-4, worst_signature=max(sig.values(), default=0.0),
-                                 pytorch_fp32=pytorch_fp32)}
-            if sig:
-                record["signature_max_abs_diff"] = sig
-            records.append(record)
-        write_json(tmp / "verify.json", {"model": str(model_dir), "task": task, "reference": REFERENCE,
-                                         "pytorch_fp32_max_abs_diff": pytorch_fp32, "artifacts": records})
-    return records
+    def check(path: Path, side: dict, logs: Path) -> dict:
+        got = _outputs(path, side, ids, pad_id, logs / "verify-tflite.log")
+        sig = {}
+        if side["runtime"] == "tflite" and len(side["signatures"]) > 1:  # every signature, batched ones too
+            sig = signature_diffs(path, ids, pad_id, None, side["signatures"], ref, logs / "verify-tflite.log")
+        record = {"n_texts": len(ids), **compare(task, got, ref, side["precision"], 1e-4,
+                                                 worst_signature=max(sig.values(), default=0.0),
+                                                 pytorch_fp32=pytorch_fp32)}
+        return {**record, "signature_max_abs_diff": sig} if sig else record
+
+    return check, pytorch_fp32
+
+
+def _lm_checker(model, ids: Packed):
+    """A function (file, sidecar, logs) -> record for a causal LM (the verify stage's checks: logits
+    |Δ| as a prompt and token by token, perplexity, greedy generation; verdict by its defaults), and
+    PyTorch's own fp32 |Δ|."""
+    from kd_edge.verify.causal_lm import LMChecker
+    from kd_edge.verify.config import VerifyConfig
+
+    texts = [np.asarray(ids[i], np.int64) for i in range(len(ids)) if len(ids[i]) > 1]
+    checker, cfg = LMChecker(model, texts), VerifyConfig()
+    skip = ("name", "format", "precision", "runtime")
+
+    def check(path: Path, side: dict, logs: Path) -> dict:
+        record = checker.measure(path, side, cfg)
+        return {"n_texts": len(texts), "model_perplexity": checker.student["perplexity"],
+                **{k: v for k, v in record.items() if k not in skip}}
+
+    return check, checker.student["pytorch_fp32_max_abs_diff"]
 
 
 QUANTIZE_PRECISIONS = {".onnx": ("fp16", "int8", "int8-static", "int4"), ".tflite": ("fp16", "int8", "int8-weights")}

@@ -18,7 +18,6 @@ from kd_edge.errors import QuantizeError
 from kd_edge.export import onnx_files
 
 # Node kinds kept in float at the second fallback level (the first keeps the first and last layers).
-SENSITIVE_OPS = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Div", "Erf", "Softmax", "Add")
 # Fused graphs (com.microsoft Attention, SkipLayerNormalization) defeat the quantizer's shape inference;
 # telling it that untyped tensors are float lets it quantize them (their MatMuls) anyway.
 _FUSED_OK = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
@@ -43,9 +42,13 @@ def _fail(what: str, src: Path, e: Exception) -> QuantizeError:
 
 
 def sensitive_nodes(path: Path, level: int) -> list[str]:
-    """Nodes to keep in float: level 1, every node of the first and the last transformer layer and
-    of the output head; level 2, also LayerNorm (or its decomposition), GELU's Erf, Softmax and the
-    residual Adds (Adds of two computed tensors)."""
+    """Nodes to keep in float, cheapest first. Level 1: the MatMuls of two computed tensors (attention
+    scores, and attention probabilities x values), which static int8 would quantize on both sides —
+    softmax outputs in uint8 are where it loses most — and which hold no weight, so the file stays
+    as small. Level 2: also every node of the first and the last transformer layer and of the output
+    head, whose weights then stay float (a larger file). The other operators (LayerNorm, GELU,
+    Softmax, Add) are float under every ONNX int8 here already: the quantizers only touch MatMul,
+    Gemm and Gather."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -57,11 +60,10 @@ def sensitive_nodes(path: Path, level: int) -> list[str]:
         m = _LAYER.search(node.name)
         in_edge = bool(m and int(m.group(1)) in edge)
         head = not m and any(k in node.name for k in ("classifier", "pooler", "lm_head", "score"))
-        if in_edge or head:
+        if level >= 2 and (in_edge or head):
             names.append(node.name)
-        elif level >= 2 and node.op_type in SENSITIVE_OPS:
-            if node.op_type != "Add" or not any(i in inits for i in node.input):
-                names.append(node.name)
+        elif node.op_type in ("MatMul", "Gemm") and not any(i in inits for i in node.input):
+            names.append(node.name)
     return names
 
 

@@ -179,84 +179,102 @@ def perplexity(dec, texts: list[np.ndarray]) -> float:
     return math.exp(nll / count)
 
 
+class LMChecker:
+    """Measures exported LM files against the PyTorch model on held-out texts (token ids, each at
+    least two tokens): logits |Δ| against the model in float64, as a prompt and one token at a time
+    over the cache; perplexity and top-1 agreement; greedy generation from ``N_PROMPTS`` prompts cut
+    from the texts. Shared by the verify stage and ``kd-edge export MODEL_DIR``."""
+
+    def __init__(self, model, texts: list[np.ndarray], threads: int | None = None):
+        import torch
+
+        self.texts, self.threads = texts, threads
+        self.prompts = [t[:PROMPT_TOKENS].tolist() for t in texts if len(t) > PROMPT_TOKENS][:N_PROMPTS]
+        self.reference, self.predictions, nll_sum, self.tokens = [], [], 0.0, 0
+        with torch.no_grad():
+            for t in texts:
+                z = model(input_ids=torch.from_numpy(t)[None], use_cache=False).logits[0].numpy()
+                self.reference.append(z)
+                nll, n, pred = _nll(z, t)
+                nll_sum, self.tokens = nll_sum + nll, self.tokens + n
+                self.predictions.append(pred)
+        with in_float64(model):
+            self.exact = [model(input_ids=torch.from_numpy(t)[None], use_cache=False).logits[0].numpy() for t in texts]
+        self.decode_texts = [i for i, t in enumerate(texts) if len(t) >= 4][:DECODE_TEXTS]
+        t0 = time.perf_counter()
+        self.torch_tokens = [torch_greedy(model, p, NEW_TOKENS) for p in self.prompts]
+        torch_tps = len(self.prompts) * NEW_TOKENS / (time.perf_counter() - t0)
+        self.student = {"perplexity": math.exp(nll_sum / self.tokens), "generation_tokens_per_s": torch_tps,
+                        "n_texts": len(texts), "n_tokens": self.tokens, "reference": REFERENCE,
+                        "pytorch_fp32_max_abs_diff": max(float(np.abs(r - e).max())
+                                                         for r, e in zip(self.reference, self.exact))}
+
+    def measure(self, path: Path, info: dict, cfg) -> dict:
+        """The record of one file, with its verdict under ``cfg`` (a VerifyConfig)."""
+        from kd_edge.verify.run import metric_drop, verdict
+
+        dec = decoder(path, info, self.threads)
+        tflite = isinstance(dec, TfliteDecoder)
+        worst: dict[str, float] = {}  # max |Δ| by the signature (TFLite) or step kind (ONNX) that gave it
+        sum_diff, count, vs_fp32, nll_sum, agree = 0.0, 0, 0.0, 0.0, 0
+        for t, ref, ex, pred in zip(self.texts, self.reference, self.exact, self.predictions):
+            z = dec.logits_of(t)
+            diff = np.abs(z - ex)
+            key = dec.prefill_name(len(t)) if tflite else "prompt"
+            worst[key] = max(worst.get(key, 0.0), float(diff.max()))
+            sum_diff, count = sum_diff + float(diff.sum()), count + diff.size
+            vs_fp32 = max(vs_fp32, float(np.abs(z - ref).max()))
+            nll, _, p = _nll(z, t)
+            nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
+        for i in self.decode_texts:  # the one-token step over the cache, on the second half of a text
+            start = len(self.texts[i]) // 2
+            z = dec.decode_logits(self.texts[i], start)
+            rows = slice(start, start + len(z))
+            worst["decode"] = max(worst.get("decode", 0.0), float(np.abs(z - self.exact[i][rows]).max()))
+            vs_fp32 = max(vs_fp32, float(np.abs(z - self.reference[i][rows]).max()))
+        t0 = time.perf_counter()
+        file_tokens = [dec.greedy(p, NEW_TOKENS) for p in self.prompts]
+        file_tps = len(self.prompts) * NEW_TOKENS / (time.perf_counter() - t0)
+        same = [a == b for a, b in zip(file_tokens, self.torch_tokens)]
+        record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
+                  "runtime": info["runtime"], "n_examples": len(self.texts), "max_abs_diff": max(worst.values()),
+                  "mean_abs_diff": sum_diff / count, "decode_max_abs_diff": worst.get("decode"),
+                  "decode_texts": len(self.decode_texts), "max_abs_diff_vs_pytorch_fp32": vs_fp32,
+                  **({"signature_max_abs_diff": worst} if tflite else {}),
+                  "perplexity": math.exp(nll_sum / self.tokens), "agreement_with_student": agree / self.tokens,
+                  "greedy_prompts": len(self.prompts), "greedy_new_tokens": NEW_TOKENS,
+                  "greedy_same_as_pytorch": sum(same),
+                  "greedy_tokens_matching": sum(sum(x == y for x, y in zip(a, b))
+                                                for a, b in zip(file_tokens, self.torch_tokens)),
+                  "generation_tokens_per_s": file_tps,
+                  "pytorch_generation_tokens_per_s": self.student["generation_tokens_per_s"]}
+        record["passed"], record["reason"] = verdict(info, record, self.student, "perplexity", cfg)
+        if info["precision"] == "fp32" and not all(same):
+            record["passed"] = False
+            record["reason"] += f"; greedy generation differs from PyTorch on {len(same) - sum(same)} of {len(same)} prompts"
+        elif info["precision"] == "fp32":
+            record["reason"] += f"; same {NEW_TOKENS} greedy tokens as PyTorch on {len(same)} prompts"
+        record["perplexity_increase"] = metric_drop(self.student, record, "perplexity")
+        return record
+
+
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """verify/<artifact>.json for every exported LM file, and verify/student.json."""
-    import torch
-
     from kd_edge.tasks import TASKS
     from kd_edge.tasks.base import ModelSource
-    from kd_edge.verify.run import metric_drop, verdict
 
-    cache = CacheReader(ctx.run_dir)
-    ids_all = cache.ids("test")
+    ids_all = CacheReader(ctx.run_dir).ids("test")
     texts = [np.asarray(ids_all[i], np.int64) for i in range(len(ids_all)) if len(ids_all[i]) > 1]
     if recipe.verify.max_examples:
         texts = texts[:recipe.verify.max_examples]
-    prompts = [t[:PROMPT_TOKENS].tolist() for t in texts if len(t) > PROMPT_TOKENS][:N_PROMPTS]
-    task = TASKS.get("causal_lm")()
-    model = task.load_model(ModelSource(ctx.run_dir / "student"), eager=True).eval()
-    reference, student_nll, tokens, student_pred = [], 0.0, 0, []
-    with torch.no_grad():
-        for t in texts:
-            z = model(input_ids=torch.from_numpy(t)[None], use_cache=False).logits[0].numpy()
-            reference.append(z)
-            nll, n, pred = _nll(z, t)
-            student_nll, tokens = student_nll + nll, tokens + n
-            student_pred.append(pred)
-    with in_float64(model):
-        exact = [model(input_ids=torch.from_numpy(t)[None], use_cache=False).logits[0].numpy() for t in texts]
-    decode_texts = [i for i, t in enumerate(texts) if len(t) >= 4][:DECODE_TEXTS]
-    t0 = time.perf_counter()
-    torch_tokens = [torch_greedy(model, p, NEW_TOKENS) for p in prompts]
-    torch_tps = len(prompts) * NEW_TOKENS / (time.perf_counter() - t0)
-    student = {"perplexity": math.exp(student_nll / tokens), "generation_tokens_per_s": torch_tps,
-               "n_texts": len(texts), "n_tokens": tokens, "reference": REFERENCE,
-               "pytorch_fp32_max_abs_diff": max(float(np.abs(r - e).max()) for r, e in zip(reference, exact))}
+    model = TASKS.get("causal_lm")().load_model(ModelSource(ctx.run_dir / "student"), eager=True).eval()
+    checker = LMChecker(model, texts, recipe.bench.threads)
     with atomic_dir(ctx.run_dir / "verify") as out:
         for sidecar in sorted((ctx.run_dir / "artifacts").glob("*.json")):
             info = read_json(sidecar)
-            dec = decoder(ctx.run_dir / "artifacts" / info["name"], info, recipe.bench.threads)
-            tflite = isinstance(dec, TfliteDecoder)
-            worst: dict[str, float] = {}  # max |Δ| by the signature (TFLite) or step kind (ONNX) that gave it
-            sum_diff, count, vs_fp32, nll_sum, agree = 0.0, 0, 0.0, 0.0, 0
-            for t, ref, ex, pred in zip(texts, reference, exact, student_pred):
-                z = dec.logits_of(t)
-                diff = np.abs(z - ex)
-                key = dec.prefill_name(len(t)) if tflite else "prompt"
-                worst[key] = max(worst.get(key, 0.0), float(diff.max()))
-                sum_diff, count = sum_diff + float(diff.sum()), count + diff.size
-                vs_fp32 = max(vs_fp32, float(np.abs(z - ref).max()))
-                nll, _, p = _nll(z, t)
-                nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
-            for i in decode_texts:  # the one-token step over the cache, on the second half of a text
-                start = len(texts[i]) // 2
-                z = dec.decode_logits(texts[i], start)
-                worst["decode"] = max(worst.get("decode", 0.0), float(np.abs(z - exact[i][start:start + len(z)]).max()))
-                vs_fp32 = max(vs_fp32, float(np.abs(z - reference[i][start:start + len(z)]).max()))
-            t0 = time.perf_counter()
-            file_tokens = [dec.greedy(p, NEW_TOKENS) for p in prompts]
-            file_tps = len(prompts) * NEW_TOKENS / (time.perf_counter() - t0)
-            same = [a == b for a, b in zip(file_tokens, torch_tokens)]
-            record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
-                      "runtime": info["runtime"], "n_examples": len(texts), "max_abs_diff": max(worst.values()),
-                      "mean_abs_diff": sum_diff / count, "decode_max_abs_diff": worst.get("decode"),
-                      "decode_texts": len(decode_texts), "max_abs_diff_vs_pytorch_fp32": vs_fp32,
-                      **({"signature_max_abs_diff": worst} if tflite else {}),
-                      "perplexity": math.exp(nll_sum / tokens), "agreement_with_student": agree / tokens,
-                      "greedy_prompts": len(prompts), "greedy_new_tokens": NEW_TOKENS,
-                      "greedy_same_as_pytorch": sum(same),
-                      "greedy_tokens_matching": sum(sum(x == y for x, y in zip(a, b))
-                                                    for a, b in zip(file_tokens, torch_tokens)),
-                      "generation_tokens_per_s": file_tps, "pytorch_generation_tokens_per_s": torch_tps}
-            record["passed"], record["reason"] = verdict(info, record, student, "perplexity", recipe.verify)
-            if info["precision"] == "fp32" and not all(same):
-                record["passed"] = False
-                record["reason"] += f"; greedy generation differs from PyTorch on {len(same) - sum(same)} of {len(same)} prompts"
-            elif info["precision"] == "fp32":
-                record["reason"] += f"; same {NEW_TOKENS} greedy tokens as PyTorch on {len(same)} prompts"
-            record["perplexity_increase"] = metric_drop(student, record, "perplexity")
+            record = checker.measure(ctx.run_dir / "artifacts" / info["name"], info, recipe.verify)
             if info.get("fallback"):
                 record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
                                       "nodes_in_float": len(info["fallback"].get("nodes", []))}
             write_json(out / f"{info['name']}.json", record)
-        write_json(out / "student.json", {"name": "student", **student})
+        write_json(out / "student.json", {"name": "student", **checker.student})

@@ -71,3 +71,32 @@ def test_quantize_an_exported_file(exported, tmp_path):
 
 def test_export_of_a_folder_that_is_no_model(tmp_path):
     assert_one_line_error(kd_edge("export", tmp_path), "not a model folder", "config.json")
+
+
+def test_export_a_causal_lm_folder_generates_like_pytorch_through_each_file(tmp_path):
+    from tests.conftest import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "llama", layers=2, logit_scale=20.0)
+    out = tmp_path / "out"
+    p = kd_edge("export", model, "--format", "onnx,tflite", "--precision", "fp32,int8", "--shapes", "1x32",
+                "--out", out, timeout=600)
+    assert p.returncode in (0, 1), p.stdout + p.stderr
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["task"] == "causal_lm" and verify["pytorch_fp32_max_abs_diff"] > 0
+    records = {r["name"]: r for r in verify["artifacts"]}
+    assert set(records) == {"student.fp32.onnx", "student.int8.onnx", "student.fp32.tflite", "student.int8.tflite"}
+    for name in ("student.fp32.onnx", "student.fp32.tflite"):
+        r = records[name]
+        assert r["passed"] and r["max_abs_diff"] <= 1e-4, r
+        assert r["greedy_same_as_pytorch"] == r["greedy_prompts"] == 5, r
+        assert r["decode_max_abs_diff"] is not None and r["decode_texts"] > 0
+        assert r["perplexity"] == pytest.approx(r["model_perplexity"], rel=1e-4)
+    assert set(records["student.fp32.tflite"]["signature_max_abs_diff"]) == {"prefill_32", "decode"}
+    side = json.loads((out / "student.fp32.tflite.json").read_text())
+    assert side["kv_cache"]["size"] > 32  # room to generate after the longest prompt
+    assert "perplexity" in records["student.int8.onnx"]["reason"]
+    assert_one_line_error(kd_edge("export", model, "-p", "int8-static", "--out", tmp_path / "o2"),
+                          "int8-static is for encoders")
+    assert_one_line_error(kd_edge("export", model, "-f", "tflite", "--shapes", "2x16", "--out", tmp_path / "o3"),
+                          "takes batch 1")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

@@ -57,18 +57,33 @@ def test_int8_fallback_engages_when_the_drop_is_over_budget_and_says_what_stayed
 
     monkeypatch.setattr(export_run.Fallback, "drop", fake_drop)
     out = tmp_path / "run"
-    classifier_run(tiny_classifier, tiny_data, out, artifacts=[{"format": "onnx", "precision": "int8"}])
-    side = read_json(out / "artifacts" / "student.int8.onnx.json")
+    classifier_run(tiny_classifier, tiny_data, out, artifacts=[{"format": "onnx", "precision": "int8-static"}],
+                   calibration_size=16)
+    side = read_json(out / "artifacts" / "student.int8-static.onnx.json")
     fb = side["fallback"]
     assert fb["engaged"] and fb["level"] == 2 and fb["within_budget"]
-    assert "LayerNorm" in fb["kept_in_float"] and any("LayerNormalization" in n for n in fb["nodes"])
+    assert "attention MatMuls" in fb["kept_in_float"] and "first and last layers" in fb["kept_in_float"]
     assert [t["drop"] for t in side["int8_check"]["tried"]] == [0.05, 0.03, 0.004]
     assert len(seen) == 3
-    ver = read_json(out / "verify" / "student.int8.onnx.json")
+    assert seen[1] <= 1.05 * seen[0]  # level 1 keeps every weight int8
+    assert any("/layer.0/" in n and "dense/MatMul" in n for n in fb["nodes"])  # level 2: edge-layer weights float
+    ver = read_json(out / "verify" / "student.int8-static.onnx.json")
     assert ver["fallback"]["nodes_in_float"] == len(fb["nodes"])
-    row = next(r for r in json.loads((out / "report.json").read_text())["rows"] if r["name"] == "student.int8.onnx")
+    row = next(r for r in json.loads((out / "report.json").read_text())["rows"] if r["name"] == "student.int8-static.onnx")
     assert row["fallback"]["level"] == 2
     assert "kept in float" in (out / "report.md").read_text()
+
+
+def test_dynamic_int8_fallback_goes_straight_to_the_edge_layers(tmp_path, tiny_classifier, tiny_data, monkeypatch):
+    from kd_edge.export import run as export_run
+
+    drops = iter([0.05, 0.004])
+    monkeypatch.setattr(export_run.Fallback, "drop", lambda *a: (next(drops), "accuracy"))
+    out = tmp_path / "run"
+    classifier_run(tiny_classifier, tiny_data, out, artifacts=[{"format": "onnx", "precision": "int8"}])
+    side = read_json(out / "artifacts" / "student.int8.onnx.json")
+    assert side["fallback"]["level"] == 2 and len(side["int8_check"]["tried"]) == 2
+    assert any("/layer.0/" in n for n in side["fallback"]["nodes"])
 
 
 def test_int8_within_budget_is_left_alone(tmp_path, tiny_classifier, tiny_data, monkeypatch):

@@ -103,19 +103,32 @@ def test_static_int8_needs_calibration_data_and_uses_it(three_layer, tmp_path):
     assert _cos(_ort(fp32, feeds), _ort(dst, feeds)).min() > 0.95
 
 
-def test_fallback_keeps_the_edge_layers_in_float_and_the_middle_quantized(three_layer, tmp_path):
+def test_fallback_levels_keep_attention_matmuls_then_the_edge_layers_in_float(three_layer, tmp_path):
     from kd_edge.quantize.onnx_precisions import sensitive_nodes
 
     _, _, fp32, _ = three_layer
-    level1 = sensitive_nodes(fp32, 1)
-    assert any("/layer.0/" in n for n in level1) and any("/layer.2/" in n for n in level1)
-    assert not any("/layer.1/" in n for n in level1)
-    level2 = sensitive_nodes(fp32, 2)
     graph = onnx.load(str(fp32)).graph
-    kinds = {n.op_type for n in graph.node if n.name in set(level2) - set(level1)}
-    assert {"LayerNormalization", "Erf", "Softmax", "Add"} <= kinds
+    inits = {i.name for i in graph.initializer}
+    level1 = sensitive_nodes(fp32, 1)
+    nodes = [n for n in graph.node if n.name in set(level1)]
+    assert len(nodes) == 2 * 3 and all(n.op_type == "MatMul" for n in nodes)  # scores and context, per layer
+    assert not any(i in inits for n in nodes for i in n.input)  # no weight in float
+    level2 = sensitive_nodes(fp32, 2)
+    added = set(level2) - set(level1)
+    assert any("/layer.0/" in n for n in added) and any("/layer.2/" in n for n in added)
+    assert not any("/layer.1/" in n and "MatMul" in n for n in added)
+    static = tmp_path / "m.int8-static.onnx"
+    calibration = [{k: v[:1] for k, v in _feeds().items()}]
+    QUANTIZERS.get("onnx:int8-static")(fp32, static, calibration=calibration, exclude=level1)
+    plain = tmp_path / "plain.onnx"
+    QUANTIZERS.get("onnx:int8-static")(fp32, plain, calibration=calibration)
+    assert abs(static.stat().st_size - plain.stat().st_size) < 0.05 * plain.stat().st_size  # as small
+    def quantize_ops(path):
+        return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+
+    assert quantize_ops(static) < quantize_ops(plain)  # fewer activations quantized, the same weights
     dst = tmp_path / "m.int8.onnx"
-    QUANTIZERS.get("onnx:int8")(fp32, dst, exclude=level1)
+    QUANTIZERS.get("onnx:int8")(fp32, dst, exclude=level2)
     quantized = onnx.load(str(dst)).graph
     float_matmuls = {n.name for n in quantized.node if n.op_type == "MatMul"}
     int8_matmuls = [n.name for n in quantized.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
