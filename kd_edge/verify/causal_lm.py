@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 5, 8, 32
 DECODE_TEXTS = 20  # texts whose second half is also run through the one-token decode step
+SIGNATURE_TEXTS = 20  # TFLite: texts also run through each longer prefill signature than their nearest
 
 
 class OrtDecoder:
@@ -100,8 +101,8 @@ class TfliteDecoder:
                                  **{f"args_{2 + i}": kv[i] for i in range(self.n_buffers)})
         return out["output_0"], [out[f"output_{1 + i}"] for i in range(self.n_buffers)]
 
-    def _prefill(self, ids: np.ndarray):
-        name = self.prefill_name(len(ids))
+    def _prefill(self, ids: np.ndarray, name: str | None = None):
+        name = name or self.prefill_name(len(ids))
         length = dict((n, t) for t, n in self.prefill)[name]
         tokens = np.zeros((1, length), np.int64)
         tokens[0, :len(ids)] = ids
@@ -116,8 +117,9 @@ class TfliteDecoder:
                               f"({', '.join(name for _, name in self.prefill)}); add a longer [1, T] to export.tflite_shapes")
         return fit[0]
 
-    def logits_of(self, ids: np.ndarray) -> np.ndarray:
-        return self._prefill(ids)[0][0, :len(ids)]
+    def logits_of(self, ids: np.ndarray, signature: str | None = None) -> np.ndarray:
+        """Logits [T, V] of one text through the nearest prefill signature, or the one named."""
+        return self._prefill(ids, signature)[0][0, :len(ids)]
 
     def decode_logits(self, ids: np.ndarray, start: int) -> np.ndarray:
         """Logits [len - start, V] of positions start.. through ``decode``, after a prefill of ``ids[:start]``."""
@@ -226,6 +228,13 @@ class LMChecker:
             vs_fp32 = max(vs_fp32, float(np.abs(z - ref).max()))
             nll, _, p = _nll(z, t)
             nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
+        if tflite:  # every prefill signature, not only the nearest of each text
+            for length, name in dec.prefill:
+                fit = [i for i, t in enumerate(self.texts) if len(t) <= length and dec.prefill_name(len(t)) != name]
+                for i in fit[:SIGNATURE_TEXTS]:
+                    z = dec.logits_of(self.texts[i], name)
+                    worst[name] = max(worst.get(name, 0.0), float(np.abs(z - self.exact[i]).max()))
+                    vs_fp32 = max(vs_fp32, float(np.abs(z - self.reference[i]).max()))
         for i in self.decode_texts:  # the one-token step over the cache, on the second half of a text
             start = len(self.texts[i]) // 2
             z = dec.decode_logits(self.texts[i], start)
