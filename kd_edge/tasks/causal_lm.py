@@ -93,15 +93,22 @@ class CausalLMKVModule(nn.Module):
 
 class _BufferCache(Cache):
     """A transformers Cache over fixed-size key/value buffers given as tensors: ``update`` writes the
-    new positions (index_copy, no in-place mutation) and returns the whole buffer."""
+    new positions and returns the whole buffer, with no in-place mutation. The positions of one call
+    are consecutive (a prompt from 0, or one token), so the write is one dynamic_update_slice at the
+    first of them: as a TFLite op it costs a copy, where index_copy becomes a StableHLO scatter that
+    made a 128-token prefill of the 6-layer SmolLM2 student 1.5x slower (141 vs 96 ms here)."""
 
     def __init__(self, keys, values, positions, size: int, layers: int):  # noqa: no Cache.__init__: no layers of its own
         self.keys, self.values, self.positions, self.size, self.n_layers = list(keys), list(values), positions, size, layers
         self.layers = []
 
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None, **_):
-        self.keys[layer_idx] = self.keys[layer_idx].index_copy(2, self.positions, key_states)
-        self.values[layer_idx] = self.values[layer_idx].index_copy(2, self.positions, value_states)
+        from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
+
+        zero = torch.zeros([], dtype=torch.int32)
+        start = [zero, zero, self.positions.int()[0].reshape([]), zero]  # buffers are [batch, heads, position, dim]
+        self.keys[layer_idx] = dynamic_update_slice(self.keys[layer_idx], key_states, start)
+        self.values[layer_idx] = dynamic_update_slice(self.values[layer_idx], value_states, start)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
