@@ -13,7 +13,7 @@ for _key, _target, _requires, _extra, _summary in (
     ("onnx:int8-static", f"{_ONNX}:quantize_onnx_int8_static", ("onnxruntime",), None,
      "ONNX Runtime static int8 (QDQ): MatMul weights int8, activations calibrated on recipe data."),
     ("onnx:int4", f"{_ONNX}:quantize_onnx_int4", ("onnxruntime",), None,
-     "ONNX Runtime MatMulNBits: int4 MatMul weights in blocks of 32, embedding tables int8."),
+     "ONNX Runtime MatMulNBits: int4 MatMul weights in blocks of 16 (with zero points), embedding tables int8."),
     ("onnx:fp16", f"{_ONNX}:convert_onnx_fp16", ("onnxruntime",), None,
      "fp16 weights and compute, float inputs and outputs."),
     ("tflite:int8", f"{_TFL}:quantize_tflite_int8", ("ai_edge_quantizer",), "tflite",

@@ -211,10 +211,12 @@ def _int8_tables(stage: Path, dst: Path, exclude: list[str], tied: tuple[str, st
     return {}
 
 
-def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), block_size: int = 32, **_: object) -> dict:
-    """Weight-only int4: MatMul weights in blocks of ``block_size`` with a scale each (ONNX Runtime's
-    MatMulNBits, int8 compute); embedding tables int8 (a tied LM table: int8 blocks shared by the
-    lookup and the head, see ``_quantize_tied_table``)."""
+def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), block_size: int = 16, **_: object) -> dict:
+    """Weight-only int4: MatMul weights in blocks of ``block_size`` with a scale and a zero point
+    each (ONNX Runtime's MatMulNBits, int8 compute); embedding tables int8 (a tied LM table: int8
+    blocks shared by the lookup and the head, see ``_quantize_tied_table``). Blocks of 16 with zero
+    points: on the 6-layer SmolLM2 student, symmetric blocks of 32 cost +9.7 % perplexity, asymmetric
+    ones +8.6 %, asymmetric blocks of 16 +2.2 % for 3 MB more (HQQ and k-quant were no better)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -224,7 +226,7 @@ def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), blo
     external = onnx_files.is_external(src)
     try:
         with _quiet():
-            quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True,
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=False,
                                              accuracy_level=4, nodes_to_exclude=exclude + ([tied[2]] if tied else []))
             quantizer.process()
             quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
@@ -234,7 +236,7 @@ def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), blo
         raise _fail("int4 quantization", src, e) from e
     finally:
         onnx_files.remove(tmp)
-    return {"quantization": {"method": f"onnxruntime MatMulNBits (int4 weights, blocks of {block_size}, int8 compute)",
+    return {"quantization": {"method": f"onnxruntime MatMulNBits (int4 weights with zero points, blocks of {block_size}, int8 compute)",
                              "weight_type": "int4", "nodes_in_float": len(exclude), **tied_info}}
 
 

@@ -209,6 +209,6 @@ def test_int4_packs_matmul_weights_in_blocks(three_layer, tmp_path):
     assert info["quantization"]["weight_type"] == "int4"
     ops = [n.op_type for n in onnx.load(str(int4)).graph.node]
     assert ops.count("MatMulNBits") >= 12  # 4 attention + 2 feed-forward MatMuls in each of 3 layers
-    assert int4.stat().st_size < 0.75 * int8.stat().st_size
+    assert int4.stat().st_size < 0.85 * int8.stat().st_size  # 4 bits + an fp32 scale and a zero point per 16
     feeds = _feeds()
     assert _cos(_ort(fp32, feeds), _ort(int4, feeds)).min() > 0.95
