@@ -11,6 +11,7 @@ Nothing in the output folder is replaced unless ``--force`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from kd_edge.artifacts import atomic_dir, write_json
 from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError, ConfigError, QuantizeError
+from kd_edge.export.capture import captured
 from kd_edge.verify.reference import REFERENCE, exact_outputs, fp32_reason
 
 TEXTS = 200  # sentences to verify on
@@ -144,9 +146,14 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
                                   output_name=adapter.output_name, common=common, logs=tmp / "logs",
                                   fp32_tolerance=1e-4, calibration=calibration)
         for side in sidecars:
-            records.append({"name": side["name"], "format": side["format"], "precision": side["precision"],
-                            "runtime": side["runtime"], "size_mb": side["size_bytes"] / 1e6,
-                            **check(tmp / side["name"], side, tmp / "logs")})
+            record = {"name": side["name"], "format": side["format"], "precision": side["precision"],
+                      "runtime": side["runtime"], "size_mb": side["size_bytes"] / 1e6,
+                      **check(tmp / side["name"], side, tmp / "logs")}
+            if not record["passed"] and side["precision"] == "int8":  # what a run's int8 fallback would do
+                record["reason"] += ("; try --precision int8-weights (int8 weights, float activations)"
+                                     if side["format"] == "tflite" else
+                                     "; try `kd-edge quantize` on the fp32 .onnx with `-p int8 --keep-float 2` (edge layers in float)")
+            records.append(record)
         write_json(tmp / "verify.json", {"model": str(model_dir), "task": task, "reference": REFERENCE,
                                          "pytorch_fp32_max_abs_diff": pytorch_fp32, "artifacts": records})
     return records
@@ -205,7 +212,8 @@ def _lm_checker(model, ids: Packed):
     skip = ("name", "format", "precision", "runtime")
 
     def check(path: Path, side: dict, logs: Path) -> dict:
-        record = checker.measure(path, side, cfg)
+        with captured(logs / "verify-tflite.log") if side["runtime"] == "tflite" else contextlib.nullcontext():
+            record = checker.measure(path, side, cfg)  # (XNNPACK announces itself from C++)
         return {"n_texts": len(texts), "model_perplexity": checker.student["perplexity"],
                 **{k: v for k, v in record.items() if k not in skip}}
 
