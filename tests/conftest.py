@@ -154,3 +154,31 @@ def tiny_recipe(tmp_path, tiny_teacher, tiny_data) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_teacher, tiny_data)))
     return path
+
+
+def export_tied_llama(path: Path, hidden: int):
+    """A 2-layer LlamaForCausalLM with tied embeddings (random weights, vocabulary 500) exported to
+    ``path`` as its ONNX KV-cache step; returns the model and the exporter's description."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kd_edge.export import EXPORTERS
+    from kd_edge.tasks import TASKS
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=500, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    module = TASKS.get("causal_lm")().export_module(model, {})
+    info = EXPORTERS.get("onnx")().export(module, path, input_names=("input_ids", "attention_mask"),
+                                          output_name="logits", opset=17)
+    return model, info
+
+
+def prompt_feeds(session, ids, head_dim: int) -> dict:
+    """Feeds of an ONNX KV-cache step running ``ids`` [1, T] as a prompt (empty past)."""
+    import numpy as np
+
+    t = ids.shape[1]
+    return {"input_ids": np.asarray(ids), "attention_mask": np.ones((1, t), np.int64), "position_ids": np.arange(t)[None],
+            **{i.name: np.zeros((1, 2, 0, head_dim), np.float32) for i in session.get_inputs() if i.name.startswith("past")}}

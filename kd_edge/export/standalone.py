@@ -22,7 +22,7 @@ from kd_edge.artifacts import atomic_dir, write_json
 from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError, ConfigError, QuantizeError
 from kd_edge.export.capture import captured
-from kd_edge.verify.reference import REFERENCE, exact_outputs, fp32_reason
+from kd_edge.verify.reference import REFERENCE, exact_outputs, fp32_reason, outputs
 
 TEXTS = 200  # sentences to verify on
 
@@ -176,15 +176,10 @@ def _lm_export_config(cfg):
 def _encoder_checker(task: str, module, ids: Packed, config: dict):
     """A function (file, sidecar, logs) -> record for an encoder (outputs on every text against the
     model in float64, every TFLite signature too; agreement; verdict), and PyTorch's own fp32 |Δ|."""
-    import torch
-
     from kd_edge.verify.run import signature_diffs
 
     pad_id = config.get("pad_token_id") or 0
-    with torch.no_grad():
-        fp32 = np.concatenate([module(torch.as_tensor(np.asarray(ids[i])[None]),
-                                      torch.ones((1, len(ids[i])), dtype=torch.int64)).numpy() for i in range(len(ids))])
-    ref = exact_outputs(module, ids)
+    fp32, ref = outputs(module, ids), exact_outputs(module, ids)
     pytorch_fp32 = float(np.abs(fp32 - ref).max())
 
     def check(path: Path, side: dict, logs: Path) -> dict:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -211,6 +211,22 @@ def _int8_tables(stage: Path, dst: Path, exclude: list[str], tied: tuple[str, st
     return {}
 
 
+def _matmuls_then_tables(src: Path, dst: Path, what: str, quantize_matmuls: Callable[[Path], None],
+                         exclude: list[str], tied: tuple[str, str, str] | None) -> dict:
+    """int4 and static int8: ``quantize_matmuls`` writes a staging file, ``_int8_tables`` makes
+    ``dst`` from it; on failure nothing is left at ``dst`` (the staging file never stays)."""
+    stage = dst.with_name(f".{dst.name}.stage")
+    try:
+        with _quiet():
+            quantize_matmuls(stage)
+            return _int8_tables(stage, dst, exclude, tied)
+    except Exception as e:
+        onnx_files.remove(dst)
+        raise _fail(what, src, e) from e
+    finally:
+        onnx_files.remove(stage)
+
+
 def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), block_size: int = 16, **_: object) -> dict:
     """Weight-only int4: MatMul weights in blocks of ``block_size`` with a scale and a zero point
     each (ONNX Runtime's MatMulNBits, int8 compute); embedding tables int8 (a tied LM table: int8
@@ -222,20 +238,14 @@ def quantize_onnx_int4(src: Path, dst: Path, *, exclude: Iterable[str] = (), blo
 
     exclude = list(exclude)
     tied = tied_table(src)
-    tmp = dst.with_name(f".{dst.name}.int4")
-    external = onnx_files.is_external(src)
-    try:
-        with _quiet():
-            quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=False,
-                                             accuracy_level=4, nodes_to_exclude=exclude + ([tied[2]] if tied else []))
-            quantizer.process()
-            quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
-            tied_info = _int8_tables(tmp, dst, exclude, tied)
-    except Exception as e:
-        onnx_files.remove(dst)
-        raise _fail("int4 quantization", src, e) from e
-    finally:
-        onnx_files.remove(tmp)
+
+    def quantize_matmuls(stage: Path) -> None:
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=False,
+                                         accuracy_level=4, nodes_to_exclude=exclude + ([tied[2]] if tied else []))
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(stage), use_external_data_format=onnx_files.is_external(src))
+
+    tied_info = _matmuls_then_tables(src, dst, "int4 quantization", quantize_matmuls, exclude, tied)
     return {"quantization": {"method": f"onnxruntime MatMulNBits (int4 weights with zero points, blocks of {block_size}, int8 compute)",
                              "weight_type": "int4", "nodes_in_float": len(exclude), **tied_info}}
 
@@ -255,21 +265,16 @@ def quantize_onnx_int8_static(src: Path, dst: Path, *, per_channel: bool = True,
                             "--calibration TEXTS.jsonl --tokenizer MODEL_DIR, or use --precision int8 (dynamic)")
     exclude = list(exclude)
     tied = tied_table(src)
-    qdq = dst.with_name(f".{dst.name}.qdq")
-    try:
-        with _quiet():
-            quantize_static(str(src), str(qdq), _Reader(_same_length(calibration)), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.Percentile, op_types_to_quantize=["MatMul", "Gemm"],
-                            nodes_to_exclude=exclude + ([tied[2]] if tied else []),
-                            extra_options={**_FUSED_OK, "CalibPercentile": CALIBRATION_PERCENTILE},
-                            use_external_data_format=onnx_files.is_external(src))
-            tied_info = _int8_tables(qdq, dst, exclude, tied)
-    except Exception as e:
-        onnx_files.remove(dst)
-        raise _fail("static int8 quantization", src, e) from e
-    finally:
-        onnx_files.remove(qdq)
+
+    def quantize_matmuls(stage: Path) -> None:
+        quantize_static(str(src), str(stage), _Reader(_same_length(calibration)), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.Percentile, op_types_to_quantize=["MatMul", "Gemm"],
+                        nodes_to_exclude=exclude + ([tied[2]] if tied else []),
+                        extra_options={**_FUSED_OK, "CalibPercentile": CALIBRATION_PERCENTILE},
+                        use_external_data_format=onnx_files.is_external(src))
+
+    tied_info = _matmuls_then_tables(src, dst, "static int8 quantization", quantize_matmuls, exclude, tied)
     return {"quantization": {"method": f"onnxruntime.quantize_static (QDQ, {CALIBRATION_PERCENTILE}th-percentile ranges) "
                                        "+ int8 embedding tables",
                              "weight_type": "int8",

@@ -99,16 +99,16 @@ class _BufferCache(Cache):
     made a 128-token prefill of the 6-layer SmolLM2 student 1.5x slower (141 vs 96 ms here)."""
 
     def __init__(self, keys, values, positions, size: int, layers: int):  # noqa: no Cache.__init__: no layers of its own
-        self.keys, self.values, self.positions, self.size, self.n_layers = list(keys), list(values), positions, size, layers
+        self.keys, self.values, self.size, self.n_layers = list(keys), list(values), size, layers
         self.layers = []
+        zero = torch.zeros([], dtype=torch.int32)
+        self.start = [zero, zero, positions.int()[0].reshape([]), zero]  # buffers are [batch, heads, position, dim]
 
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None, **_):
         from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
 
-        zero = torch.zeros([], dtype=torch.int32)
-        start = [zero, zero, self.positions.int()[0].reshape([]), zero]  # buffers are [batch, heads, position, dim]
-        self.keys[layer_idx] = dynamic_update_slice(self.keys[layer_idx], key_states, start)
-        self.values[layer_idx] = dynamic_update_slice(self.values[layer_idx], value_states, start)
+        self.keys[layer_idx] = dynamic_update_slice(self.keys[layer_idx], key_states, self.start)
+        self.values[layer_idx] = dynamic_update_slice(self.values[layer_idx], value_states, self.start)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

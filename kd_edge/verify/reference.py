@@ -39,17 +39,23 @@ def in_float64(module: "torch.nn.Module") -> Iterator["torch.nn.Module"]:
         module.to(torch.float32)
 
 
-def exact_outputs(module: "torch.nn.Module", ids: "Packed") -> np.ndarray:
+def outputs(module: "torch.nn.Module", ids: "Packed") -> np.ndarray:
     """The export module's (input_ids, attention_mask) -> output on every text, one at a time
-    without padding, in float64."""
+    without padding, in the module's own precision."""
     import torch
 
     rows = []
-    with in_float64(module):
+    with torch.no_grad():
         for i in range(len(ids)):
             x = torch.as_tensor(np.asarray(ids[i], np.int64))[None]
             rows.append(module(x, torch.ones_like(x)).numpy())
     return np.concatenate(rows)
+
+
+def exact_outputs(module: "torch.nn.Module", ids: "Packed") -> np.ndarray:
+    """``outputs`` computed in float64."""
+    with in_float64(module):
+        return outputs(module, ids)
 
 
 def fp32_reason(max_diff: float, tolerance: float, pytorch_fp32: float | None) -> tuple[bool, str]:

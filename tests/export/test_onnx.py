@@ -76,16 +76,10 @@ def test_model_over_the_protobuf_limit_switches_to_external_data(module, tmp_pat
 
 
 def test_tied_embeddings_are_stored_once_and_the_kv_step_matches(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.conftest import export_tied_llama, prompt_feeds
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config).eval()
-    module = TASKS.get("causal_lm")().export_module(model, {})
     path = tmp_path / "lm.onnx"
-    info = EXPORTERS.get("onnx")().export(module, path, input_names=("input_ids", "attention_mask"),
-                                          output_name="logits", opset=17)
+    model, info = export_tied_llama(path, hidden=32)
     assert len(info["tied_weights"]) == 1 and info["kv_cache"]["layers"] == 2
     import onnx
 
@@ -93,9 +87,7 @@ def test_tied_embeddings_are_stored_once_and_the_kv_step_matches(tmp_path):
     assert len(tables) == 1, tables  # one copy of the vocabulary table serves the lookup and the head
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ids = torch.randint(0, 500, (1, 7))
-    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones((1, 7), np.int64),
-             "position_ids": np.arange(7)[None], **{i.name: np.zeros((1, 2, 0, 8), np.float32)
-                                                  for i in sess.get_inputs() if i.name.startswith("past")}}
+    feeds = prompt_feeds(sess, ids.numpy(), head_dim=8)
     with torch.no_grad():
         ref = model(ids).logits.numpy()
     np.testing.assert_allclose(sess.run(None, feeds)[0], ref, atol=1e-4)

@@ -173,15 +173,10 @@ def test_fusions_are_kept_only_when_they_match(three_layer, tmp_path):
 
 
 def test_int8_of_a_tied_lm_stores_its_table_once_in_int8_blocks(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.conftest import export_tied_llama, prompt_feeds
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config).eval()
-    module = TASKS.get("causal_lm")().export_module(model, {})
     fp32, int8 = tmp_path / "lm.onnx", tmp_path / "lm.int8.onnx"
-    EXPORTERS.get("onnx")().export(module, fp32, input_names=NAMES, output_name="logits", opset=17)
+    model, _ = export_tied_llama(fp32, hidden=64)
     info = QUANTIZERS.get("onnx:int8")(fp32, int8)
     assert "MatMulNBits" in info["quantization"]["tied_table"]
     graph = onnx.load(str(int8)).graph
@@ -191,8 +186,7 @@ def test_int8_of_a_tied_lm_stores_its_table_once_in_int8_blocks(tmp_path):
     assert len([i for i in graph.initializer if list(i.dims) == [500, 1, 64]]) == 1
     sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     ids = torch.randint(0, 500, (1, 9))
-    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones((1, 9), np.int64), "position_ids": np.arange(9)[None],
-             **{i.name: np.zeros((1, 2, 0, 16), np.float32) for i in sess.get_inputs() if i.name.startswith("past")}}
+    feeds = prompt_feeds(sess, ids.numpy(), head_dim=16)
     with torch.no_grad():
         ref = model(ids).logits.numpy()
     got = sess.run(None, feeds)[0]
