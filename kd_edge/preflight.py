@@ -203,7 +203,8 @@ def resolve(recipe: Recipe) -> Recipe:
                 raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
                                   "export.tflite_shapes (room for the generated tokens)")
             if spec.precision == "int8-static":
-                raise ConfigError("export: int8-static is for encoders; causal LMs take onnx fp32, fp16 or int8")
+                raise ConfigError("export: int8-static is for encoders; causal LMs take fp32, fp16, int8 or int4 "
+                                  "(onnx) and fp32, fp16, int8 or int8-weights (tflite)")
     teacher = recipe.teacher
     if recipe.task == "sentence_embedding":
         st_pool, st_norm = sentence_transformers_pooling(resolve_teacher(teacher))

@@ -211,7 +211,8 @@ def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fall
     what the sidecar records (the drop at each level, the nodes kept in float)."""
     from kd_edge.quantize.onnx_precisions import sensitive_nodes
 
-    drop, metric = fallback.drop(spec.format, src, info, path, {**info, "name": spec.name, "precision": spec.precision})
+    this = {**info, "name": spec.name, "precision": spec.precision}  # the int8 file's sidecar so far
+    drop, metric = fallback.drop(spec.format, src, info, path, this)
     tried = [{"nodes_in_float": 0, "drop": round(drop, 5)}]
     if drop <= budget:
         return {"int8_check": {"metric": metric, "texts": "train", "tried": tried}}
@@ -224,7 +225,7 @@ def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fall
         # activation (and all compute) in float, with the weights still int8.
         path.unlink()
         extra = QUANTIZERS.get("tflite:int8-weights")(src, path, **kw)
-        drop, _ = fallback.drop(spec.format, src, info, path, {**info, "name": spec.name, "precision": spec.precision})
+        drop, _ = fallback.drop(spec.format, src, info, path, this)
         tried.append({"activations_in_float": True, "drop": round(drop, 5)})
         return {**extra, "int8_check": {"metric": metric, "texts": "train", "tried": tried},
                 "fallback": {"engaged": True, "level": 1, "kept_in_float": "every activation and all compute "
@@ -234,7 +235,7 @@ def _fall_back(spec, src: Path, info: dict, path: Path, quantize, kw: dict, fall
         exclude = sensitive_nodes(src, level)
         onnx_files.remove(path)
         extra = quantize(src, path, **{**kw, "exclude": exclude})
-        drop, _ = fallback.drop(spec.format, src, info, path, {**info, "name": spec.name, "precision": spec.precision})
+        drop, _ = fallback.drop(spec.format, src, info, path, this)
         tried.append({"nodes_in_float": len(exclude), "drop": round(drop, 5)})
         if drop <= budget:
             break
