@@ -51,7 +51,8 @@ def main() -> None:
     env = None
     for r in range(args.repeats):
         for m in models:
-            doc = target.run(RUNNER_PATH, m["path"], runner_args(recipe, m, vocab), threads=args.threads, timeout_s=900)
+            doc = target.run(RUNNER_PATH, m["path"], [*runner_args(recipe, m, vocab), "--runs", str(args.runs)],
+                             threads=args.threads, timeout_s=900)
             p50[m["name"]].append(doc["latency"]["p50_ms"])
             env = doc["environment"]
         print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f} ms" for k, v in p50.items()), flush=True)

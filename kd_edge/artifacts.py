@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -44,11 +45,16 @@ def list_files(path: Path) -> list[Path]:
 def file_records(root: Path, rel_paths: list[str], known: dict[str, dict] | None = None) -> dict[str, dict]:
     """Describe every file under ``rel_paths`` (relative to ``root``) by size, mtime and sha256.
 
-    A file whose size and mtime match its ``known`` record keeps that record's digest without being
-    read again: re-checking a finished run must stay fast even with large weights in it.
+    With ``known`` records, a file whose size and mtime match keeps its recorded digest without being
+    read again (for inputs outside the run, such as a teacher of several GB). Without them every file
+    is read: that is how a resume notices a file changed in place with its size and mtime kept. Files
+    are hashed on several threads (hashlib releases the GIL).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     known = known or {}
     records: dict[str, dict] = {}
+    todo: list[tuple[str, Path, os.stat_result]] = []
     for rel in rel_paths:
         for f in list_files(root / rel):
             key = f.relative_to(root).as_posix()
@@ -57,8 +63,14 @@ def file_records(root: Path, rel_paths: list[str], known: dict[str, dict] | None
             if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
                 records[key] = old
             else:
-                records[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(f)}
-    return records
+                todo.append((key, f, st))
+    if todo:
+        workers = min(len(todo), os.cpu_count() or 1, 8)
+        with ThreadPoolExecutor(workers) as pool:
+            digests = list(pool.map(lambda item: sha256_file(item[1]), todo))
+        for (key, _, st), digest in zip(todo, digests):
+            records[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    return {k: records[k] for k in sorted(records)}
 
 
 def digest_records(records: dict[str, dict]) -> str:
@@ -72,8 +84,30 @@ def digest_tree(path: Path, known: dict[str, dict] | None = None) -> tuple[str, 
     return digest_records(records), records
 
 
+_TMP = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
+
+
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def remove_leftovers(root: Path) -> list[Path]:
+    """Remove the temporary outputs (``.NAME.tmp-XXXXXXXX``) that a killed process left under
+    ``root``: a stage killed with SIGKILL cannot clean up after itself. Call it only while holding
+    the folder's lock, so that no live writer's temporary is taken."""
+    removed = []
+    if not root.is_dir():
+        return removed
+    for folder, dirs, files in os.walk(root):
+        for name in [d for d in dirs if _TMP.match(d)] + [f for f in files if _TMP.match(f)]:
+            path = Path(folder) / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        dirs[:] = [d for d in dirs if not _TMP.match(d)]
+    return removed
 
 
 def replace_path(src: Path, dst: Path) -> None:

@@ -87,6 +87,46 @@ def fingerprint(threads: int | None) -> dict:
     }
 
 
+class LoadProbe:
+    """What else the machine did while this process measured: CPU time of other processes (in cores)
+    and time stolen by the hypervisor (%), from /proc/stat, and the load average. A figure taken while
+    other processes compete for the cores it runs on is not this model's speed."""
+
+    def __init__(self):
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> dict | None:
+        stat = _read("/proc/stat")
+        if not stat or not stat.startswith("cpu "):
+            return None
+        fields = [int(v) for v in stat.splitlines()[0].split()[1:]]
+        user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        times = os.times()
+        return {"busy": user + nice + system + irq + softirq, "total": sum(fields[:8]), "steal": steal,
+                "own_s": times.user + times.system, "wall": time.perf_counter(), "loadavg": _loadavg()}
+
+    def result(self) -> dict:
+        end = self._snapshot()
+        if self.start is None or end is None:
+            return {"loadavg": _loadavg()}
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        wall = max(end["wall"] - self.start["wall"], 1e-9)
+        total = max(end["total"] - self.start["total"], 1)
+        other_s = (end["busy"] - self.start["busy"]) / tick - (end["own_s"] - self.start["own_s"])
+        return {"other_cores": round(max(other_s, 0.0) / wall, 3),
+                "steal_pct": round(100.0 * (end["steal"] - self.start["steal"]) / total, 2),
+                "loadavg_before": self.start["loadavg"], "loadavg_after": end["loadavg"], "seconds": round(wall, 3)}
+
+
+def _loadavg() -> float | None:
+    text = _read("/proc/loadavg")
+    try:
+        return float(text.split()[0]) if text else (os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+    except (ValueError, OSError):
+        return None
+
+
 # -- runtimes ----------------------------------------------------------------------------------------
 class OrtBackend:
     """ONNX Runtime, CPU execution provider."""
@@ -122,6 +162,8 @@ class OrtBackend:
             for name, shape in self.extra.items():
                 if name == "position_ids":
                     feeds[name] = np.arange(seq, dtype=np.int64)[None].repeat(batch, 0)
+                elif name == "token_type_ids":  # a BERT-like graph exported with its segment ids: one segment
+                    feeds[name] = np.zeros((batch, seq), self.inputs[name])
                 else:
                     dims = [d if isinstance(d, int) else (batch if i == 0 else 0) for i, d in enumerate(shape)]
                     feeds[name] = np.zeros(dims, self.inputs[name])
@@ -169,22 +211,50 @@ class TfliteBackend:
         self.signatures = self.interpreter.get_signature_list()
         self._runners: dict = {}
 
+    def shapes(self) -> dict:
+        """(batch, sequence) of every signature with a shape in its name: b1_s128, prefill_64 (batch 1)."""
+        out = {}
+        for name in self.signatures:
+            if name.startswith("prefill_") and name[8:].isdigit():
+                out[name] = (1, int(name[8:]))
+            elif name.startswith("b") and "_s" in name:
+                b, _, sq = name[1:].partition("_s")
+                if b.isdigit() and sq.isdigit():
+                    out[name] = (int(b), int(sq))
+        return out
+
     def signature_for(self, batch: int, seq: int) -> str:
-        name = f"b{batch}_s{seq}"
-        if name in self.signatures:
-            return name
-        if batch == 1 and f"prefill_{seq}" in self.signatures:  # a causal LM: its prompt step
-            return f"prefill_{seq}"
-        if len(self.signatures) == 1 and not next(iter(self.signatures)).startswith("b"):
+        """The signature that runs a (batch, seq) input: its own shape, else the shortest one of that
+        batch that holds it (the input padded to it, as a deployed app pads to its buckets)."""
+        shapes = self.shapes()
+        fits = sorted((s, name) for name, (b, s) in shapes.items() if b == batch and s >= seq)
+        if fits:
+            return fits[0][1]
+        if len(self.signatures) == 1 and not shapes:
             return next(iter(self.signatures))
-        raise RunnerError("load", f"no signature for batch {batch} x sequence {seq}; "
-                                  f"the file has {', '.join(sorted(self.signatures))}")
+        raise RunnerError("load", f"no signature takes batch {batch} x sequence {seq}; the file has "
+                                  f"{', '.join(sorted(self.signatures))}: bench at one of those shapes, or export "
+                                  "a longer one (export.tflite_shapes, --shapes)")
+
+    @staticmethod
+    def _padded(feeds: dict, seq: int) -> dict:
+        import numpy as np
+
+        out = {}
+        for k, v in feeds.items():
+            if v.shape[1] < seq:
+                v = np.concatenate([v, np.zeros((v.shape[0], seq - v.shape[1]), v.dtype)], axis=1)
+            out[k] = v
+        return out
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
         import numpy as np
 
         batch, seq = next(iter(feeds.values())).shape
         sig = signature or self.signature_for(batch, seq)
+        shape = self.shapes().get(sig)
+        if shape and shape[1] > seq:
+            feeds, seq = self._padded(feeds, shape[1]), shape[1]
         if sig not in self._runners:
             self._runners[sig] = self.interpreter.get_signature_runner(sig)
         runner = self._runners[sig]
@@ -218,14 +288,15 @@ class TorchBackend:
         return f"torch {torch.__version__}, transformers {transformers.__version__}"
 
     def __init__(self, path: str, threads: int | None, pooling: str = "mean", normalize: bool = True,
-                 task: str = "embedding", gguf_file: str | None = None, **_):
+                 task: str = "embedding", gguf_file: str | None = None, allow_pickle: bool = False, **_):
         import torch
         import transformers
 
         if threads:
             torch.set_num_threads(threads)
         self.torch, self.task = torch, task
-        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        # never unpickle a checkpoint unless asked (--allow-pickle): safetensors only
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": None if allow_pickle else True}
         self.model = getattr(transformers, self.AUTO[task]).from_pretrained(path, **kwargs).eval()
         self.pooling, self.normalize = pooling, normalize
 
@@ -336,7 +407,7 @@ def measure(args) -> dict:
     t0 = time.perf_counter()
     try:
         backend = backend_cls(args.model, args.threads, pooling=args.pooling, normalize=args.normalize,
-                              task=args.task, gguf_file=args.gguf_file)
+                              task=args.task, gguf_file=args.gguf_file, allow_pickle=args.allow_pickle)
     except RunnerError:
         raise
     except Exception as e:
@@ -347,10 +418,20 @@ def measure(args) -> dict:
 
     phase = "run"
     feeds = make_inputs(args.batch, args.seq, args.seed, args.vocab_size)
+    if isinstance(backend, TfliteBackend):
+        try:
+            result["signature"] = backend.signature_for(args.batch, args.seq)
+        except RunnerError:
+            raise
+        shape = backend.shapes().get(result["signature"])
+        if shape and shape[1] != args.seq:
+            result["padded_to"] = shape[1]
     try:
         result["first_inference_ms"] = _timed(backend, feeds)
         warm = warm_up(backend, feeds, args.warmup)
+        probe = LoadProbe()
         timed = [_timed(backend, feeds) for _ in range(args.runs)]
+        result["machine_load"] = probe.result()
     except RunnerError:
         raise
     except Exception as e:
@@ -392,10 +473,30 @@ def parse_args(argv=None):
     p.add_argument("--task", default="embedding", choices=sorted(TorchBackend.AUTO),
                    help="torch runtime: what the folder holds")
     p.add_argument("--gguf-file", default=None, help="torch runtime: a .gguf file inside the folder")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="torch runtime: load pytorch_model.bin when there are no safetensors (runs the pickle)")
     return p.parse_args(argv)
 
 
+def follow_parent() -> None:
+    """Die with the process that started this one (Linux), when it says who it is in
+    KD_EDGE_PARENT_PID: a benchmark whose kd-edge was killed must not go on loading the machine."""
+    parent = os.environ.get("KD_EDGE_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # it died before the line above
+        os._exit(1)
+
+
 def main(argv=None) -> int:
+    follow_parent()
     args = parse_args(argv)
     try:
         doc = measure(args)

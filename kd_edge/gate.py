@@ -57,6 +57,32 @@ class GateConfig(BaseModel):
 
     budgets: list[Budget] = Field(default_factory=list, description="The budgets; empty means no gate.")
     baseline: str | None = Field(None, description="A baseline report.json for `max_regression` budgets.")
+    reliable_only: bool = Field(
+        False, description="A budget on a speed figure (latency, speed-up, throughput) that was measured on a busy "
+        "machine fails instead of counting; without this it counts and is marked unreliable.")
+
+
+_SPEED = re.compile(r"^(latency_|speedup_|throughput|prefill_tokens|load_ms)")
+
+
+def speed_metric(metric: str) -> bool:
+    """Whether ``metric`` is a timing, whose value a busy machine distorts."""
+    return bool(_SPEED.search(metric))
+
+
+def unreliable(report: dict, row: dict, metric: str) -> list[str]:
+    """Why the ``metric`` of ``row`` cannot be trusted (the machine was busy while it, or for a
+    speed-up the teacher it is divided by, was measured); empty when it can."""
+    if not speed_metric(metric):
+        return []
+    rows = [row]
+    if metric.startswith("speedup_") and report.get("rows"):
+        rows.append(report["rows"][0])  # the baseline of every speed-up
+    why = []
+    for r in rows:
+        for flag in r.get("latency_flags") or []:
+            why.append(f"{r['name']}: {flag}")
+    return why
 
 
 _CHECK = re.compile(r"^(?P<row>[^:@\s]+)(@(?P<target>[^:\s]+))?:(?P<metric>\w+)\s*"
@@ -103,13 +129,17 @@ def _value(report: dict, budget: Budget, which: str = "") -> float:
     return float(value)
 
 
-def evaluate_budgets(report: dict, budgets: list[Budget], baseline: dict | None = None) -> dict:
-    """Check every budget against a report document; return the verdict with one record per check."""
+def evaluate_budgets(report: dict, budgets: list[Budget], baseline: dict | None = None,
+                     reliable_only: bool = False) -> dict:
+    """Check every budget against a report document; return the verdict with one record per check.
+    A speed figure measured on a busy machine is marked ``unreliable``; with ``reliable_only`` its
+    budget fails."""
     from kd_edge.errors import GateError
 
     checks = []
     for b in budgets:
         value = _value(report, b)
+        doubts = unreliable(report, _row(report, b, ""), b.metric)
         parts, ok = [], True
         if b.min is not None:
             parts.append(f">= {b.min:g}")
@@ -128,10 +158,16 @@ def evaluate_budgets(report: dict, budgets: list[Budget], baseline: dict | None 
             parts.append(f"worse by <= {b.max_regression * 100:g} % of {old:.4g}")
             record.update({"baseline": old, "regression": change})
             ok &= change <= b.max_regression
+        if doubts:
+            record["unreliable"] = doubts
+            if reliable_only:
+                ok = False
+                record["refused"] = "measured on a busy machine (gate.reliable_only)"
         record.update({"bound": " and ".join(parts), "passed": bool(ok)})
         checks.append(record)
     n_ok = sum(c["passed"] for c in checks)
-    return {"passed": n_ok == len(checks), "n_budgets": len(checks), "n_passed": n_ok, "checks": checks}
+    return {"passed": n_ok == len(checks), "n_budgets": len(checks), "n_passed": n_ok, "checks": checks,
+            "n_unreliable": sum(bool(c.get("unreliable")) for c in checks), "reliable_only": reliable_only}
 
 
 def verdict_table(verdict: dict) -> str:
@@ -140,9 +176,24 @@ def verdict_table(verdict: dict) -> str:
     for c in verdict["checks"]:
         row = c["artifact"] + (f"@{c['target']}" if c.get("target") else "")
         lines.append(f"{row:<24} {c['metric']:<22} {c['bound']:<30} {c['value']:>12.4g}  "
-                     f"{'pass' if c['passed'] else 'FAIL'}")
-    lines.append(f"gate {'PASSED' if verdict['passed'] else 'FAILED'}: {verdict['n_passed']}/{verdict['n_budgets']} budgets hold")
+                     f"{'pass' if c['passed'] else 'FAIL'}{_doubt(c)}")
+    lines.append(f"gate {'PASSED' if verdict['passed'] else 'FAILED'}: {verdict['n_passed']}/{verdict['n_budgets']} budgets hold"
+                 + _unreliable_note(verdict))
     return "\n".join(lines)
+
+
+def _doubt(check: dict) -> str:
+    if check.get("refused"):
+        return f" (refused: {check['refused']})"
+    return " (unreliable: busy machine)" if check.get("unreliable") else ""
+
+
+def _unreliable_note(verdict: dict) -> str:
+    n = verdict.get("n_unreliable") or 0
+    if not n:
+        return ""
+    return (f"; {n} on figures measured on a busy machine"
+            + ("" if verdict.get("reliable_only") else " (counted; gate.reliable_only or --reliable-only refuses them)"))
 
 
 def verdict_markdown(verdict: dict) -> str:
@@ -152,8 +203,10 @@ def verdict_markdown(verdict: dict) -> str:
              "| row | metric | bound | value | verdict |", "|---|---|---|---:|---|"]
     for c in verdict["checks"]:
         row = c["artifact"] + (f"@{c['target']}" if c.get("target") else "")
-        lines.append(f"| {row} | {c['metric']} | {c['bound']} | {c['value']:.4g} | {'pass' if c['passed'] else '**FAIL**'} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {row} | {c['metric']} | {c['bound']} | {c['value']:.4g} | "
+                     f"{'pass' if c['passed'] else '**FAIL**'}{_doubt(c)} |")
+    note = _unreliable_note(verdict)
+    return "\n".join(lines) + ("\n\n" + note.lstrip("; ").capitalize() + "." if note else "") + "\n"
 
 
 def verdict_junit(verdict: dict, name: str = "kd-edge gate") -> str:
@@ -189,4 +242,5 @@ def run(recipe, ctx) -> None:
         if not path.is_file():
             raise GateError(f"gate.baseline '{recipe.gate.baseline}' has no report.json; point it at a baseline run")
         baseline = json.loads(path.read_text())
-    write_json(ctx.run_dir / "gate.json", evaluate_budgets(report, recipe.gate.budgets, baseline))
+    write_json(ctx.run_dir / "gate.json", evaluate_budgets(report, recipe.gate.budgets, baseline,
+                                                           reliable_only=recipe.gate.reliable_only))

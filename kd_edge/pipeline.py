@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kd_edge import __version__
-from kd_edge.artifacts import (StageContext, digest_records, digest_tree, file_records, read_json, sha256_json,
-                               write_json, write_text)
+from kd_edge.artifacts import (StageContext, digest_records, digest_tree, file_records, read_json,
+                               remove_leftovers, sha256_json, write_json, write_text)
 from kd_edge.config import Recipe, recipe_to_yaml
-from kd_edge.errors import ArtifactError, ConfigError
+from kd_edge.diskspace import check_free_space
+from kd_edge.errors import ArtifactError, ConfigError, KdEdgeError, from_os_error
 
 MANIFEST = "manifest.json"
 RESOLVED = "recipe.resolved.yaml"
@@ -189,12 +190,13 @@ class RunDir:
         return self.manifest.get("stages", {}).get(name)
 
     def outputs_intact(self, record: dict[str, Any], st: Stage) -> bool:
-        """True when every recorded output still exists with the recorded content."""
+        """True when every recorded output still exists with the recorded content (every file is read
+        again: a file changed in place keeps its size and mtime only if someone wants it to)."""
         recorded = record.get("outputs") or {}
         if not all((self.path / rel).exists() for rel in st.outputs):
             return False
         try:
-            now = file_records(self.path, list(st.outputs), known=recorded)
+            now = file_records(self.path, list(st.outputs))
         except (FileNotFoundError, NotADirectoryError):
             return False
         return {k: v["sha256"] for k, v in now.items()} == {k: v["sha256"] for k, v in recorded.items()}
@@ -235,6 +237,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
     active_names = {st.name for st in active}
     result = RunResult(out_dir)
     with run.lock():
+        remove_leftovers(out_dir)  # what stages killed with SIGKILL left behind
         m = run.manifest
         m.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         m.update({"name": recipe.name, "kd_edge_version": __version__, "recipe_digest": recipe_digest,
@@ -283,14 +286,20 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
             module_name, func = st.target.split(":")
             t0 = time.perf_counter()
             try:
+                check_free_space(st.name, recipe, out_dir)
                 getattr(importlib.import_module(module_name), func)(
                     recipe, StageContext(out_dir, key, progress=progress, fresh=force))
             except BaseException as e:
-                m["stages"][st.name].update({"status": "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
+                interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+                m["stages"][st.name].update({"status": "interrupted" if interrupted else "failed",
                                              "error": f"{type(e).__name__}: {e}"[:500],
                                              "seconds": round(time.perf_counter() - t0, 2)})
                 run.save()
                 emit(StageEvent(st, index, len(active), "failed", time.perf_counter() - t0, str(e)))
+                if isinstance(e, OSError) and not isinstance(e, KdEdgeError):
+                    err = from_os_error(e)
+                    if err is not None:  # no space, permission, ...: one line naming the stage and the path
+                        raise type(err)(f"stage '{st.name}' stopped: {err}; its partial output was removed") from e
                 raise
             seconds = time.perf_counter() - t0
             m["stages"][st.name].update({"status": "done", "seconds": round(seconds, 2),

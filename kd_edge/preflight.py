@@ -16,7 +16,7 @@ from kd_edge.distill import LOSSES
 from kd_edge.distill.config import LossConfig, TeacherConfig
 from kd_edge.errors import ArtifactError, ConfigError
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.hub import (hidden_size, num_layers, read_config, resolve_model_dir,
+from kd_edge.tasks.hub import (check_weights, hidden_size, num_layers, read_config, resolve_model_dir,
                                sentence_transformers_pooling)
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
@@ -61,7 +61,8 @@ def teacher_source(recipe: Recipe, run_dir: Path | None = None, index: int = 0):
 
     cfg = teacher_configs(recipe)[index]
     prepared = index == 0 and cfg.prepare_head is not None
-    return ModelSource(teacher_dir(recipe, run_dir, index), None if prepared else cfg.gguf_file, cfg.trust_remote_code)
+    return ModelSource(teacher_dir(recipe, run_dir, index), None if prepared else cfg.gguf_file, cfg.trust_remote_code,
+                       allow_pickle=cfg.allow_pickle and not prepared)
 
 
 def shape_of(config: dict[str, Any], where: str) -> Shape:
@@ -92,6 +93,13 @@ def pick_layers(layers: int | list[int], n_teacher: int) -> list[int]:
     bad = [i for i in layers if not 0 <= i < n_teacher]
     if bad:
         raise ConfigError(f"student.layers {bad} are out of range: the teacher's layers are 0..{n_teacher - 1}")
+    repeated = sorted({i for i in layers if layers.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"student.layers lists teacher layer {repeated[0]} more than once; list each layer once, "
+                          "e.g. [1, 3, 5]")
+    if list(layers) != sorted(layers):
+        raise ConfigError(f"student.layers {list(layers)} is not in increasing order; a student keeps the teacher's "
+                          f"layers in their order: {sorted(layers)}")
     return list(layers)
 
 
@@ -128,6 +136,7 @@ def _student_shape(recipe: Recipe, teacher: Shape) -> tuple[Shape, Any]:
                               "pick sizes whose ratio is a whole head size")
         return Shape(s.layers, width, heads, teacher.labels), s.layers
     path = resolve_model_dir(s.model, what="student.model")
+    check_weights(path, allow_pickle=s.allow_pickle, what="student.model", key="student.allow_pickle")
     return shape_of(read_config(path), f"student config {path / 'config.json'}"), s.layers
 
 
@@ -165,6 +174,8 @@ def resolve(recipe: Recipe) -> Recipe:
         if not cfg.gguf_file and not any((tdir / f).is_file() for f in _TOKENIZER_FILES):
             raise ArtifactError(f"{what} '{cfg.model}' has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
                                 "save the tokenizer into the model folder")
+        if not cfg.gguf_file:
+            check_weights(tdir, allow_pickle=cfg.allow_pickle, what=what, key=f"{what}.allow_pickle")
         if cfg.prepare_head is not None and (i > 0 or recipe.task != "sequence_classification"):
             raise ConfigError(f"{what}.prepare_head fits a classification head: only for the first teacher of a "
                               "sequence_classification recipe")
@@ -218,11 +229,54 @@ def resolve(recipe: Recipe) -> Recipe:
                             "or use bundled:vader")
     if src.is_file() and src.stat().st_size == 0:
         raise ArtifactError(f"data.source '{recipe.data.source}' is empty; give it some text")
+    _check_data(recipe, shapes[0])
+    _check_target(recipe)
     return recipe.model_copy(update={
         "teacher": teacher,
         "student": recipe.student.model_copy(update={"layers": student_layers}),
         "distill": recipe.distill.model_copy(update={"losses": losses}),
     })
+
+
+def _check_data(recipe: Recipe, teacher: Shape) -> None:
+    """Read the data as the data stage will (no torch: a second at most for tens of thousands of rows)
+    and check what the later stages need of it: texts, and labels with at least two classes."""
+    from kd_edge.data.run import read_examples
+
+    if recipe.task == "causal_lm":
+        read_examples(recipe)
+        return
+    examples, names = read_examples(recipe)
+    found = sorted({e["label"] for e in examples if e.get("label") is not None})
+    field = recipe.data.label_field
+    needs_labels = [loss.name for loss in recipe.distill.losses if LOSSES.meta(loss.name)["needs"] == "labels"]
+    if recipe.teacher.prepare_head is not None:
+        needs_labels.append("teacher.prepare_head")
+    if field and not found and needs_labels:
+        raise ConfigError(f"{needs_labels[0]} needs labels, but no row of '{recipe.data.source}' has a value in the "
+                          f"label column '{field}'; name the right column in data.label_field")
+    if len(found) == 1:
+        shown = names[found[0]] if names else found[0]
+        raise ConfigError(f"the label column '{field}' holds one class ({shown!r}) in every labelled row; labels need "
+                          "at least two classes (a probe or classifier learns nothing from one), so use data with "
+                          "several classes or set data.label_field: null")
+    if recipe.task == "sequence_classification" and recipe.teacher.prepare_head is None and teacher.labels \
+            and found and found[-1] >= teacher.labels:
+        high = names[found[-1]] if names else found[-1]
+        raise ConfigError(f"the data has {len(names) if names else found[-1] + 1} classes (up to {high!r}) but the "
+                          f"teacher predicts {teacher.labels}; use the teacher's label set, or fit a new head with "
+                          "teacher.prepare_head")
+
+
+def _check_target(recipe: Recipe) -> None:
+    """The benchmark target exists and, for SSH, its address parses (nothing is contacted)."""
+    from kd_edge.bench.profiles import profile_for
+
+    profile = profile_for(recipe.bench)
+    if profile.kind == "ssh":
+        from kd_edge.bench.targets.ssh import parse_address
+
+        parse_address(profile.host)
 
 
 def _gguf_config(folder: Path, gguf_file: str) -> dict[str, Any]:

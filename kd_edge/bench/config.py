@@ -14,11 +14,17 @@ class BenchConfig(BaseModel):
                         "rpi5-emulated, ci), a profile .yaml, user@host[:port], or adb[:serial].")
     host: str | None = Field(None, description="user@host[:port] for a profile reached over SSH.")
     serial: str | None = Field(None, description="adb serial for an Android profile.")
+    key_file: str | None = Field(None, description="SSH: the private key to log in with (default: the SSH agent "
+                                 "and ~/.ssh keys).")
+    known_hosts: str | None = Field(None, description="SSH: a known_hosts file holding the device's host key, "
+                                    "besides ~/.ssh/known_hosts.")
     batch_size: int = Field(1, gt=0, description="Batch of the benchmark input.")
     seq_len: int = Field(128, gt=0, description="Tokens per input (all real tokens, no padding).")
     threads: int | None = Field(2, gt=0, description="Intra-op threads for every runtime; null = the profile's.")
     warmup_runs: int = Field(10, ge=1, description="Minimum untimed runs before timing.")
-    runs: int = Field(100, ge=5, description="Timed runs per model.")
+    runs: int = Field(100, ge=5, description="Timed runs per model, over all rounds.")
+    rounds: int = Field(3, ge=1, le=20, description="Fresh processes per model, the models taking turns (baseline, "
+                        "student, files, then back): every model sees the same drift of a shared machine.")
     teacher: bool = Field(True, description="Also benchmark the teacher in PyTorch (the baseline).")
     student_torch: bool = Field(True, description="Also benchmark the distilled student in PyTorch.")
     timeout_s: float = Field(600, gt=0, description="Give up on one model's benchmark after this long.")

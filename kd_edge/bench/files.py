@@ -28,41 +28,46 @@ def runtime_of(path: Path) -> str:
 
 
 def bench_files(paths: list[Path], target, *, threads_list: list[int | None], batch: int, seq: int, runs: int,
-                warmup: int, vocab_size: int, timeout_s: float, task: str = "embedding",
+                warmup: int, vocab_size: int, timeout_s: float, task: str = "embedding", rounds: int = 1,
                 on_result: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every file x thread count on the target, each in a fresh process; failures are recorded, not
-    raised, so that one file a device cannot load does not hide the others."""
-    results = []
+    """Every file x thread count on the target, in ``rounds`` interleaved rounds of fresh processes
+    (bench/rounds.py); failures are recorded, not raised, so that one file a device cannot load does
+    not hide the others."""
+    from kd_edge.bench.rounds import Job, run_rounds
+
+    jobs = []
     for path in paths:
         runtime = runtime_of(path)
         for threads in threads_list:
-            args = ["--runtime", runtime, "--batch", str(batch), "--seq", str(seq), "--runs", str(runs),
-                    "--warmup", str(warmup), "--vocab-size", str(vocab_size)]
+            args = ["--runtime", runtime, "--batch", str(batch), "--seq", str(seq), "--warmup", str(warmup),
+                    "--vocab-size", str(vocab_size)]
             if threads:
                 args += ["--threads", str(threads)]
             if runtime == "torch":
                 args += ["--task", task]
-            try:
-                doc = target.run(RUNNER_PATH, path, args, threads=threads, timeout_s=timeout_s)
-            except TargetError as e:
-                doc = {"error": str(e), "runtime": runtime, "target": target.name, "threads": threads}
-            doc["name"] = path.name
-            results.append(doc)
-            if on_result:
-                on_result(doc)
+            jobs.append(Job(path.name, path, args, threads))
+    results = run_rounds(target, RUNNER_PATH, jobs, rounds=rounds, runs=runs, timeout_s=timeout_s,
+                         on_step=(lambda job, r: on_result({"name": job.name, "round": r})) if on_result else None)
+    for doc, job in zip(results, jobs):
+        doc.setdefault("threads", job.threads)
     return results
 
 
 def results_table(results: list[dict]) -> str:
     """One line per result: file, target, threads, p50/p90/p99, throughput, peak memory."""
     lines = [f"{'file':<28} {'target':<16} {'thr':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'items/s':>9} {'peak MB':>8}"]
+    notes = []
     for d in results:
         if "error" in d:
             lines.append(f"{d['name']:<28} {d.get('target', ''):<16} {str(d.get('threads') or '-'):>3}  error: {d['error']}")
             continue
         lat = d["latency"]
         emulated = " (emulated)" if d.get("environment", {}).get("emulated") else ""
+        flags = (d.get("reliability") or {}).get("flags") or []
+        mark = " *" if flags else ""
+        if flags:
+            notes.append(f"* {d['name']}: unreliable: {'; '.join(flags)}")
         lines.append(f"{d['name']:<28} {d['target']:<16} {str(d.get('threads') or '-'):>3} {lat['p50_ms']:>9.2f} "
                      f"{lat['p90_ms']:>9.2f} {lat['p99_ms']:>9.2f} {lat['throughput_per_s']:>9.1f} "
-                     f"{d.get('peak_rss_mb') or 0:>8.0f}{emulated}")
-    return "\n".join(lines)
+                     f"{d.get('peak_rss_mb') or 0:>8.0f}{emulated}{mark}")
+    return "\n".join(lines + notes)

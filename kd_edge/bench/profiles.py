@@ -61,8 +61,10 @@ def _load_file(path: Path) -> TargetProfile:
         raise ConfigError(validation_message(e, str(path))) from e
 
 
-def resolve_target(ref: str, *, host: str | None = None, serial: str | None = None) -> TargetProfile:
-    """The profile a `--target` argument names, with ``host`` / ``serial`` filled in."""
+def resolve_target(ref: str, *, host: str | None = None, serial: str | None = None, key_file: str | None = None,
+                   known_hosts: str | None = None) -> TargetProfile:
+    """The profile a `--target` argument names, with ``host``, ``serial``, ``key_file`` and
+    ``known_hosts`` filled in when given."""
     if ref.endswith((".yaml", ".yml")):
         path = Path(ref)
         if not path.is_file():
@@ -78,11 +80,25 @@ def resolve_target(ref: str, *, host: str | None = None, serial: str | None = No
     else:
         raise ConfigError(f"unknown target '{ref}'{closest(ref, profile_names())}; give a profile "
                           f"({', '.join(profile_names())}), a profile .yaml, user@host or adb[:serial]")
-    update = {k: v for k, v in (("host", host), ("serial", serial)) if v}
+    update = {k: v for k, v in (("host", host), ("serial", serial), ("key_file", key_file),
+                                 ("known_hosts", known_hosts)) if v}
     profile = profile.model_copy(update=update) if update else profile
     if profile.kind == "ssh" and not profile.host:
-        raise ConfigError(f"target {profile.name} is reached over SSH; give the address: --host user@host")
+        raise ConfigError(f"target {profile.name} is reached over SSH; give the address: --host user@host "
+                          "(bench.host in a recipe)")
+    for what, value, key in (("key", profile.key_file, "--key (bench.key_file in a recipe)"),
+                             ("known_hosts file", profile.known_hosts, "--known-hosts (bench.known_hosts)")):
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigError(f"the SSH {what} '{value}' does not exist; pass an existing file with {key}")
+    if (key_file or known_hosts) and profile.kind != "ssh":
+        raise ConfigError(f"--key and --known-hosts are for SSH targets; target {profile.name} is {profile.kind}")
     return profile
+
+
+def profile_for(cfg) -> TargetProfile:
+    """The profile a recipe's ``bench`` section names, with its host, serial and SSH files."""
+    return resolve_target(cfg.target, host=cfg.host, serial=cfg.serial, key_file=cfg.key_file,
+                          known_hosts=cfg.known_hosts)
 
 
 def make_target(profile: TargetProfile):

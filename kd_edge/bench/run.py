@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.bench import RUNNER_PATH
-from kd_edge.errors import TargetError
 from kd_edge.preflight import teacher_source
 from kd_edge.runfiles import load_cache
 
@@ -26,7 +25,8 @@ def models_to_bench(recipe: "Recipe", run_dir: Path) -> list[dict]:
                    "task": RUNNER_TASK[recipe.task]}
     if recipe.bench.teacher:
         source = teacher_source(recipe, run_dir)
-        models.append({"name": "teacher", "path": source.path, "gguf_file": source.gguf_file, **torch_model})
+        models.append({"name": "teacher", "path": source.path, "gguf_file": source.gguf_file,
+                       "allow_pickle": source.allow_pickle, **torch_model})
     if recipe.bench.student_torch:
         models.append({"name": "student", "path": run_dir / "student", **torch_model})
     for sidecar in sorted((run_dir / "artifacts").glob("*.json")):
@@ -36,12 +36,11 @@ def models_to_bench(recipe: "Recipe", run_dir: Path) -> list[dict]:
 
 
 def runner_args(recipe: "Recipe", model: dict, vocab_size: int, threads: int | None = None) -> list[str]:
-    """Command-line arguments of the device runner for one model."""
+    """Command-line arguments of the device runner for one model (but ``--runs``: the rounds set it)."""
     cfg = recipe.bench
     threads = threads or cfg.threads
     args = ["--runtime", model["runtime"], "--batch", str(cfg.batch_size), "--seq", str(cfg.seq_len),
-            "--warmup", str(cfg.warmup_runs), "--runs", str(cfg.runs), "--seed", str(recipe.seed),
-            "--vocab-size", str(vocab_size)]
+            "--warmup", str(cfg.warmup_runs), "--seed", str(recipe.seed), "--vocab-size", str(vocab_size)]
     if threads:
         args += ["--threads", str(threads)]
     if model["runtime"] == "torch":
@@ -50,6 +49,8 @@ def runner_args(recipe: "Recipe", model: dict, vocab_size: int, threads: int | N
             args += ["--pooling", model["pooling"]] + (["--normalize"] if model["normalize"] else [])
         if model.get("gguf_file"):
             args += ["--gguf-file", model["gguf_file"]]
+        if model.get("allow_pickle"):
+            args += ["--allow-pickle"]
     return args
 
 
@@ -69,13 +70,14 @@ def torch_macs(recipe: "Recipe", ctx: StageContext) -> dict[str, int]:
 
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
-    """Benchmark every model on the recipe's target."""
+    """Benchmark every model on the recipe's target, in interleaved rounds."""
     from tqdm.auto import tqdm
 
-    from kd_edge.bench.profiles import make_target, resolve_target
+    from kd_edge.bench.profiles import make_target, profile_for
+    from kd_edge.bench.rounds import Job, host_load, run_rounds, steal_between
 
     cfg = recipe.bench
-    profile = resolve_target(cfg.target, host=cfg.host, serial=cfg.serial)
+    profile = profile_for(cfg)
     target = make_target(profile)
     threads = cfg.threads or profile.threads
     models = models_to_bench(recipe, ctx.run_dir)
@@ -84,21 +86,31 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         models = [m for m in models if m["runtime"] != "torch"]
     vocab_size = load_cache(ctx.run_dir)[0]["vocab_size"]
     macs = torch_macs(recipe, ctx)
-    with atomic_dir(ctx.run_dir / "bench") as out:
-        write_json(out / "macs.json", {"batch": recipe.bench.batch_size, "seq": recipe.bench.seq_len, "macs": macs})
-        bar = tqdm(models, desc="bench", unit="model", disable=not ctx.progress or None)
-        for model in bar:
-            bar.set_postfix_str(model["name"])
-            try:
-                doc = target.run(RUNNER_PATH, model["path"], runner_args(recipe, model, vocab_size, threads),
-                                 threads=threads, timeout_s=cfg.timeout_s)
-            except TargetError as e:
-                # One model that cannot run on the target does not hide the others' figures: the
-                # failure is recorded and shown in the report.
-                doc = {"error": str(e), "runtime": model["runtime"], "target": target.name}
-            doc["name"] = model["name"]
-            write_json(out / f"{model['name']}@{_safe(target.name)}.json", doc)
-    target.close()
+    jobs = [Job(m["name"], m["path"], runner_args(recipe, m, vocab_size, threads), threads) for m in models]
+    try:
+        with atomic_dir(ctx.run_dir / "bench") as out:
+            write_json(out / "macs.json", {"batch": recipe.bench.batch_size, "seq": recipe.bench.seq_len, "macs": macs})
+            before = host_load()
+            bar = tqdm(total=len(jobs) * cfg.rounds, desc="bench", unit="process", disable=not ctx.progress or None)
+
+            def step(job, r):
+                bar.set_postfix_str(f"{job.name} (round {r + 1}/{cfg.rounds})")
+                bar.update(1)
+
+            docs = run_rounds(target, RUNNER_PATH, jobs, rounds=cfg.rounds, runs=cfg.runs, timeout_s=cfg.timeout_s,
+                              on_step=step)
+            bar.close()
+            after = host_load()
+            for doc in docs:
+                write_json(out / f"{doc['name']}@{_safe(target.name)}.json", doc)
+            write_json(out / "machine.json", {
+                "rounds": cfg.rounds, "runs_per_round": -(-cfg.runs // cfg.rounds), "target": target.name,
+                "host_loadavg_before": before["loadavg"], "host_loadavg_after": after["loadavg"],
+                "host_steal_pct": steal_between(before, after),
+                "unreliable": sorted(d["name"] for d in docs if not (d.get("reliability") or {}).get("reliable", True)),
+            })
+    finally:
+        target.close()
 
 
 def _safe(name: str) -> str:

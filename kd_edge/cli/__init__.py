@@ -7,6 +7,8 @@ import os
 import sys
 
 import typer
+# Typer 0.29 (pinned) carries its own copy of click; its exceptions are what the parser raises.
+from typer._click import exceptions as click_exceptions
 
 app = typer.Typer(
     name="kd-edge",
@@ -33,22 +35,77 @@ QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "err
 QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
+def _interrupt_handlers() -> dict:
+    """Ctrl-C and SIGTERM end a command the same way: stages remove their temporary output, the
+    manifest marks the stage interrupted, and main() prints how to continue. Typer turns the
+    KeyboardInterrupt into a bare exit 130, so the signal is remembered here."""
+    import signal
+
+    seen: dict = {}
+
+    def on_signal(signum, frame):
+        seen["signal"] = signum
+        if signum == signal.SIGTERM:
+            raise SystemExit(143)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+            pass
+    return seen
+
+
 def main() -> None:
-    """Entry point: a KdEdgeError becomes `error: <message>` and exit code 2."""
-    from kd_edge.errors import KdEdgeError
+    """Entry point: a KdEdgeError (or an operating-system error) becomes one line `error: <message>`
+    and exit code 2; Ctrl-C prints how to continue and exits 130."""
+    from kd_edge.errors import KdEdgeError, from_os_error
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-
+    seen = _interrupt_handlers()
+    debug = bool(os.environ.get("KD_EDGE_DEBUG")) or "--debug" in sys.argv[1:2]
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as e:  # `kd-edge` alone: the help, as click shows it
+        e.show()
+        sys.exit(2)
+    except click_exceptions.UsageError as e:  # a wrong option or value: one line, like every other error
+        command = e.ctx.command_path if e.ctx is not None else "kd-edge"
+        _fail(f"{e.format_message().rstrip('.')}; see `{command} --help`", 2)
+    except click_exceptions.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        _fail("aborted (end of input); run the command again", 1)
     except KdEdgeError as e:
-        if os.environ.get("KD_EDGE_DEBUG"):
+        if debug or os.environ.get("KD_EDGE_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to continue where it stopped", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
+    except OSError as e:
+        err = from_os_error(e)
+        if err is None or debug or os.environ.get("KD_EDGE_DEBUG"):
+            raise
+        _fail(str(err), err.exit_code)
+    except SystemExit as e:
+        if seen.get("signal") is not None and e.code in (130, 143):
+            _interrupted(e.code)
+        raise
+    if seen.get("signal") is not None and code in (130, 143):  # Typer turned Ctrl-C into exit 130
+        _interrupted(code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _interrupted(code: int = 130) -> None:
+    command = " ".join(["kd-edge", *sys.argv[1:]])
+    print(f"\ninterrupted; run the same command again to continue where it stopped: {command}", file=sys.stderr)
+    sys.exit(code)

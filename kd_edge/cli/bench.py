@@ -11,6 +11,29 @@ from kd_edge.cli import app
 from kd_edge.cli.options import QuietOpt, SetOpt
 
 
+def _positive(value: int, option: str) -> int:
+    from kd_edge.errors import ConfigError
+
+    if value < 1:
+        raise ConfigError(f"{option} {value} must be 1 or more")
+    return value
+
+
+def _thread_counts(text: str | None) -> list[int | None]:
+    from kd_edge.errors import ConfigError
+
+    if not text:
+        return [None]
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--threads '{text}' must be whole numbers separated by commas, e.g. 1,2,4") from None
+    bad = [t for t in counts if t < 1]
+    if bad or not counts:
+        raise ConfigError(f"--threads '{text}': thread counts are 1 or more, e.g. --threads 1,2,4")
+    return counts
+
+
 @app.command("bench")
 def bench_command(
     paths: Annotated[list[Path], typer.Argument(help="A run folder, or .onnx / .tflite files and model folders.",
@@ -19,11 +42,18 @@ def bench_command(
         "--target", "-t", help="local, a profile (rpi4, rpi5, rpi5-emulated, android-arm64, ci), PROFILE.yaml, "
         "user@host[:port] or adb[:serial].", show_default=False)] = None,
     host: Annotated[Optional[str], typer.Option(help="user@host[:port] for an SSH profile.", show_default=False)] = None,
+    key: Annotated[Optional[Path], typer.Option(
+        "--key", help="SSH: the private key to log in with (default: the SSH agent and ~/.ssh keys).",
+        show_default=False)] = None,
+    known_hosts: Annotated[Optional[Path], typer.Option(
+        "--known-hosts", help="SSH: a known_hosts file with the device's host key (besides ~/.ssh/known_hosts).",
+        show_default=False)] = None,
     serial: Annotated[Optional[str], typer.Option(help="adb serial for an Android profile.", show_default=False)] = None,
     threads: Annotated[Optional[str], typer.Option(help="Thread counts, comma separated: 1,2,4.", show_default=False)] = None,
     batch: Annotated[int, typer.Option(help="Batch size (files only).")] = 1,
     seq: Annotated[int, typer.Option(help="Tokens per input (files only).")] = 128,
-    runs: Annotated[int, typer.Option(help="Timed runs per file (files only).")] = 100,
+    runs: Annotated[int, typer.Option(help="Timed runs per file, over all rounds (files only).")] = 100,
+    rounds: Annotated[int, typer.Option(help="Fresh processes per file, the files taking turns (files only).")] = 3,
     warmup: Annotated[int, typer.Option(help="Minimum warm-up runs (files only).")] = 10,
     vocab_size: Annotated[int, typer.Option(help="Token ids are drawn below this (files only).")] = 30000,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write one JSON per result into this folder.",
@@ -33,10 +63,15 @@ def bench_command(
 ) -> None:
     """Benchmark a run's teacher, student and exported files, or any files, where they will run.
 
-    Each model runs in a fresh process with the standalone device runner: load time, first
-    inference, warm-up until the latency settles, timed runs (p50/p90/p99 with a bootstrap interval),
-    throughput and peak memory per phase. Remote targets get the runner and the file copied over
+    Each model runs in fresh processes with the standalone device runner, in rounds that take turns
+    (so that every model sees the same drift of a shared machine): load time, first inference,
+    warm-up until the latency settles, timed runs (p50/p90/p99 with a bootstrap interval),
+    throughput and peak memory per phase, and what else loaded the machine meanwhile (figures taken
+    on a busy machine are marked unreliable). Remote targets get the runner and the file copied over
     (once per checksum) and must have Python, numpy and the runtime.
+
+    SSH: the device's host key must be known (~/.ssh/known_hosts or --known-hosts); log in with the
+    SSH agent, ~/.ssh keys or --key. A profile YAML can name them too (key_file:, known_hosts:).
 
     Examples:
 
@@ -45,16 +80,30 @@ def bench_command(
       kd-edge bench runs/minilm-l6-to-l2/artifacts/*.onnx --threads 1,2
 
       kd-edge bench student.int8.tflite --target rpi5 --host pi@raspberrypi.local --runs 200
-    """
-    from kd_edge.errors import ConfigError
 
+      kd-edge bench student.int8.onnx --target pi@10.0.0.7:2222 --key ~/.ssh/pi_ed25519 --known-hosts pi_hosts
+    """
+    from kd_edge.errors import ConfigError, TargetError
+
+    thread_list = _thread_counts(threads)
+    for value, option in ((batch, "--batch"), (seq, "--seq"), (runs, "--runs"), (rounds, "--rounds"),
+                          (vocab_size, "--vocab-size")):
+        _positive(value, option)
+    if warmup < 0:
+        raise ConfigError(f"--warmup {warmup} must be 0 or more")
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder for the result files")
+    ssh = {"key_file": str(key) if key else None, "known_hosts": str(known_hosts) if known_hosts else None}
     if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
         overrides = list(set_ or [])
-        for key, value in (("target", target), ("host", host), ("serial", serial)):
+        for name, value in (("target", target), ("host", host), ("serial", serial), *ssh.items()):
             if value:
-                overrides.append(f"bench.{key}={value}")
-        if threads:
-            overrides.append(f"bench.threads={threads.split(',')[0]}")
+                overrides.append(f"bench.{name}={value}")
+        if thread_list != [None]:
+            if len(thread_list) > 1:
+                raise ConfigError("a run folder is benchmarked at one thread count (bench.threads); pass one, "
+                                  "e.g. --threads 2, or benchmark its files: kd-edge bench RUN/artifacts/*")
+            overrides.append(f"bench.threads={thread_list[0]}")
         from kd_edge.cli.run import execute
 
         raise typer.Exit(execute(None, None, overrides, resume=True, force=False, quiet=quiet, stop_after="bench",
@@ -62,30 +111,31 @@ def bench_command(
     if set_:
         raise ConfigError("--set applies to a run folder; for files use --threads, --batch, --seq, --runs")
     from kd_edge.artifacts import write_json
-    from kd_edge.bench.files import bench_files, results_table
+    from kd_edge.bench.files import bench_files, results_table, runtime_of
     from kd_edge.bench.profiles import make_target, resolve_target
 
-    try:
-        thread_list = [int(t) for t in threads.split(",")] if threads else [None]
-    except ValueError:
-        raise ConfigError(f"--threads '{threads}' must be numbers separated by commas, e.g. 1,2,4") from None
-    profile = resolve_target(target or "local", host=host, serial=serial)
+    for path in paths:
+        runtime_of(path)  # every path is checked before anything runs
+    profile = resolve_target(target or "local", host=host, serial=serial, **ssh)
     device = make_target(profile)
     if thread_list == [None] and profile.threads:
         thread_list = [profile.threads]
-    typer.echo(f"kd-edge bench: {len(paths)} file(s) on {device.name} ({profile.description or profile.kind})")
+    typer.echo(f"kd-edge bench: {len(paths)} file(s) on {device.name} ({profile.description or profile.kind}), "
+               f"{rounds} round(s)")
     try:
         results = bench_files(paths, device, threads_list=thread_list, batch=batch, seq=seq, runs=runs, warmup=warmup,
-                              vocab_size=vocab_size, timeout_s=900,
-                              on_result=None if quiet else (lambda d: typer.echo(f"  {d['name']}: "
-                                                                                 f"{'error' if 'error' in d else 'done'}")))
+                              vocab_size=vocab_size, timeout_s=900, rounds=rounds,
+                              on_result=None if quiet else (lambda d: typer.echo(f"  {d['name']}: round {d['round'] + 1}")))
     finally:
         device.close()
     typer.echo(results_table(results))
     if out is not None:
         for d in results:
             suffix = f"-t{d['threads']}" if d.get("threads") else ""
-            safe_target = "".join(c if c.isalnum() or c in "-_." else "_" for c in d["target"])
+            safe_target = "".join(c if c.isalnum() or c in "-_." else "_" for c in d.get("target", device.name))
             write_json(out / f"{d['name']}@{safe_target}{suffix}.json", d)
         typer.echo(f"results: {out}")
-    raise typer.Exit(1 if any("error" in d for d in results) else 0)
+    failed = [d for d in results if "error" in d]
+    if failed:
+        more = f" (and {len(failed) - 1} more, in the table)" if len(failed) > 1 else ""
+        raise TargetError(f"{failed[0]['error']}{more}")

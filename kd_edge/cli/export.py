@@ -139,9 +139,16 @@ def quantize_command(
     keep_float: Annotated[int, typer.Option(
         help="ONNX int8: keep nodes in float. 1: the attention MatMuls of two computed tensors (every weight "
         "stays int8; changes static int8 only); 2: also the first and last layers and the head.", min=0, max=2)] = 0,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", help="Compare only this output of the file (default: every floating-point output).",
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Make a smaller precision of an exported file and check it against the original.
+
+    Every floating-point output of the file is compared on sample inputs (max |Δ| and the lowest
+    cosine to the original); integer outputs, such as a copy of the token ids, are named and left out.
+    With --calibration and --tokenizer the inputs are your sentences, else random token ids.
 
     Examples:
 
@@ -154,7 +161,11 @@ def quantize_command(
     from kd_edge.export.standalone import quantize_file
 
     r = quantize_file(path, precision, out, texts=calibration, tokenizer=tokenizer, force=force,
-                      fallback_level=keep_float)
-    typer.echo(f"{r['file']}: {r['size_mb']:.2f} MB (from {r['source_size_mb']:.2f} MB), max |Δ| {r['max_abs_diff']:.2e}, "
-               f"min cosine {r['min_cosine']:.4f} to the original on {r['n_inputs']} inputs"
-               + (f", {r['nodes_in_float']} nodes kept in float" if r["nodes_in_float"] else ""))
+                      fallback_level=keep_float, output=output)
+    typer.echo(f"{r['file']}: {r['size_mb']:.2f} MB (from {r['source_size_mb']:.2f} MB), checked against the original "
+               f"on {r['n_inputs']} inputs" + (f", {r['nodes_in_float']} nodes kept in float" if r["nodes_in_float"] else ""))
+    width = max(len(c["name"]) for c in r["outputs"])
+    for c in r["outputs"]:
+        typer.echo(f"  output {c['name']:<{width}}  max |Δ| {c['max_abs_diff']:.2e}  min cosine {c['min_cosine']:.4f}")
+    if r["outputs_left_out"]:
+        typer.echo(f"  left out (not floating point): {', '.join(r['outputs_left_out'])}")

@@ -39,6 +39,8 @@ def gate_command(
         "--markdown", help="Also write the verdict as Markdown (e.g. $GITHUB_STEP_SUMMARY).", show_default=False)] = None,
     junit: Annotated[Optional[Path], typer.Option(
         "--junit", help="Also write the verdict as JUnit XML (one test case per budget).", show_default=False)] = None,
+    reliable_only: Annotated[bool, typer.Option(
+        "--reliable-only", help="Fail speed budgets whose figures were measured on a busy machine.")] = False,
 ) -> None:
     """Check size, latency and quality budgets against a report (exit 0 pass, 1 broken, 2 bad input).
 
@@ -85,7 +87,7 @@ def gate_command(
         raise GateError(f"{source} lists no budgets; add some under `budgets:` or pass --check")
     base_path = baseline or (Path(cfg.baseline) if cfg.baseline else None)
     base = _read_report(base_path, "baseline report") if base_path else None
-    verdict = evaluate_budgets(report, budgets, base)
+    verdict = evaluate_budgets(report, budgets, base, reliable_only=reliable_only or cfg.reliable_only)
     typer.echo(verdict_table(verdict))
     if markdown is not None:
         write_text(markdown, verdict_markdown(verdict))

@@ -22,8 +22,12 @@ class DataConfig(BaseModel):
     )
     text_field: str = Field("text", description="Column holding the input text.")
     label_field: str | None = Field(
-        "label", description="Column holding an integer class label (used by the probe); null for none. "
-        "Rows whose label is empty are still used for distillation."
+        "label", description="Column holding the class: an id (0..K-1) or a name (positive, negative, ...); "
+        "null for none. Rows whose label is empty are still used for distillation."
+    )
+    label_names: list[str] | None = Field(
+        None, description="Class names in id order. Name labels are mapped to ids by it (default: sorted names); "
+        "the report shows these names."
     )
     where: dict[str, Any] = Field(
         default_factory=dict,

@@ -14,17 +14,51 @@ if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
 
-def _label(value: Any, field: str, row_no: int) -> int | None:
-    if value is None or value == "":
+def _label(value: Any) -> int | str | None:
+    """A label as read: an integer class id (``1``, ``"1"``, ``1.0``), a class name, or None (empty)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, bool):
+        return int(value)
     try:
         as_float = float(value)
     except (TypeError, ValueError):
-        as_float = None
-    if as_float is None or as_float != int(as_float):
-        raise ArtifactError(f"row {row_no}: {field}={value!r} is not an integer class label; "
-                            "map labels to 0..K-1 or set data.label_field: null")
+        return str(value).strip()
+    if as_float != as_float or as_float != int(as_float):  # NaN (an empty pandas cell) or 0.5
+        return None if as_float != as_float else str(value)
     return int(as_float)
+
+
+def encode_labels(examples: list[dict[str, Any]], cfg) -> list[str] | None:
+    """Turn every example's label into a class id, in place; return the class names when the labels
+    are names (ids follow ``data.label_names``, else sorted order), None when they are ids."""
+    found = [e["label"] for e in examples if e.get("label") is not None]
+    names = sorted({v for v in found if isinstance(v, str)})
+    if cfg.label_names:
+        order = list(cfg.label_names)
+        unknown = sorted({repr(v) for v in found if (isinstance(v, str) and v not in order)
+                          or (isinstance(v, int) and not 0 <= v < len(order))})
+        if unknown:
+            raise ConfigError(f"the label column '{cfg.label_field}' holds {', '.join(unknown[:3])}, which "
+                              f"data.label_names {order} does not name; add them there or fix the data")
+    elif not names:
+        bad = sorted({v for v in found if v < 0})
+        if bad:
+            raise ConfigError(f"the label column '{cfg.label_field}' holds the negative class id {bad[0]}; class "
+                              "ids start at 0 (or use class names)")
+        return None
+    else:
+        ints = sorted({v for v in found if isinstance(v, int)})
+        if ints:
+            raise ConfigError(f"the label column '{cfg.label_field}' mixes class ids ({ints[0]}) and names "
+                              f"({names[0]!r}); use one kind, or list the names in id order in data.label_names")
+        order = names
+    index = {n: i for i, n in enumerate(order)}
+    for e in examples:
+        v = e.get("label")
+        if isinstance(v, str):
+            e["label"] = index[v]
+    return order
 
 
 def _column(rows: list[dict], field: str, key: str, source: str) -> None:
@@ -83,7 +117,7 @@ def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
         text = r.get(cfg.text_field)
         if not isinstance(text, str) or not text.strip():
             continue
-        label = _label(r.get(cfg.label_field), cfg.label_field, i) if cfg.label_field and recipe.task != "causal_lm" else None
+        label = _label(r.get(cfg.label_field)) if cfg.label_field and recipe.task != "causal_lm" else None
         example = {"text": text, "label": label}
         if keep:
             example["columns"] = {c: r.get(c) for c in keep}
@@ -92,6 +126,12 @@ def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
         raise ArtifactError(f"data.source '{cfg.source}' has only {len(examples)} non-empty texts after filtering; "
                             "kd-edge needs at least a few for training and testing")
     return examples
+
+
+def read_examples(recipe: "Recipe") -> tuple[list[dict[str, Any]], list[str] | None]:
+    """``load_examples`` with labels as class ids, and the class names when the data names them."""
+    examples = load_examples(recipe)
+    return examples, encode_labels(examples, recipe.data)
 
 
 def split(examples: list[dict[str, Any]], test_size: float, seed: int) -> tuple[list, list]:
@@ -106,13 +146,14 @@ def split(examples: list[dict[str, Any]], test_size: float, seed: int) -> tuple[
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write data/train.jsonl, data/test.jsonl and data/meta.json."""
-    train, test = split(load_examples(recipe), recipe.data.test_size, recipe.seed)
+    examples, names = read_examples(recipe)
+    train, test = split(examples, recipe.data.test_size, recipe.seed)
     labels = sorted({r["label"] for r in train + test if r["label"] is not None})
     with atomic_dir(ctx.run_dir / "data") as out:
         write_jsonl(out / "train.jsonl", train)
         write_jsonl(out / "test.jsonl", test)
         write_json(out / "meta.json", {
             "source": recipe.data.source, "n_train": len(train), "n_test": len(test),
-            "labels": labels, "n_labelled_train": sum(r["label"] is not None for r in train),
+            "labels": labels, "label_names": names, "n_labelled_train": sum(r["label"] is not None for r in train),
             "n_labelled_test": sum(r["label"] is not None for r in test),
         })

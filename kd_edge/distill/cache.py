@@ -52,6 +52,21 @@ def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> tuple[Packed,
     return Packed.from_lists(all_ids), Packed.from_lists(all_w, dtype=np.float32)
 
 
+def reserve(path: Path) -> None:
+    """Allocate every block of a freshly created (sparse) memory-mapped file now: writing to a page
+    the disk has no room for kills the process with SIGBUS, while this fails with ENOSPC."""
+    import os
+
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size:
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+            except OSError as e:
+                if e.errno not in (95, 22):  # EOPNOTSUPP / EINVAL: a file system without fallocate
+                    raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 class _FieldWriter:
     """Writes a cache field batch by batch into a memory-mapped .npy (example- or token-level)."""
 
@@ -64,6 +79,7 @@ class _FieldWriter:
             rows = len(self.ids) if self.level == "example" else int(self.ids.offsets[-1])
             shape = (rows,) + (values.shape[1:] if self.level == "example" else values.shape[2:])
             self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=values.dtype, shape=shape)
+            reserve(self.path)
         if self.level == "example":
             self.array[idx] = values
         else:

@@ -35,6 +35,10 @@ class TeacherConfig(BaseModel):
     trust_remote_code: bool = Field(
         False, description="Run custom modelling code shipped with the model. Only for models you trust."
     )
+    allow_pickle: bool = Field(
+        False, description="Load pickle checkpoints (pytorch_model.bin) when the folder has no safetensors. "
+        "Unpickling can run code from the file: only for files you trust."
+    )
     prepare_head: HeadConfig | None = Field(
         None, description="sequence_classification: the model is an encoder; first fit a classification head "
         "on the train split (stage `prepare`, written to runs/<name>/teacher/) and distill from that."
@@ -98,6 +102,10 @@ class StudentConfig(BaseModel):
         "columns, evenly spaced layers) instead of a random initialisation."
     )
     model: str | None = Field(None, description="pretrained: the student's folder or hub id.")
+    allow_pickle: bool = Field(
+        False, description="pretrained: load a pickle checkpoint (pytorch_model.bin) when the folder has no "
+        "safetensors. Unpickling can run code from the file: only for files you trust."
+    )
 
     @model_validator(mode="after")
     def _pretrained_needs_model(self) -> "StudentConfig":

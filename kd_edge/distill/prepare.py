@@ -32,7 +32,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
 
     cfg = recipe.teacher.prepare_head
     task = TASKS.get(recipe.task)()
-    base = ModelSource(resolve_teacher(recipe.teacher), recipe.teacher.gguf_file, recipe.teacher.trust_remote_code)
+    base = ModelSource(resolve_teacher(recipe.teacher), recipe.teacher.gguf_file, recipe.teacher.trust_remote_code,
+                       allow_pickle=recipe.teacher.allow_pickle)
     tokenizer = task.load_tokenizer(base)
     rows = [r for r in read_jsonl(ctx.run_dir / "data" / "train.jsonl") if r.get("label") is not None]
     labels = sorted({r["label"] for r in rows})
@@ -42,7 +43,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         raise ArtifactError(f"labels must be 0..K-1 to train a head, got {labels[:10]}; map them first")
     torch.manual_seed(recipe.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(base.path), num_labels=len(labels), trust_remote_code=base.trust_remote_code)
+        str(base.path), num_labels=len(labels), trust_remote_code=base.trust_remote_code,
+        use_safetensors=None if base.allow_pickle else True)
     if not cfg.train_encoder:
         for name, p in model.named_parameters():
             # the head of a BERT-like classifier is its pooler and classifier

@@ -150,7 +150,7 @@ def build(recipe: "Recipe", task, teacher: nn.Module) -> tuple[nn.Module, dict]:
                                                                           "num_attention_heads", "intermediate_size")},
                                 "shrunk_from_teacher_layers": picked if s.shrink_from_teacher else None}
     path = resolve_model_dir(s.model, what="student.model")
-    student = task.load_model(ModelSource(path))
+    student = task.load_model(ModelSource(path, allow_pickle=s.allow_pickle))
     t_labels, s_labels = getattr(teacher.config, "num_labels", None), getattr(student.config, "num_labels", None)
     if recipe.task == "sequence_classification" and t_labels != s_labels:
         raise ConfigError(f"student.model has {s_labels} labels, the teacher {t_labels}; they must match")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from kd_edge.artifacts import StageContext, atomic_dir, write_json
+from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.evaluate.slices import slice_masks, slice_report
 from kd_edge.runfiles import CacheReader, read_jsonl, student_meta
 from kd_edge.tasks import TASKS
@@ -77,8 +77,22 @@ def _classification(recipe, task, model, cache, meta, ctx, files) -> dict:
     models["student"] = classification_metrics(student, teacher, labels)
     files["_scores"] = {"kind": "accuracy", "teacher": teacher.argmax(-1) == labels, "student": student.argmax(-1) == labels,
                         "valid": labels >= 0}
-    files["_per_class"] = per_class(teacher, student, labels)
+    files["_per_class"] = per_class(teacher, student, labels, class_names(ctx.run_dir, model))
     return models
+
+
+def class_names(run_dir, model) -> list[str] | None:
+    """Names of the classes in id order: as the data named them (data.label_names, or name labels),
+    else the model's id2label unless those are transformers' placeholders (LABEL_0, ...)."""
+    meta = run_dir / "data" / "meta.json"
+    names = read_json(meta).get("label_names") if meta.is_file() else None
+    if names:
+        return list(names)
+    id2label = getattr(model.config, "id2label", None) or {}
+    ordered = [id2label.get(i, id2label.get(str(i))) for i in range(len(id2label))]
+    if ordered and all(isinstance(n, str) for n in ordered) and not all(n == f"LABEL_{i}" for i, n in enumerate(ordered)):
+        return ordered
+    return None
 
 
 @torch.no_grad()
@@ -116,14 +130,16 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
     return models
 
 
-def per_class(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray) -> list[dict]:
+def per_class(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray,
+              names: list[str] | None = None) -> list[dict]:
     """Per class: its count and the teacher's and student's recall (the share of its texts predicted
-    as it), with the student's delta."""
+    as it), with the student's delta, and its name when known."""
     out = []
     for c in sorted(set(labels[labels >= 0].tolist())):
         sel = labels == c
         t, s = float((teacher[sel].argmax(-1) == c).mean()), float((student[sel].argmax(-1) == c).mean())
-        out.append({"class": int(c), "n": int(sel.sum()), "teacher_recall": t, "student_recall": s, "delta": s - t})
+        out.append({"class": int(c), "name": names[c] if names and c < len(names) else None, "n": int(sel.sum()),
+                    "teacher_recall": t, "student_recall": s, "delta": s - t})
     return out
 
 

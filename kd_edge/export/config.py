@@ -52,7 +52,7 @@ class ExportConfig(BaseModel):
     int8_per_channel: bool = Field(True, description="ONNX int8: one scale per output channel of each weight.")
     optimize: bool = Field(
         True, description="ONNX fp32/fp16: apply ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) "
-        "when the fused graph still matches the unfused one within verify.fp32_max_abs_diff; otherwise keep the "
+        "when the fused graph still matches the unfused one within verify.fp32_atol; otherwise keep the "
         "unfused graph and say why. int8 files are always quantized from the unfused graph.")
     calibration_size: int = Field(200, gt=0, description="int8-static: training texts used to calibrate activations.")
     int8_fallback: bool = Field(

@@ -200,7 +200,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     with atomic_dir(ctx.run_dir / "artifacts") as out:
         make_artifacts(task.export_module(model, meta), json.loads((sdir / "config.json").read_text()), cfg, out,
                        input_names=task.input_names, output_name=task.output_name, common=common,
-                       logs=ctx.run_dir / "logs", fp32_tolerance=recipe.verify.fp32_max_abs_diff, seed=recipe.seed,
+                       logs=ctx.run_dir / "logs", fp32_tolerance=recipe.verify.fp32_atol, seed=recipe.seed,
                        calibration=lambda: _calibration(ctx.run_dir, recipe, task.input_names),
                        fallback=Fallback(recipe, ctx.run_dir),
                        budget=recipe.verify.int8_max_metric_drop)

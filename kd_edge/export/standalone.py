@@ -22,7 +22,8 @@ from kd_edge.artifacts import atomic_dir, write_json
 from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError, ConfigError, QuantizeError
 from kd_edge.export.capture import captured
-from kd_edge.verify.reference import REFERENCE, exact_outputs, fp32_reason, outputs
+from kd_edge.verify.config import VerifyConfig
+from kd_edge.verify.reference import REFERENCE, Parity, exact_outputs, fp32_reason, outputs
 
 TEXTS = 200  # sentences to verify on
 
@@ -85,12 +86,13 @@ def _outputs(path: Path, info: dict, ids: Packed, pad_id: int, log: Path) -> np.
     return run_tflite(path, ids, pad_id, None, info["signatures"], log)
 
 
-def compare(task: str, got: np.ndarray, ref: np.ndarray, precision: str, fp32_tolerance: float,
-            worst_signature: float = 0.0, pytorch_fp32: float | None = None) -> dict:
+def compare(task: str, got: np.ndarray, ref: np.ndarray, precision: str, parity: Parity,
+            pytorch_fp32: float | None = None) -> dict:
     """|Δ|, agreement and the verdict of an artifact's outputs against the reference outputs (the
-    model in float64, whose fp32 PyTorch run is ``pytorch_fp32`` from it); ``worst_signature`` is the
-    largest |Δ| of any other (TFLite) signature, counted in max |Δ|."""
+    model in float64, whose fp32 PyTorch run is ``pytorch_fp32`` from it); ``parity`` may already
+    hold other comparisons of the file (its other TFLite signatures)."""
     diff = np.abs(got - ref)
+    parity.add(got, ref)
     if task == "sequence_classification":
         agreement = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
         what = "same class as the model"
@@ -98,10 +100,9 @@ def compare(task: str, got: np.ndarray, ref: np.ndarray, precision: str, fp32_to
         cos = np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
         agreement = float(np.mean(cos > 0.99))
         what = "embeddings with cosine > 0.99 to the model's"
-    record = {"max_abs_diff": max(float(diff.max()), worst_signature), "mean_abs_diff": float(diff.mean()),
-              "agreement": agreement}
+    record = {**parity.record(), "mean_abs_diff": float(diff.mean()), "agreement": agreement}
     if precision == "fp32":
-        ok, reason = fp32_reason(record["max_abs_diff"], fp32_tolerance, pytorch_fp32)
+        ok, reason = fp32_reason(record, pytorch_fp32)
     else:
         ok = agreement >= 0.98
         reason = f"{agreement * 100:.1f} % {what} ({'≥' if ok else '<'} 98 %)"
@@ -139,12 +140,14 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
                            for i in range(min(len(ids), cfg.calibration_size))]
     common = {"task": task, "params": sum(p.numel() for p in model.parameters()), "source": str(model_dir),
               **({"pooling": meta["pooling"], "normalize": meta["normalize"]} if task == "sentence_embedding" else {})}
-    check, pytorch_fp32 = _lm_checker(model, ids) if task == "causal_lm" else _encoder_checker(task, module, ids, config)
+    tolerance = VerifyConfig()  # the verify stage's defaults: fp32 within 1e-4 + 1e-5·|model|
+    check, pytorch_fp32 = (_lm_checker(model, ids, tolerance) if task == "causal_lm"
+                           else _encoder_checker(task, module, ids, config, adapter.output_name, tolerance))
     records = []
     with atomic_dir(out) as tmp:
         sidecars = make_artifacts(module, config, cfg, tmp, input_names=adapter.input_names,
                                   output_name=adapter.output_name, common=common, logs=tmp / "logs",
-                                  fp32_tolerance=1e-4, calibration=calibration)
+                                  fp32_tolerance=tolerance.fp32_atol, calibration=calibration)
         for side in sidecars:
             record = {"name": side["name"], "format": side["format"], "precision": side["precision"],
                       "runtime": side["runtime"], "size_mb": side["size_bytes"] / 1e6,
@@ -173,7 +176,7 @@ def _lm_export_config(cfg):
     return cfg
 
 
-def _encoder_checker(task: str, module, ids: Packed, config: dict):
+def _encoder_checker(task: str, module, ids: Packed, config: dict, output_name: str, tolerance):
     """A function (file, sidecar, logs) -> record for an encoder (outputs on every text against the
     model in float64, every TFLite signature too; agreement; verdict), and PyTorch's own fp32 |Δ|."""
     from kd_edge.verify.run import signature_diffs
@@ -184,32 +187,31 @@ def _encoder_checker(task: str, module, ids: Packed, config: dict):
 
     def check(path: Path, side: dict, logs: Path) -> dict:
         got = _outputs(path, side, ids, pad_id, logs / "verify-tflite.log")
-        sig = {}
+        sig, parity = {}, Parity(tolerance.fp32_atol, tolerance.fp32_rtol)
         if side["runtime"] == "tflite" and len(side["signatures"]) > 1:  # every signature, batched ones too
-            sig = signature_diffs(path, ids, pad_id, None, side["signatures"], ref, logs / "verify-tflite.log")
-        record = {"n_texts": len(ids), **compare(task, got, ref, side["precision"], 1e-4,
-                                                 worst_signature=max(sig.values(), default=0.0),
-                                                 pytorch_fp32=pytorch_fp32)}
+            sig = signature_diffs(path, ids, pad_id, None, side["signatures"], ref, logs / "verify-tflite.log",
+                                  parity=parity)
+        record = {"n_texts": len(ids), "outputs_compared": [output_name],
+                  **compare(task, got, ref, side["precision"], parity, pytorch_fp32=pytorch_fp32)}
         return {**record, "signature_max_abs_diff": sig} if sig else record
 
     return check, pytorch_fp32
 
 
-def _lm_checker(model, ids: Packed):
+def _lm_checker(model, ids: Packed, cfg):
     """A function (file, sidecar, logs) -> record for a causal LM (the verify stage's checks: logits
     |Δ| as a prompt and token by token, perplexity, greedy generation; verdict by its defaults), and
     PyTorch's own fp32 |Δ|."""
     from kd_edge.verify.causal_lm import LMChecker
-    from kd_edge.verify.config import VerifyConfig
 
     texts = [np.asarray(ids[i], np.int64) for i in range(len(ids)) if len(ids[i]) > 1]
-    checker, cfg = LMChecker(model, texts), VerifyConfig()
+    checker = LMChecker(model, texts)
     skip = ("name", "format", "precision", "runtime")
 
     def check(path: Path, side: dict, logs: Path) -> dict:
         with captured(logs / "verify-tflite.log") if side["runtime"] == "tflite" else contextlib.nullcontext():
             record = checker.measure(path, side, cfg)  # (XNNPACK announces itself from C++)
-        return {"n_texts": len(texts), "model_perplexity": checker.student["perplexity"],
+        return {"n_texts": len(texts), "outputs_compared": ["logits"], "model_perplexity": checker.student["perplexity"],
                 **{k: v for k, v in record.items() if k not in skip}}
 
     return check, checker.student["pytorch_fp32_max_abs_diff"]
@@ -218,10 +220,76 @@ def _lm_checker(model, ids: Packed):
 QUANTIZE_PRECISIONS = {".onnx": ("fp16", "int8", "int8-static", "int4"), ".tflite": ("fp16", "int8", "int8-weights")}
 
 
+def named_outputs(path: Path, runtime: str, ids: Packed, log: Path) -> dict[str, list[np.ndarray]]:
+    """Every output of a file, by name, on each text run alone (batch 1, unpadded for ONNX; TFLite
+    pads it to the shortest signature that holds it): shapes may differ between outputs and texts."""
+    from kd_edge.device_runner import OrtBackend, RunnerError, TfliteBackend
+
+    feeds = [{"input_ids": np.asarray(ids[i], np.int64)[None],
+              "attention_mask": np.ones((1, len(ids[i])), np.int64)} for i in range(len(ids))]
+    out: dict[str, list[np.ndarray]] = {}
+    try:
+        if runtime == "onnxruntime":
+            backend = OrtBackend(str(path), None)
+            names = [o.name for o in backend.session.get_outputs()]
+            runs = (backend.run(f) for f in feeds)
+        else:
+            backend = TfliteBackend(str(path), None)
+            sig = lambda f: backend.signature_for(1, f["input_ids"].shape[1])  # noqa: E731
+            names = None
+            runs = []
+            with captured(log):
+                for f in feeds:
+                    name = sig(f)
+                    runs.append(backend.run(f, signature=name))
+                    names = names or sorted(backend.interpreter.get_signature_runner(name).get_output_details())
+        for values in runs:
+            for name, value in zip(names, values):
+                out.setdefault(name, []).append(np.asarray(value))
+    except RunnerError as e:
+        raise ArtifactError(f"{path.name}: {e}") from e
+    except Exception as e:
+        raise ArtifactError(f"{runtime} cannot run {path} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                            "check that it is a complete exported model (export it again)") from e
+    return out
+
+
+def compare_outputs(ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]],
+                    only: str | None = None) -> tuple[list[dict], list[str]]:
+    """|Δ| and cosine of every floating-point output (or only the one named ``only``) of ``got``
+    against ``ref``; integer outputs (a copy of the token ids, a mask) cannot tell two precisions
+    apart and are left out: returns (compared, left out as 'name (dtype)')."""
+    if only is not None and only not in ref:
+        raise ConfigError(f"--output {only!r} is not an output of the file; its outputs are {', '.join(ref)}")
+    compared, skipped = [], []
+    for name, values in ref.items():
+        if only is not None and name != only:
+            continue
+        if not np.issubdtype(values[0].dtype, np.floating):
+            skipped.append(f"{name} ({values[0].dtype})")
+            continue
+        if name not in got:
+            raise QuantizeError(f"the quantized file has no output {name!r}; try another precision")
+        diffs, cosines = [], []
+        for a, b in zip(values, got[name]):
+            a64, b64 = a.astype(np.float64).ravel(), np.asarray(b, np.float64).ravel()
+            if a64.shape != b64.shape:
+                raise QuantizeError(f"output {name!r} changed shape ({a.shape} -> {np.shape(b)}); try another precision")
+            diffs.append(float(np.abs(a64 - b64).max()) if a64.size else 0.0)
+            cosines.append(float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-12)))
+        compared.append({"name": name, "max_abs_diff": max(diffs), "min_cosine": min(cosines),
+                         "shape": list(values[0].shape)})
+    if not compared:
+        raise ConfigError(f"the file has no floating-point output to compare ({', '.join(skipped)}); "
+                          "name one with --output")
+    return compared, skipped
+
+
 def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | None = None,
                   tokenizer: Path | None = None, force: bool = False, fallback_level: int = 0,
-                  max_length: int = 128) -> dict:
-    """Make ``precision`` of the fp32 file ``src``; check it against ``src`` on sample inputs."""
+                  max_length: int = 128, output: str | None = None) -> dict:
+    """Make ``precision`` of the fp32 file ``src``; check every floating-point output of it against
+    ``src`` (or the one named ``output``) on sample inputs."""
     from kd_edge.bench.files import runtime_of
     from kd_edge.quantize import QUANTIZERS
 
@@ -234,19 +302,35 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
         raise ConfigError(f"--precision {precision} is not made from {src.suffix} files; choose one of "
                           f"{', '.join(allowed)}")
     dst = dst or src.with_name(f"{src.stem}.{precision}{src.suffix}")
+    if dst.suffix != src.suffix:
+        raise ConfigError(f"--out {dst} must end in {src.suffix}, like the input file")
     if dst.resolve() == src.resolve():
         raise ArtifactError(f"--out {dst} is the input file; pick another name")
+    if dst.is_dir():
+        raise ArtifactError(f"--out {dst} is a folder; name the new file, e.g. {dst / dst.name}{src.suffix}")
     if dst.exists() and not force:
         raise ArtifactError(f"'{dst}' already exists; pass --force to replace it or another --out")
-    calibration = None
-    ids = None
+    if not dst.parent.is_dir():
+        raise ArtifactError(f"--out {dst}: the folder {dst.parent} does not exist; create it or choose another --out")
     if texts is not None or tokenizer is not None:
         if texts is None or tokenizer is None:
             raise ConfigError("--calibration and --tokenizer go together: texts to run, and the folder of the "
                               "tokenizer that turns them into token ids")
         ids = tokenize(tokenizer, read_texts(texts), max_length)
-        calibration = [{"input_ids": np.asarray(ids[i])[None], "attention_mask": np.ones((1, len(ids[i])), np.int64)}
-                       for i in range(len(ids))]
+    else:
+        if precision == "int8-static":
+            raise ConfigError("--precision int8-static calibrates activation ranges on real text: pass "
+                              "--calibration TEXTS.jsonl --tokenizer MODEL_DIR, or use --precision int8 (dynamic)")
+        rng = np.random.default_rng(0)
+        ids = Packed.from_lists([rng.integers(5, _vocab_size(src), n) for n in (12, 24, 32)], dtype=np.int64)
+    log = dst.with_name(f".{dst.name}.log")
+    ref = named_outputs(src, runtime, ids, log)  # the input runs, before anything is written
+    if output is not None:
+        compare_outputs(ref, ref, only=output)  # an unknown --output is refused before quantizing
+    calibration = [{"input_ids": np.asarray(ids[i])[None], "attention_mask": np.ones((1, len(ids[i])), np.int64)}
+                   for i in range(len(ids))] if precision == "int8-static" else None
+    if calibration and runtime == "onnxruntime":
+        calibration = _with_graph_inputs(src, calibration)
     exclude: list[str] = []
     if fallback_level:
         if src.suffix != ".onnx":
@@ -254,30 +338,37 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
         from kd_edge.quantize.onnx_precisions import sensitive_nodes
 
         exclude = sensitive_nodes(src, fallback_level)
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = dst.with_name(f".{dst.name}.tmp-{np.random.default_rng().integers(1 << 32):08x}")
     try:
         info = QUANTIZERS.get(f"{src.suffix[1:]}:{precision}")(
-            src, tmp, per_channel=True, calibration=calibration, exclude=exclude,
-            log_path=dst.with_name(f".{dst.name}.log"), precision=precision)
-        # check against the fp32 file: on the calibration texts if given, else on random tokens
-        side = {"runtime": runtime, "signatures": _signatures(src) if runtime == "tflite" else None}
-        if ids is None:
-            rng = np.random.default_rng(0)
-            ids = Packed.from_lists([rng.integers(5, _vocab_size(src), n) for n in (12, 24, 32)], dtype=np.int64)
-        log = dst.with_name(f".{dst.name}.log")
-        ref = _outputs(src, side, ids, 0, log)
+            src, tmp, per_channel=True, calibration=calibration, exclude=exclude, log_path=log)
         try:
-            got = _outputs(tmp, side, ids, 0, log)
-        except Exception as e:
-            raise QuantizeError(f"the {precision} file does not run in {runtime} ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:160]}); try another precision") from e
-        cos = np.sum(got * ref, -1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
+            got = named_outputs(tmp, runtime, ids, log)
+        except ArtifactError as e:
+            raise QuantizeError(f"the {precision} file does not run in {runtime} ({e}); try another precision") from e
+        compared, skipped = compare_outputs(ref, got, only=output)
         shutil.move(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
     return {"file": str(dst), "precision": precision, "size_mb": dst.stat().st_size / 1e6,
-            "source_size_mb": src.stat().st_size / 1e6, "max_abs_diff": float(np.abs(got - ref).max()),
-            "min_cosine": float(cos.min()), "n_inputs": len(ids), "nodes_in_float": len(exclude), **info}
+            "source_size_mb": src.stat().st_size / 1e6, "outputs": compared, "outputs_left_out": skipped,
+            "max_abs_diff": max(c["max_abs_diff"] for c in compared),
+            "min_cosine": min(c["min_cosine"] for c in compared), "n_inputs": len(ids),
+            "nodes_in_float": len(exclude), **info}
+
+
+def _with_graph_inputs(path: Path, feeds: list[dict]) -> list[dict]:
+    """Calibration feeds with every other input the graph takes (segment ids: zeros)."""
+    import onnx
+
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    out = []
+    for f in feeds:
+        f = dict(f)
+        if "token_type_ids" in names:
+            f["token_type_ids"] = np.zeros_like(f["input_ids"])
+        out.append({k: v for k, v in f.items() if k in names})
+    return out
 
 
 def _vocab_size(path: Path) -> int:
@@ -296,16 +387,3 @@ def _vocab_size(path: Path) -> int:
         if table in tables:
             rows.append(tables[table])
     return int(max(rows)) if rows else 100
-
-
-def _signatures(path: Path) -> list[dict]:
-    """The (batch, sequence) signatures of a TFLite file, from their names (b1_s128) or input shapes."""
-    from kd_edge.device_runner import TfliteBackend
-
-    backend = TfliteBackend(str(path), None)
-    sigs = []
-    for name in backend.signatures:
-        runner = backend.interpreter.get_signature_runner(name)
-        shape = next(iter(runner.get_input_details().values()))["shape"]
-        sigs.append({"name": name, "batch": int(shape[0]), "seq": int(shape[1])})
-    return sigs

@@ -23,10 +23,16 @@ def _bench_fields(doc: dict | None) -> dict[str, Any]:
     if "error" in doc:
         return {"bench_error": doc["error"]}
     lat = doc["latency"]
-    return {"latency_p50_ms": lat["p50_ms"], "latency_p90_ms": lat["p90_ms"], "latency_p99_ms": lat["p99_ms"],
-            "latency_p50_ci95_ms": lat["p50_ci95_ms"], "throughput_per_s": lat["throughput_per_s"],
-            "latency_samples_ms": doc.get("samples_ms"),
-            "peak_rss_mb": doc.get("peak_rss_mb"), "load_ms": doc.get("load_ms"), "runtime_version": doc.get("runtime_version")}
+    reliability = doc.get("reliability") or {}
+    fields = {"latency_p50_ms": lat["p50_ms"], "latency_p90_ms": lat["p90_ms"], "latency_p99_ms": lat["p99_ms"],
+              "latency_p50_ci95_ms": lat["p50_ci95_ms"], "throughput_per_s": lat["throughput_per_s"],
+              "latency_samples_ms": doc.get("samples_ms"),
+              "latency_rounds_p50_ms": [r.get("p50_ms") for r in doc.get("rounds") or []] or None,
+              "latency_reliable": reliability.get("reliable"), "latency_flags": reliability.get("flags") or [],
+              "peak_rss_mb": doc.get("peak_rss_mb"), "load_ms": doc.get("load_ms"), "runtime_version": doc.get("runtime_version")}
+    if doc.get("signature"):
+        fields["tflite_signature"] = doc["signature"] + (f" (input padded to {doc['padded_to']})" if doc.get("padded_to") else "")
+    return fields
 
 
 def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
@@ -36,6 +42,8 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
     for f in sorted((run_dir / "bench").glob("*@*.json")) if (run_dir / "bench").is_dir() else []:
         doc = read_json(f)
         bench[doc["name"]] = doc
+    machine_file = run_dir / "bench" / "machine.json"
+    bench_machine = read_json(machine_file) if machine_file.is_file() else None
     macs_file = run_dir / "bench" / "macs.json"
     macs = read_json(macs_file)["macs"] if macs_file.is_file() else {}
     models = evaluation["models"]
@@ -99,6 +107,7 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
                            "seq": any_bench.get("seq"), "threads": any_bench.get("threads"),
                            "timed_runs": any_bench.get("timed_runs")},
         "environment": environment,
+        "bench_machine": bench_machine,
         "rows": rows,
         "per_class": evaluation.get("per_class"),
         "slices": evaluation.get("slices"),

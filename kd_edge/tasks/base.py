@@ -28,6 +28,7 @@ class ModelSource:
     path: Path
     gguf_file: str | None = None
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # load pytorch_model.bin when there are no safetensors (runs the pickle)
 
 
 @dataclass(frozen=True)
@@ -92,16 +93,23 @@ class Task(abc.ABC):
         kwargs: dict[str, Any] = {"trust_remote_code": source.trust_remote_code}
         if source.gguf_file:
             kwargs["gguf_file"] = source.gguf_file
+        else:
+            from kd_edge.tasks.hub import check_weights
+
+            check_weights(source.path, allow_pickle=source.allow_pickle, what="model",
+                          key="allow_pickle (teacher.allow_pickle or student.allow_pickle in a recipe)")
+            kwargs["use_safetensors"] = None if source.allow_pickle else True  # never unpickle unless asked
         if eager:
             # Eager attention exports to a graph ONNX Runtime's transformer optimiser recognises
             # and returns attention maps; SDPA returns none.
             kwargs["attn_implementation"] = "eager"
         try:
             model = cls.from_pretrained(str(source.path), **kwargs).eval()
-        except (OSError, ValueError, KeyError) as e:
-            raise ArtifactError(f"cannot load a {self.auto_class} from '{source.path}' "
-                                f"({str(e).splitlines()[0][:200]}); check that it is a transformers model "
-                                f"folder for task {self.name}") from e
+        except Exception as e:  # a model folder is user input: any failure to read it is a bad input
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ArtifactError(f"cannot load a {self.auto_class} from '{source.path}' ({type(e).__name__}: "
+                                f"{first}); check that it is a complete transformers model folder for task "
+                                f"{self.name} (save_pretrained writes one)") from e
         return _plain_from_gguf(model) if source.gguf_file else model
 
     def load_tokenizer(self, source: ModelSource | Path):
@@ -114,7 +122,7 @@ class Task(abc.ABC):
             kwargs["gguf_file"] = source.gguf_file
         try:
             tok = AutoTokenizer.from_pretrained(str(source.path), **kwargs)
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:  # a tokenizer folder is user input
             raise ArtifactError(f"no usable tokenizer in '{source.path}' ({str(e).splitlines()[0][:200]}); "
                                 "save the tokenizer next to the model") from e
         if tok.pad_token_id is None:

@@ -101,3 +101,48 @@ def sentence_transformers_pooling(model_dir: Path) -> tuple[str | None, bool | N
     if modules.is_file():
         normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
     return pooling, normalize
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weights(model_dir: Path, *, allow_pickle: bool, what: str, key: str) -> None:
+    """The weights in ``model_dir`` are readable before any stage runs: safetensors whose headers
+    match their file sizes (a truncated download fails here, not after minutes of work), and no
+    pickle checkpoint unless ``allow_pickle`` (``key`` is the recipe key that allows it)."""
+    safetensors = sorted(model_dir.glob("*.safetensors"))
+    pickles = sorted(f for f in model_dir.iterdir() if f.suffix in PICKLE_SUFFIXES and f.is_file())
+    if not safetensors and pickles and not allow_pickle:
+        raise ArtifactError(
+            f"{what} '{model_dir}' holds only pickle weights ({pickles[0].name}), which kd-edge does not load: "
+            f"unpickling can run code from the file. Re-save the model with save_pretrained (safetensors), or, "
+            f"for a file you trust, set {key}: true")
+    for f in safetensors:
+        problem = safetensors_problem(f)
+        if problem:
+            raise ArtifactError(f"{what} weights {f} {problem}; download or save the model again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unreadable (truncated, not safetensors), or None when its header
+    and size agree. Reads the header only."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "is truncated (shorter than a safetensors header)"
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100_000_000):
+                return "is not a safetensors file (its header length is impossible)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "is not a safetensors file (unreadable header)"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"is truncated ({size:,} bytes of {expected:,})"
+    return None

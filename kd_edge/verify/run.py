@@ -21,7 +21,7 @@ from kd_edge.export.capture import captured
 from kd_edge.runfiles import CacheReader, need
 from kd_edge.tasks.embedding_metrics import embedding_metrics, probe_predict
 from kd_edge.tasks.logit_metrics import classification_metrics
-from kd_edge.verify.reference import exact_outputs, fp32_reason
+from kd_edge.verify.reference import Parity, exact_outputs, fp32_reason
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -68,9 +68,10 @@ def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signat
 
 
 def signature_diffs(path: Path, ids: Packed, pad_id: int, threads: int | None, signatures: list[dict],
-                    reference: np.ndarray, log_path: Path, batches: int = 4) -> dict[str, float]:
+                    reference: np.ndarray, log_path: Path, batches: int = 4,
+                    parity: Parity | None = None) -> dict[str, float]:
     """max |Δ| of every TFLite signature against the reference, on up to ``batches`` full batches of
-    texts that fit its sequence length (each padded to it)."""
+    texts that fit its sequence length (each padded to it); each comparison also counts in ``parity``."""
     backend = device_runner.TfliteBackend(str(path), threads)
     diffs = {}
     lengths = ids.lengths()
@@ -82,7 +83,8 @@ def signature_diffs(path: Path, ids: Packed, pad_id: int, threads: int | None, s
             arr, mask = pad([ids[i] for i in idx], pad_id, length=sig["seq"])
             with captured(log_path):
                 y = backend.run({"input_ids": arr, "attention_mask": mask}, signature=sig["name"])[0]
-            worst = max(worst, float(np.abs(y - reference[idx]).max()))
+            worst = max(worst, parity.add(y, reference[idx]) if parity is not None
+                        else float(np.abs(y - reference[idx]).max()))
         diffs[sig["name"]] = worst
     return diffs
 
@@ -91,7 +93,7 @@ def verdict(info: dict, record: dict, student: dict, metric: str, cfg) -> tuple[
     """Pass/fail of one artifact, and why: fp32 by max |Δ|, lower precisions (fp16, int8) by the drop
     of the task metric against the PyTorch student (or, without labels, by agreement with it)."""
     if info["precision"] == "fp32":
-        return fp32_reason(record["max_abs_diff"], cfg.fp32_max_abs_diff, student.get("pytorch_fp32_max_abs_diff"))
+        return fp32_reason(record, student.get("pytorch_fp32_max_abs_diff"))
     if metric in record and metric in student:
         drop = metric_drop(student, record, metric)
         ok = drop <= cfg.int8_max_metric_drop
@@ -185,6 +187,8 @@ class Checker:
         outputs = self.outputs(path, info)
         exact = self.reference if self.exact is None else self.exact
         diff = np.abs(outputs - exact)
+        parity = Parity(self.cfg.fp32_atol, self.cfg.fp32_rtol)
+        parity.add(outputs, exact)
         record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
                   "runtime": info["runtime"], "n_examples": len(self.ids),
                   "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
@@ -195,8 +199,8 @@ class Checker:
         if info["runtime"] == "tflite" and len(info.get("signatures", [])) > 1:
             record["signature_max_abs_diff"] = signature_diffs(
                 path, self.ids, self.pad_id, self.threads, info["signatures"], exact,
-                self.run_dir / "logs" / "verify-tflite.log")
-            record["max_abs_diff"] = max(record["max_abs_diff"], *record["signature_max_abs_diff"].values())
+                self.run_dir / "logs" / "verify-tflite.log", parity=parity)
+        record.update(parity.record())
         record["passed"], record["reason"] = verdict(info, record, self.student, self.metric, self.cfg)
         return record
 

@@ -25,6 +25,22 @@ def parse_runner_output(stdout: str, where: str) -> dict:
     raise TargetError(f"the runner on {where} printed no result; run it by hand to see why")
 
 
+PHASE_FIXES = {
+    "import": "install the runtime there (pip install onnxruntime, or ai-edge-litert for .tflite)",
+    "load": "the file may be truncated, or made by a newer converter than this runtime reads; export it again "
+            "(kd-edge export) or update the runtime",
+    "run": "the runtime loaded the file but cannot run it at this input; check --batch/--seq (bench.batch_size, "
+           "bench.seq_len) against the shapes the file was exported for",
+}
+
+
+def runner_failure(model: str, where: str, doc: dict) -> TargetError:
+    """The one-line error for a runner that reported a failure: what failed, in which phase, the fix."""
+    phase = doc.get("phase") or "run"
+    return TargetError(f"{model} on {where} failed at {phase}: {doc['error']}; "
+                       f"{PHASE_FIXES.get(phase, 'run the device runner by hand to see why')}")
+
+
 class LocalTarget:
     """Subprocess on this machine with thread variables set (and optional CPU pinning)."""
 
@@ -40,6 +56,7 @@ class LocalTarget:
             for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[var] = str(threads)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["KD_EDGE_PARENT_PID"] = str(os.getpid())  # the runner dies with this process
         cmd = [self.python, str(runner), str(model), *args]
         preexec = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None
         t0 = time.perf_counter()
@@ -57,7 +74,7 @@ class LocalTarget:
         # wall time of the whole process, start-up included.
         doc = parse_runner_output(stdout, self.name)
         if "error" in doc:
-            raise TargetError(f"{model.name} on {self.name}: {doc['error']} (phase: {doc.get('phase')})")
+            raise runner_failure(model.name, self.name, doc)
         if proc.returncode != 0:
             last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
             raise TargetError(f"the runner for {model.name} exited with {proc.returncode}: {last}")

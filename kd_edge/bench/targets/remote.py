@@ -163,7 +163,9 @@ class RemoteTarget:
             last = (err.strip().splitlines() or ["no output"])[-1]
             raise TargetError(f"the runner on {self.name} printed no result for {model.name} (exit {rc}): {last}")
         if "error" in doc:
-            raise TargetError(f"{model.name} on {self.name}: {doc['error']} (phase: {doc.get('phase')})")
+            from kd_edge.bench.targets.local import runner_failure
+
+            raise runner_failure(model.name, self.name, doc)
         doc["target"] = self.name
         doc["process_wall_s"] = round(time.perf_counter() - t0, 3)  # the remote process, start-up and transport included
         if self.emulated:

@@ -36,7 +36,11 @@ class SshTransport:
         client = paramiko.SSHClient()
         client.load_system_host_keys()
         if known_hosts:
-            client.load_host_keys(str(Path(known_hosts).expanduser()))
+            try:
+                client.load_host_keys(str(Path(known_hosts).expanduser()))
+            except (OSError, paramiko.SSHException, ValueError) as e:
+                raise TargetError(f"cannot read the known_hosts file '{known_hosts}' ({e}); pass a file of lines "
+                                  "'[host]:port TYPE KEY', e.g. from ssh-keyscan") from None
         # An unknown host is refused, never added: a benchmark must not train users to accept keys blindly.
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         host_id = f"[{self.host}]:{self.port}" if self.port != 22 else self.host
@@ -44,6 +48,9 @@ class SshTransport:
             client.connect(self.host, port=self.port, username=self.user, key_filename=key_file,
                            timeout=connect_timeout, banner_timeout=connect_timeout, auth_timeout=connect_timeout,
                            allow_agent=key_file is None, look_for_keys=key_file is None)
+        except paramiko.PasswordRequiredException:
+            raise TargetError(f"the key {key_file} is protected by a passphrase; load it into the SSH agent "
+                              f"(ssh-add {key_file}) and leave --key out") from None
         except paramiko.BadHostKeyException:
             raise TargetError(
                 f"the host key of {host_id} is not the one in known_hosts: refusing to connect (this can be an attack); "
@@ -52,15 +59,23 @@ class SshTransport:
         except paramiko.AuthenticationException:
             raise TargetError(f"{self.name} refused the key{' ' + key_file if key_file else 's'}; install the public key "
                               f"on the device (ssh-copy-id -p {self.port} {self.name.split(':')[0]}) or name the right "
-                              "one with --key") from None
+                              "one with --key (bench.key_file in a recipe, key_file: in a profile)") from None
         except paramiko.SSHException as e:
+            if "No authentication methods available" in str(e):
+                raise TargetError(f"no SSH key to log in to {self.name} with: the SSH agent and ~/.ssh hold none; pass "
+                                  "--key FILE (bench.key_file in a recipe, key_file: in a profile)") from None
             if "not found in known_hosts" in str(e):
                 raise TargetError(f"{host_id} is not in known_hosts; check its fingerprint, then add it: "
-                                  f"ssh-keyscan -p {self.port} {self.host} >> ~/.ssh/known_hosts") from None
+                                  f"ssh-keyscan -p {self.port} {self.host} >> ~/.ssh/known_hosts, or pass a file that "
+                                  "holds it with --known-hosts (bench.known_hosts in a recipe)") from None
             if "banner" in str(e):
                 raise TargetError(f"{self.name} did not answer within {connect_timeout:g} s (no SSH greeting); check the "
                                   "address, that the device is on and sshd runs, and the network") from None
-            raise TargetError(f"SSH to {self.name} failed: {e}") from None
+            if key_file and ("private key" in str(e) or "key" in str(e).lower() and "invalid" in str(e).lower()):
+                raise TargetError(f"'{key_file}' is not a private key paramiko can read ({e}); pass an OpenSSH "
+                                  "private key with --key") from None
+            raise TargetError(f"SSH to {self.name} failed ({e}); check the address, the key (--key) and that the "
+                              "device's sshd runs") from None
         except (socket.timeout, TimeoutError):
             raise TargetError(f"{self.name} did not answer within {connect_timeout:g} s; check the address, that the "
                               "device is on and sshd runs, and the network") from None
@@ -80,8 +95,15 @@ class SshTransport:
         return stdout.channel.recv_exit_status(), out, err
 
     def put(self, local: Path, remote: str) -> None:
+        import paramiko
+
         if self._sftp is None:
-            self._sftp = self.client.open_sftp()
+            try:
+                self._sftp = self.client.open_sftp()
+            except (paramiko.SSHException, EOFError) as e:
+                raise TargetError(f"{self.name} offers no SFTP, which kd-edge copies files with ({e or type(e).__name__}); "
+                                  "enable it in the device's sshd_config (Subsystem sftp internal-sftp) and restart "
+                                  "sshd") from None
         self._sftp.put(str(local), remote)
 
     def close(self) -> None:
