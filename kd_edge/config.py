@@ -175,8 +175,10 @@ def recipe_from_dict(data: dict[str, Any], origin: str) -> Recipe:
 
 def load_recipe(ref: str | Path | None = None, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
     """Find, parse, override and validate a recipe; return it with the file it came from."""
+    from kd_edge.paths import read_text
+
     path = find_recipe(ref)
-    data = parse_yaml(path.read_text(), str(path))
+    data = parse_yaml(read_text(path, "recipe", "pass a readable .yaml recipe"), str(path))
     data = apply_overrides(data, overrides or [])
     return recipe_from_dict(data, str(path)), path
 

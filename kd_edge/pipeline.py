@@ -166,10 +166,23 @@ def library_versions() -> dict[str, str | None]:
 class RunDir:
     """A run folder and its manifest."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, fresh: bool = False):
         self.path = path
         self.manifest_path = path / MANIFEST
-        self.manifest: dict[str, Any] = read_json(self.manifest_path) if self.manifest_path.is_file() else {}
+        self.manifest: dict[str, Any] = {}
+        if self.manifest_path.is_file():
+            try:
+                self.manifest = read_json(self.manifest_path)
+            except (ValueError, UnicodeDecodeError) as e:
+                if not fresh:
+                    raise ArtifactError(f"{self.manifest_path} is damaged ({type(e).__name__}), so nothing in {path} "
+                                        "can be trusted; pass --force to redo every stage there, or choose another "
+                                        "--out") from None
+            if not isinstance(self.manifest, dict):
+                if not fresh:
+                    raise ArtifactError(f"{self.manifest_path} is not a kd-edge manifest; pass --force to redo every "
+                                        "stage there, or choose another --out")
+                self.manifest = {}
 
     def save(self) -> None:
         """Write the manifest atomically."""
@@ -208,6 +221,8 @@ def check_out_dir(run: RunDir, recipe_digest: str, *, resume: bool, force: bool)
     if not path.exists() or not any(p for p in path.iterdir() if p.name != ".lock"):
         return
     if not run.manifest:
+        if force and run.manifest_path.is_file():
+            return  # a damaged manifest of ours: --force starts it again
         raise ConfigError(f"--out {path} is not empty and holds no kd-edge run ({MANIFEST} missing); "
                           "choose a new or empty folder")
     if run.manifest.get("recipe_digest") != recipe_digest and not (resume or force):
@@ -228,7 +243,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
     rank, world = distributed_rank()
     if world > 1 and rank > 0:
         return follow_distill(recipe, out_dir, progress=progress, force=force)
-    run = RunDir(out_dir)
+    run = RunDir(out_dir, fresh=force)
     data = recipe.model_dump(mode="json")
     recipe_digest = sha256_json(data)
     check_out_dir(run, recipe_digest, resume=resume, force=force)

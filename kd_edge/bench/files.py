@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from kd_edge.bench import RUNNER_PATH
-from kd_edge.errors import ArtifactError, TargetError
+from kd_edge.errors import ArtifactError
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
 

@@ -91,8 +91,10 @@ def bench_command(
         _positive(value, option)
     if warmup < 0:
         raise ConfigError(f"--warmup {warmup} must be 0 or more")
-    if out is not None and out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a folder for the result files")
+    if out is not None:
+        from kd_edge.paths import output_dir
+
+        output_dir(out, "--out")
     ssh = {"key_file": str(key) if key else None, "known_hosts": str(known_hosts) if known_hosts else None}
     if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
         overrides = list(set_ or [])

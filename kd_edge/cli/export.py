@@ -82,7 +82,9 @@ def export_command(
       kd-edge export path/to/my-llama --format onnx,tflite --precision fp32,int8 --shapes 1x64
     """
     from kd_edge.errors import ConfigError
+    from kd_edge.paths import input_dir, input_file, output_dir
 
+    input_dir(path, "MODEL_DIR", "pass a run folder or a model folder written by save_pretrained")
     if (path / "manifest.json").is_file() or (path / "recipe.resolved.yaml").is_file():
         if format_ or precision or out or task or texts or force:
             raise ConfigError("on a run folder, export follows the recipe: change it with --set export.artifacts=... "
@@ -111,7 +113,9 @@ def export_command(
         raise ConfigError(f"no precision of {', '.join(precisions)} exists for {', '.join(formats)}: int8-static is "
                           "ONNX only, int8-weights TFLite only")
     cfg = ExportConfig(artifacts=specs, **({"tflite_shapes": _shapes(shapes)} if shapes else {}))
-    out = out or Path("exports") / path.name
+    out = output_dir(out or Path("exports") / path.name, "--out")
+    if texts is not None:
+        input_file(texts, "--texts", "pass a .jsonl with a 'text' field or a .txt file")
     if not quiet:
         typer.echo(f"kd-edge: exporting {path} -> {out} ({', '.join(s.name for s in specs)})")
     records = export_model_dir(path, out, cfg, task=task, texts=texts, force=force, trust_remote_code=trust_remote_code)
@@ -159,7 +163,13 @@ def quantize_command(
       kd-edge quantize model.tflite -p fp16
     """
     from kd_edge.export.standalone import quantize_file
+    from kd_edge.paths import input_dir, input_file
 
+    input_file(path, "FILE", "pass an exported .onnx or .tflite file")
+    if calibration is not None:
+        input_file(calibration, "--calibration", "pass a .jsonl with a 'text' field or a .txt file")
+    if tokenizer is not None:
+        input_dir(tokenizer, "--tokenizer", "pass the model folder that holds the tokenizer files")
     r = quantize_file(path, precision, out, texts=calibration, tokenizer=tokenizer, force=force,
                       fallback_level=keep_float, output=output)
     typer.echo(f"{r['file']}: {r['size_mb']:.2f} MB (from {r['source_size_mb']:.2f} MB), checked against the original "

@@ -15,13 +15,18 @@ def _read_report(path: Path, what: str) -> dict:
 
     from kd_edge.errors import ArtifactError
 
+    from kd_edge.paths import read_text
+
     path = path / "report.json" if path.is_dir() else path
     if not path.is_file():
         raise ArtifactError(f"no {what} at {path}; pass a run folder or a report.json written by kd-edge")
     try:
-        return json.loads(path.read_text())
+        report = json.loads(read_text(path, what))
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path} is not valid JSON ({e.msg}); re-render it with `kd-edge report`") from e
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
+        raise ArtifactError(f"{path} is not a kd-edge report (no rows); pass a run folder or its report.json")
+    return report
 
 
 @app.command("gate")
@@ -57,14 +62,17 @@ def gate_command(
 
       kd-edge gate runs/new/report.json --budget budgets.yaml --markdown "$GITHUB_STEP_SUMMARY" --junit gate.xml
     """
-    import yaml
     from pydantic import ValidationError
 
     from kd_edge.artifacts import write_text
     from kd_edge.config import parse_yaml, validation_message
     from kd_edge.errors import GateError
     from kd_edge.gate import GateConfig, evaluate_budgets, parse_check, verdict_junit, verdict_markdown, verdict_table
+    from kd_edge.paths import output_file, read_text
 
+    for option, value in (("--markdown", markdown), ("--junit", junit)):
+        if value is not None:  # a CI summary file may exist already: it is written, not refused
+            output_file(value, option, force=True, parents=False, example="gate.md")
     report = _read_report(target, "report")
     report_dir = target if target.is_dir() else target.parent
     data: dict = {}
@@ -72,12 +80,12 @@ def gate_command(
     if budget is not None:
         if not budget.is_file():
             raise GateError(f"budget file '{budget}' does not exist; write one with `budgets:` (see `kd-edge gate --help`)")
-        source, data = str(budget), parse_yaml(budget.read_text(), str(budget))
+        source, data = str(budget), parse_yaml(read_text(budget, "--budget"), str(budget))
     elif not check:
         resolved = report_dir / "recipe.resolved.yaml"
         if not resolved.is_file():
             raise GateError(f"no --budget or --check given and no recipe beside the report; pass --budget budgets.yaml")
-        source, data = str(resolved), (yaml.safe_load(resolved.read_text()) or {}).get("gate") or {}
+        source, data = str(resolved), parse_yaml(read_text(resolved, "the run's recipe"), str(resolved)).get("gate") or {}
     try:
         cfg = GateConfig.model_validate(data)
     except ValidationError as e:

@@ -18,6 +18,7 @@ def report_command(
         show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="With --compare: also write the Markdown here.",
                                                 show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --out: replace an existing file.")] = False,
 ) -> None:
     """Write report.json, report.md and report.html of a run again, or compare two reports.
 
@@ -31,6 +32,10 @@ def report_command(
 
     if compare is not None:
         from kd_edge.artifacts import write_text
+        from kd_edge.paths import output_file
+
+        if out is not None:
+            output_file(out, "--out", force=force, parents=False, example="changes.md")
         from kd_edge.cli.gate import _read_report
         from kd_edge.report.compare import compare as diff_reports
         from kd_edge.report.compare import to_markdown
@@ -40,8 +45,13 @@ def report_command(
         if out is not None:
             write_text(out, text)
         return
+    if out is not None or force:
+        raise ConfigError("--out and --force go with --compare; re-rendering writes report.* inside the run folder")
     if run_dir is None:
         raise ConfigError("pass a run folder to re-render, or --compare BASELINE NEW")
+    from kd_edge.paths import input_dir
+
+    input_dir(run_dir, "RUN_DIR", "pass a folder written by `kd-edge run`")
     from kd_edge.cli.run import execute
 
     raise typer.Exit(execute(None, None, None, resume=False, force=True, quiet=True, stop_after="report",

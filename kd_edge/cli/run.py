@@ -30,8 +30,10 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
         out, resume = from_run, True
     else:
         recipe, source = load_recipe(recipe_ref, overrides)
+    from kd_edge.paths import output_dir
+
+    out = output_dir(out or Path("runs") / recipe.name, "--out")
     recipe = resolve(recipe)
-    out = out or Path("runs") / recipe.name
     from kd_edge.pipeline import distributed_rank
 
     if distributed_rank()[0] > 0:  # accelerate launch: only the first process talks

@@ -48,12 +48,30 @@ def _open_text(path: Path):
 
 
 def read_rows(cfg: DataConfig) -> list[dict[str, Any]]:
-    """Read every row of the configured source."""
+    """Read every row of the configured source; an unreadable one is one line naming the file, the
+    line and the fix."""
     path = source_path(cfg.source)
     if not path.exists():
         raise ArtifactError(f"data.source '{cfg.source}' does not exist; point data.source at a .jsonl/.csv/.txt "
                             "file or use bundled:vader")
+    import os
+
+    if not os.access(path, os.R_OK):
+        raise ArtifactError(f"data.source '{path}' is not readable (permission denied); make it readable for you "
+                            "or copy it somewhere you can read")
     fmt = detect_format(path, cfg.format)
+    try:
+        return _read_rows(path, fmt, cfg)
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"data.source '{path}' is not UTF-8 text ({e.reason} at byte {e.start} of a line); save it "
+                            "as UTF-8 (iconv -f latin1 -t utf-8 IN > OUT)") from None
+    except csv.Error as e:
+        raise ArtifactError(f"data.source '{path}' is not valid {fmt.upper()} ({e}); fix the file or set data.format") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise ArtifactError(f"data.source '{path}' is a damaged .gz file ({type(e).__name__}); compress it again") from None
+
+
+def _read_rows(path: Path, fmt: str, cfg: DataConfig) -> list[dict[str, Any]]:
     if fmt == "jsonl":
         rows = []
         with _open_text(path) as f:
@@ -79,7 +97,11 @@ def read_rows(cfg: DataConfig) -> list[dict[str, Any]]:
             import datasets
         except ImportError as e:
             raise DependencyError("reading a saved `datasets` folder needs the datasets library; run: pip install datasets") from e
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # a folder the user named: anything unreadable in it is a bad input
+            raise ArtifactError(f"data.source '{path}' is not a folder written by datasets' save_to_disk "
+                                f"({type(e).__name__}); save it with Dataset.save_to_disk, or point at a .jsonl file") from e
         if isinstance(ds, datasets.DatasetDict):
             ds = datasets.concatenate_datasets(list(ds.values()))
         return [dict(r) for r in ds]
