@@ -130,10 +130,22 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+    except Exception as e:
+        full = not isinstance(e, OSError) and _full(tmp)  # before the partial output is removed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:  # a library that hit ENOSPC and said so its own way (torch.save: "unexpected pos ...")
+            raise OSError(28, "No space left on device", str(path)) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_path(tmp, path)
+
+
+def _full(path: Path) -> bool:
+    from kd_edge.diskspace import disk_full
+
+    return disk_full(path)
 
 
 @contextlib.contextmanager
@@ -143,6 +155,12 @@ def atomic_file(path: Path) -> Iterator[Path]:
     tmp = _tmp_name(path)
     try:
         yield tmp
+    except Exception as e:
+        full = not isinstance(e, OSError) and _full(tmp.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(28, "No space left on device", str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

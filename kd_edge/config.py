@@ -101,7 +101,8 @@ def parse_yaml(text: str, origin: str) -> dict[str, Any]:
     if data is None:
         raise ConfigError(f"{origin} is empty; write a recipe into it (see `kd-edge init`)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin} must be a mapping of recipe keys (name, teacher, data, ...), not a {type(data).__name__}")
+        raise ConfigError(f"{origin} must be a mapping of recipe keys (name, teacher, data, ...), not a "
+                          f"{type(data).__name__}; write `key: value` lines (`kd-edge init` writes a starter)")
     return data
 
 
@@ -110,7 +111,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set '{item}' must look like key.sub=value, e.g. --set distill.epochs=2")
+            raise ConfigError(f"--set '{item}' has no value; write key.sub=value, e.g. --set distill.epochs=2")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
@@ -122,7 +123,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set '{item}': '{part}' is a value, not a section")
+                raise ConfigError(f"--set '{item}': '{part}' is a value, not a section; set '{part}' itself "
+                                  f"(--set {part}=...) or check the key's spelling")
             node = child
         node[parts[-1]] = value
     return data

@@ -79,6 +79,22 @@ ESTIMATES: dict[str, Callable[["Recipe", Path], int]] = {
 }
 
 
+FULL_BELOW = 1 << 20  # a disk with less free space than this (or than 1 % of it) is full
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the disk holding ``path`` (or its nearest existing parent) is full, whatever a library
+    that failed on it said."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return False
+    return usage.free < min(FULL_BELOW, usage.total // 100)
+
+
 def check_free_space(stage: str, recipe: "Recipe", run_dir: Path) -> None:
     """Refuse to start ``stage`` when the disk holding ``run_dir`` has less free space than the
     stage's (low) estimate of what it writes."""

@@ -104,5 +104,5 @@ def output_file(path: Path, what: str = "--out", *, force: bool = False, parents
 def positive(value: int | float, what: str) -> int | float:
     """``value`` if it is 1 or more."""
     if value < 1:
-        raise ConfigError(f"{what} {value} must be 1 or more")
+        raise ConfigError(f"{what} {value} is below 1; pass 1 or more")
     return value

@@ -74,6 +74,8 @@ def shape_of(config: dict[str, Any], where: str) -> Shape:
         raise ArtifactError(f"{where} names no hidden size")
     heads = config.get("num_attention_heads") or config.get("n_head")
     labels = config.get("num_labels") or (len(config["id2label"]) if isinstance(config.get("id2label"), dict) else None)
+    if labels is None and any("ForSequenceClassification" in a for a in config.get("architectures") or []):
+        labels = 2  # transformers' default, which it does not write into config.json
     return Shape(layers, width, heads, labels)
 
 
@@ -81,7 +83,7 @@ def pick_layers(layers: int | list[int], n_teacher: int) -> list[int]:
     """Teacher layer indices (0-based) a `teacher_layers` student keeps."""
     if isinstance(layers, int):
         if layers < 1:
-            raise ConfigError(f"student.layers={layers}: a student needs at least 1 layer")
+            raise ConfigError(f"student.layers={layers}: a student needs at least 1 layer; set 1 or more")
         if layers > n_teacher:
             raise ConfigError(f"student.layers={layers} is more layers than the teacher has ({n_teacher}); "
                               f"choose at most {n_teacher}")
@@ -89,10 +91,11 @@ def pick_layers(layers: int | list[int], n_teacher: int) -> list[int]:
     if not layers:
         raise ConfigError("student.layers is an empty list; list teacher layer indices, e.g. [2, 5]")
     if len(layers) > n_teacher:
-        raise ConfigError(f"student.layers lists {len(layers)} layers, more than the teacher has ({n_teacher})")
+        raise ConfigError(f"student.layers lists {len(layers)} layers, more than the teacher has ({n_teacher}); "
+                          f"list at most {n_teacher}")
     bad = [i for i in layers if not 0 <= i < n_teacher]
     if bad:
-        raise ConfigError(f"student.layers {bad} are out of range: the teacher's layers are 0..{n_teacher - 1}")
+        raise ConfigError(f"student.layers {bad} are out of range; the teacher's layers are 0..{n_teacher - 1}")
     repeated = sorted({i for i in layers if layers.count(i) > 1})
     if repeated:
         raise ConfigError(f"student.layers lists teacher layer {repeated[0]} more than once; list each layer once, "
@@ -126,9 +129,10 @@ def _student_shape(recipe: Recipe, teacher: Shape) -> tuple[Shape, Any]:
         return Shape(len(layers), teacher.hidden, teacher.heads, teacher.labels), layers
     if s.init == "config":
         if not isinstance(s.layers, int):
-            raise ConfigError("student.init: config takes student.layers as a number of layers, not a list")
+            raise ConfigError("student.init: config takes student.layers as a number of layers, not a list; write "
+                              "e.g. layers: 2 (a list of teacher layers is for init: teacher_layers)")
         if s.layers < 1:
-            raise ConfigError(f"student.layers={s.layers}: a student needs at least 1 layer")
+            raise ConfigError(f"student.layers={s.layers}: a student needs at least 1 layer; set 1 or more")
         heads = s.num_attention_heads or teacher.heads
         width = s.hidden_size or teacher.hidden
         if heads and width % heads:
@@ -159,7 +163,8 @@ def _check_loss(loss: LossConfig, recipe: Recipe, labelled: bool) -> None:
         raise ConfigError(f"loss {loss.name} does not read intermediate layers; remove its layer_map")
     n_teachers = 1 + (len(recipe.ensemble.teachers) if recipe.ensemble else 0)
     if loss.teacher is not None and not 0 <= loss.teacher < n_teachers:
-        raise ConfigError(f"loss {loss.name}: teacher {loss.teacher} does not exist (there are {n_teachers})")
+        raise ConfigError(f"loss {loss.name}: teacher {loss.teacher} does not exist; teachers are numbered "
+                          f"0..{n_teachers - 1} (teacher, then ensemble.teachers)")
 
 
 def resolve(recipe: Recipe) -> Recipe:
@@ -177,8 +182,8 @@ def resolve(recipe: Recipe) -> Recipe:
         if not cfg.gguf_file:
             check_weights(tdir, allow_pickle=cfg.allow_pickle, what=what, key=f"{what}.allow_pickle")
         if cfg.prepare_head is not None and (i > 0 or recipe.task != "sequence_classification"):
-            raise ConfigError(f"{what}.prepare_head fits a classification head: only for the first teacher of a "
-                              "sequence_classification recipe")
+            raise ConfigError(f"{what}.prepare_head fits a classification head, which only the first teacher of a "
+                              "sequence_classification recipe takes; remove it or set task: sequence_classification")
         shapes.append(shape_of(read_config(tdir) if not cfg.gguf_file else _gguf_config(tdir, cfg.gguf_file),
                                f"{what} config in {tdir}"))
     labels_set = {s.labels for s in shapes}
@@ -204,12 +209,13 @@ def resolve(recipe: Recipe) -> Recipe:
     if recipe.task == "causal_lm" and recipe.distill.augment:
         raise ConfigError("distill.augment is for encoders; causal LMs use distill.generate or distill.rationale")
     if recipe.task != "causal_lm" and (recipe.distill.generate or recipe.distill.rationale):
-        raise ConfigError("distill.generate and distill.rationale are for task causal_lm")
+        raise ConfigError("distill.generate and distill.rationale are for task causal_lm; encoders learn from "
+                          "teacher-labelled text with distill.augment")
     if recipe.task == "causal_lm":
         for spec in recipe.export.artifacts:
             if spec.format == "tflite" and any(b != 1 for b, _ in recipe.export.tflite_shapes):
-                raise ConfigError("export.tflite_shapes: causal-LM TFLite files take batch 1 ([[1, T], ...], one "
-                                  "prefill signature per length T)")
+                raise ConfigError("export.tflite_shapes: causal-LM TFLite files take batch 1; write [[1, T], ...], "
+                                  "one prefill signature per prompt length T")
             if spec.format == "tflite" and max(s for _, s in recipe.export.tflite_shapes) >= recipe.export.kv_cache_size:
                 raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
                                   "export.tflite_shapes (room for the generated tokens)")
@@ -231,6 +237,7 @@ def resolve(recipe: Recipe) -> Recipe:
         raise ArtifactError(f"data.source '{recipe.data.source}' is empty; give it some text")
     _check_data(recipe, shapes[0])
     _check_target(recipe)
+    _check_gate(recipe)
     return recipe.model_copy(update={
         "teacher": teacher,
         "student": recipe.student.model_copy(update={"layers": student_layers}),
@@ -266,6 +273,29 @@ def _check_data(recipe: Recipe, teacher: Shape) -> None:
         raise ConfigError(f"the data has {len(names) if names else found[-1] + 1} classes (up to {high!r}) but the "
                           f"teacher predicts {teacher.labels}; use the teacher's label set, or fit a new head with "
                           "teacher.prepare_head")
+
+
+def report_rows(recipe: Recipe) -> list[str]:
+    """The rows the report will have: the teachers, the student and every exported file."""
+    rows = ["teacher"] + [f"teacher_{i}" for i in range(1, len(teacher_configs(recipe)))] + ["student"]
+    return rows + [a.name for a in recipe.export.artifacts]
+
+
+def _check_gate(recipe: Recipe) -> None:
+    """Every budget names a row the report will have; a baseline report exists."""
+    from kd_edge.registry import closest
+
+    rows = report_rows(recipe)
+    for i, budget in enumerate(recipe.gate.budgets):
+        if budget.artifact not in rows:
+            raise ConfigError(f"gate.budgets.{i} names '{budget.artifact}'{closest(budget.artifact, rows)}, which will "
+                              f"not be a row of the report (rows: {', '.join(rows)}); fix the budget or add the file "
+                              "to export.artifacts")
+    if recipe.gate.baseline:
+        base = Path(recipe.gate.baseline).expanduser()
+        if not (base / "report.json" if base.is_dir() else base).is_file():
+            raise ArtifactError(f"gate.baseline '{recipe.gate.baseline}' has no report.json; point it at a baseline "
+                                "run folder or its report.json")
 
 
 def _check_target(recipe: Recipe) -> None:

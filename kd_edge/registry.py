@@ -86,8 +86,8 @@ class Registry(Generic[T]):
         """Raise ConfigError for an unknown name (listing the valid ones), without importing it."""
         if name not in self._entries:
             raise ConfigError(
-                f"unknown {self.kind} '{name}'{closest(name, self.names())} "
-                f"(choose from: {', '.join(self.names())})"
+                f"unknown {self.kind} '{name}'{closest(name, self.names())}; "
+                f"choose from: {', '.join(self.names())}"
             )
 
     def missing(self, name: str) -> list[str]:

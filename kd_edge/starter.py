@@ -166,7 +166,7 @@ def _guess(columns: list[str], names: tuple[str, ...]) -> str | None:
 def starter_recipe(task: str, path: Path, teacher: str | None, data: str | None) -> str:
     """The text of a commented starter recipe for ``task``."""
     if task not in TASK_NAMES:
-        raise ConfigError(f"--task '{task}' is not one of {', '.join(TASK_NAMES)}")
+        raise ConfigError(f"--task '{task}' is not a task; choose one of {', '.join(TASK_NAMES)}")
     lm = task == "causal_lm"
     values: dict[str, Any] = {"task": task, "path": path, "name": path.stem or "my-run"}
     values["summary"] = {"sentence_embedding": "a sentence embedder -> a smaller one in the same embedding space",

@@ -58,7 +58,7 @@ def _load_file(path: Path) -> TargetProfile:
     except ValidationError as e:
         from kd_edge.config import validation_message
 
-        raise ConfigError(validation_message(e, str(path))) from e
+        raise ConfigError(validation_message(e, str(path)) + "; fix the profile (kd_edge/profiles/*.yaml are examples)") from e
 
 
 def resolve_target(ref: str, *, host: str | None = None, serial: str | None = None, key_file: str | None = None,
@@ -68,7 +68,8 @@ def resolve_target(ref: str, *, host: str | None = None, serial: str | None = No
     if ref.endswith((".yaml", ".yml")):
         path = Path(ref)
         if not path.is_file():
-            raise ConfigError(f"target profile '{ref}' does not exist")
+            raise ConfigError(f"target profile '{ref}' does not exist; pass a profile .yaml (see kd_edge/profiles/) or "
+                              f"a bundled profile name ({', '.join(profile_names())})")
         profile = _load_file(path)
     elif ref == "adb" or ref.startswith("adb:"):
         profile = _load_file(PROFILES_DIR / "android-arm64.yaml").model_copy(

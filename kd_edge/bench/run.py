@@ -71,8 +71,6 @@ def torch_macs(recipe: "Recipe", ctx: StageContext) -> dict[str, int]:
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Benchmark every model on the recipe's target, in interleaved rounds."""
-    from tqdm.auto import tqdm
-
     from kd_edge.bench.profiles import make_target, profile_for
     from kd_edge.bench.rounds import Job, host_load, run_rounds, steal_between
 
@@ -91,7 +89,9 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         with atomic_dir(ctx.run_dir / "bench") as out:
             write_json(out / "macs.json", {"batch": recipe.bench.batch_size, "seq": recipe.bench.seq_len, "macs": macs})
             before = host_load()
-            bar = tqdm(total=len(jobs) * cfg.rounds, desc="bench", unit="process", disable=not ctx.progress or None)
+            from kd_edge.progress import Progress
+
+            bar = Progress(total=len(jobs) * cfg.rounds, desc="bench", unit="process", enabled=ctx.progress)
 
             def step(job, r):
                 bar.set_postfix_str(f"{job.name} (round {r + 1}/{cfg.rounds})")

@@ -15,7 +15,7 @@ def _positive(value: int, option: str) -> int:
     from kd_edge.errors import ConfigError
 
     if value < 1:
-        raise ConfigError(f"{option} {value} must be 1 or more")
+        raise ConfigError(f"{option} {value} is below 1; pass 1 or more")
     return value
 
 
@@ -27,10 +27,10 @@ def _thread_counts(text: str | None) -> list[int | None]:
     try:
         counts = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ConfigError(f"--threads '{text}' must be whole numbers separated by commas, e.g. 1,2,4") from None
+        raise ConfigError(f"--threads '{text}' is not a list of whole numbers; write e.g. --threads 1,2,4") from None
     bad = [t for t in counts if t < 1]
     if bad or not counts:
-        raise ConfigError(f"--threads '{text}': thread counts are 1 or more, e.g. --threads 1,2,4")
+        raise ConfigError(f"--threads '{text}' holds a count below 1; thread counts are 1 or more, e.g. --threads 1,2,4")
     return counts
 
 
@@ -90,7 +90,7 @@ def bench_command(
                           (vocab_size, "--vocab-size")):
         _positive(value, option)
     if warmup < 0:
-        raise ConfigError(f"--warmup {warmup} must be 0 or more")
+        raise ConfigError(f"--warmup {warmup} is negative; pass 0 or more")
     if out is not None:
         from kd_edge.paths import output_dir
 

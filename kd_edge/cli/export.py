@@ -20,7 +20,7 @@ def _split(value: str | None, allowed: tuple[str, ...], option: str) -> list[str
     items = [v.strip() for v in (value or "").split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]
     if bad:
-        raise ConfigError(f"{option} {bad[0]!r} is not one of {', '.join(allowed)}")
+        raise ConfigError(f"{option} {bad[0]!r} is not known; choose from {', '.join(allowed)}")
     return items
 
 
@@ -35,7 +35,7 @@ def _shapes(value: str | None) -> list[tuple[int, int]]:
             b, s = part.lower().split("x")
             shapes.append((int(b), int(s)))
         except ValueError:
-            raise ConfigError(f"--shapes {part!r}: write BATCHxSEQUENCE, e.g. 1x128,1x64") from None
+            raise ConfigError(f"--shapes {part!r} is not a shape; write BATCHxSEQUENCE, e.g. 1x128,1x64") from None
     return shapes
 
 
@@ -87,8 +87,8 @@ def export_command(
     input_dir(path, "MODEL_DIR", "pass a run folder or a model folder written by save_pretrained")
     if (path / "manifest.json").is_file() or (path / "recipe.resolved.yaml").is_file():
         if format_ or precision or out or task or texts or force:
-            raise ConfigError("on a run folder, export follows the recipe: change it with --set export.artifacts=... "
-                              "(--format/--precision/--out/--task/--texts are for model folders)")
+            raise ConfigError("--format/--precision/--out/--task/--texts are for model folders; a run folder is "
+                              "exported as its recipe says: change that with --set export.artifacts=...")
         from kd_edge.cli.run import execute
 
         sets = list(set_ or [])
@@ -110,8 +110,8 @@ def export_command(
                 continue  # a precision of the other format
             specs.append(ArtifactSpec(format=fmt, precision=prec))
     if not specs:
-        raise ConfigError(f"no precision of {', '.join(precisions)} exists for {', '.join(formats)}: int8-static is "
-                          "ONNX only, int8-weights TFLite only")
+        raise ConfigError(f"no precision of {', '.join(precisions)} exists for {', '.join(formats)}; int8-static and "
+                          "int4 are ONNX only, int8-weights TFLite only")
     cfg = ExportConfig(artifacts=specs, **({"tflite_shapes": _shapes(shapes)} if shapes else {}))
     out = output_dir(out or Path("exports") / path.name, "--out")
     if texts is not None:

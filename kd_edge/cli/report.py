@@ -48,7 +48,7 @@ def report_command(
     if out is not None or force:
         raise ConfigError("--out and --force go with --compare; re-rendering writes report.* inside the run folder")
     if run_dir is None:
-        raise ConfigError("pass a run folder to re-render, or --compare BASELINE NEW")
+        raise ConfigError("nothing to report; pass a run folder to re-render, or --compare BASELINE NEW")
     from kd_edge.paths import input_dir
 
     input_dir(run_dir, "RUN_DIR", "pass a folder written by `kd-edge run`")

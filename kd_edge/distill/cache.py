@@ -108,9 +108,9 @@ def cache_teacher(task, model, ids: dict[str, Packed], weights: dict[str, Packed
             continue
         writers: dict[str, _FieldWriter] = {}
         batches = length_batches(ids[split].lengths(), batch_size)
-        from tqdm.auto import tqdm
+        from kd_edge.progress import Progress
 
-        for idx in tqdm(batches, desc=f"{name} {split}", unit="batch", disable=not progress or None, leave=False):
+        for idx in Progress(batches, desc=f"{name} {split}", unit="batch", enabled=progress, leave=False):
             batch = task.make_batch(ids[split], idx, pad_id, labels[split], weights[split])
             with torch.no_grad():
                 result = task.forward(model, batch, meta=meta_task, hidden_layers=spec.hidden_layers)

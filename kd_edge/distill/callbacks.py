@@ -75,10 +75,10 @@ class ProgressCallback(TrainerCallback):
         self.enabled, self.bar, self._t0, self._seen0 = enabled, None, 0.0, 0
 
     def on_train_begin(self, state, control):
-        from tqdm.auto import tqdm
+        from kd_edge.progress import Progress
 
-        self.bar = tqdm(total=state.max_steps, initial=state.step, desc="distill", unit="step",
-                        disable=not self.enabled or None, dynamic_ncols=True)
+        self.bar = Progress(total=state.max_steps, initial=state.step, desc="distill", unit="step",
+                            enabled=self.enabled)
         self._t0, self._seen0 = time.perf_counter(), state.samples_seen
 
     def on_step_end(self, state, control, logs):

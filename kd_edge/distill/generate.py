@@ -69,12 +69,12 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
               batch_size: int, progress: bool) -> list[str]:
     """The teacher's continuations of ``prompts`` (left-padded batches)."""
     import torch
-    from tqdm.auto import tqdm
+    from kd_edge.progress import Progress
 
     tokenizer.padding_side = "left"
     texts = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="teacher generates", unit="batch",
-                      disable=not progress or None):
+    for start in Progress(range(0, len(prompts), batch_size), desc="teacher generates", unit="batch",
+                          enabled=progress):
         enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
         with torch.no_grad():
             out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write runs/<name>/teacher/: the encoder with a trained classification head."""
-    from tqdm.auto import tqdm
+    from kd_edge.progress import Progress
     from transformers import AutoModelForSequenceClassification
 
     cfg = recipe.teacher.prepare_head
@@ -56,7 +56,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
     rng = np.random.default_rng(recipe.seed)
     model.train()
-    bar = tqdm(range(total), desc="prepare teacher head", unit="step", disable=not ctx.progress or None)
+    bar = Progress(range(total), desc="prepare teacher head", unit="step", enabled=ctx.progress)
     order: np.ndarray = np.array([], dtype=int)
     losses = []
     for step in bar:

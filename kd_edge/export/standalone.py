@@ -56,7 +56,8 @@ def read_texts(path: Path | None, limit: int = TEXTS) -> list[str]:
                 try:
                     line = json.loads(line)["text"]
                 except (ValueError, KeyError, TypeError):
-                    raise ConfigError(f"{path}: every line must be a JSON object with a 'text' field") from None
+                    raise ConfigError(f"{path}: a line is not a JSON object with a 'text' field; write one "
+                                      "{\"text\": ...} per line, or pass a .txt file") from None
             texts.append(line)
             if len(texts) >= limit:
                 break
@@ -297,13 +298,15 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
     if runtime == "torch":
         raise ArtifactError(f"'{src}' is a model folder; quantize an exported .onnx or .tflite file, or use "
                             "`kd-edge export MODEL_DIR --precision ...`")
+    _readable_model(src)
     allowed = QUANTIZE_PRECISIONS[src.suffix]
     if precision not in allowed:
         raise ConfigError(f"--precision {precision} is not made from {src.suffix} files; choose one of "
                           f"{', '.join(allowed)}")
     dst = dst or src.with_name(f"{src.stem}.{precision}{src.suffix}")
     if dst.suffix != src.suffix:
-        raise ConfigError(f"--out {dst} must end in {src.suffix}, like the input file")
+        raise ConfigError(f"--out {dst} does not end in {src.suffix}; name it like the input, e.g. "
+                          f"{dst.with_suffix(src.suffix).name}")
     if dst.resolve() == src.resolve():
         raise ArtifactError(f"--out {dst} is the input file; pick another name")
     if dst.is_dir():
@@ -312,15 +315,22 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
         raise ArtifactError(f"'{dst}' already exists; pass --force to replace it or another --out")
     if not dst.parent.is_dir():
         raise ArtifactError(f"--out {dst}: the folder {dst.parent} does not exist; create it or choose another --out")
-    if texts is not None or tokenizer is not None:
-        if texts is None or tokenizer is None:
-            raise ConfigError("--calibration and --tokenizer go together: texts to run, and the folder of the "
-                              "tokenizer that turns them into token ids")
+    from kd_edge.paths import output_file
+
+    output_file(dst, "--out", force=True, parents=False)  # writable where it goes
+    if fallback_level and src.suffix != ".onnx":
+        raise ConfigError("--keep-float is for ONNX files; a TFLite file's lighter int8 is --precision int8-weights")
+    if fallback_level and precision in ("fp16", "int4"):
+        raise ConfigError(f"--keep-float chooses nodes int8 leaves in float; --precision {precision} is not int8")
+    if (texts is None) != (tokenizer is None):
+        raise ConfigError("--calibration needs --tokenizer and the other way round; pass both: the texts, and the "
+                          "folder of the tokenizer that turns them into token ids")
+    if texts is None and precision == "int8-static":
+        raise ConfigError("--precision int8-static calibrates activation ranges on real text; pass "
+                          "--calibration TEXTS.jsonl --tokenizer MODEL_DIR, or use --precision int8 (dynamic)")
+    if texts is not None:
         ids = tokenize(tokenizer, read_texts(texts), max_length)
     else:
-        if precision == "int8-static":
-            raise ConfigError("--precision int8-static calibrates activation ranges on real text: pass "
-                              "--calibration TEXTS.jsonl --tokenizer MODEL_DIR, or use --precision int8 (dynamic)")
         rng = np.random.default_rng(0)
         ids = Packed.from_lists([rng.integers(5, _vocab_size(src), n) for n in (12, 24, 32)], dtype=np.int64)
     log = dst.with_name(f".{dst.name}.log")
@@ -333,8 +343,6 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
         calibration = _with_graph_inputs(src, calibration)
     exclude: list[str] = []
     if fallback_level:
-        if src.suffix != ".onnx":
-            raise ConfigError("--keep-float is for ONNX files")
         from kd_edge.quantize.onnx_precisions import sensitive_nodes
 
         exclude = sensitive_nodes(src, fallback_level)
@@ -355,6 +363,25 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
             "max_abs_diff": max(c["max_abs_diff"] for c in compared),
             "min_cosine": min(c["min_cosine"] for c in compared), "n_inputs": len(ids),
             "nodes_in_float": len(exclude), **info}
+
+
+def _readable_model(path: Path) -> None:
+    """An .onnx file parses as an ONNX model, a .tflite file carries the TFLite identifier: a
+    truncated or foreign file is refused before anything runs."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        try:
+            onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf's DecodeError, an unreadable file
+            raise ArtifactError(f"'{path}' is not a complete ONNX model ({type(e).__name__}); the file may be truncated: "
+                                "export it again") from None
+    elif path.suffix == ".tflite":
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head[4:8] != b"TFL3":
+            raise ArtifactError(f"'{path}' is not a TFLite model (no TFL3 identifier); the file may be truncated or "
+                                "renamed: export it again")
 
 
 def _with_graph_inputs(path: Path, feeds: list[dict]) -> list[dict]:

@@ -36,7 +36,13 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _fail(what: str, src: Path, e: Exception) -> QuantizeError:
+def _fail(what: str, src: Path, e: Exception) -> Exception:
+    """The one-line error of a failed quantization: the operating system's refusal (no space, no
+    permission) as such, anything else as a failure of this precision."""
+    from kd_edge.errors import from_os_error
+
+    if isinstance(e, OSError) and (err := from_os_error(e)) is not None:
+        return err
     return QuantizeError(f"{what} of {src.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}; "
                          "try another precision")
 

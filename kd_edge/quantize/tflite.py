@@ -33,6 +33,10 @@ def quantize_tflite(src: Path, dst: Path, *, precision: str, log_path: Path | No
                 dst.unlink()
             result.export_model(str(dst))
     except Exception as e:
+        from kd_edge.errors import from_os_error
+
+        if isinstance(e, OSError) and (err := from_os_error(e)) is not None:
+            raise err from e
         raise QuantizeError(f"TFLite {precision} quantization of {src.name} failed: {type(e).__name__}: "
                             f"{str(e).splitlines()[0][:200]}; see {log}, or drop this precision") from e
     method = {"int8": "dynamic_wi8_afp32 (int8 weights per channel, activations quantized at run time)",

@@ -35,6 +35,32 @@ def _bench_fields(doc: dict | None) -> dict[str, Any]:
     return fields
 
 
+def _stored_as(recipe: dict, name: str, run_dir: Path) -> str:
+    """How a PyTorch row's weights are stored on disk: "safetensors fp32", or a GGUF file's quantization."""
+    if name == "teacher" and (recipe.get("teacher") or {}).get("gguf_file") and not (recipe["teacher"].get("prepare_head")):
+        gguf = recipe["teacher"]["gguf_file"]
+        import re
+
+        quant = re.search(r"\.((?:I?Q\d[\w]*)|F16|BF16|F32)\.gguf$", gguf, re.I)
+        return f"gguf {quant.group(1).upper() if quant else ''}".strip()
+    from kd_edge.tasks.hub import stored_dtype
+
+    folder = run_dir / "student" if name == "student" else Path((recipe.get("teacher") or {}).get("model", ""))
+    if name != "student" and (recipe["teacher"].get("prepare_head") or not folder.is_dir()):
+        folder = run_dir / "teacher" if recipe["teacher"].get("prepare_head") else _resolved(recipe)
+    return f"safetensors {stored_dtype(folder) or 'fp32'}" if folder is not None else "safetensors fp32"
+
+
+def _resolved(recipe: dict) -> Path | None:
+    """The teacher's folder (package: and hub references resolved), or None."""
+    try:
+        from kd_edge.tasks.hub import resolve_model_dir
+
+        return resolve_model_dir(recipe["teacher"]["model"], revision=recipe["teacher"].get("revision"))
+    except Exception:  # a report renders without it
+        return None
+
+
 def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
     """The report document of a run folder (every file it reads is optional but eval/metrics.json)."""
     evaluation = read_json(run_dir / "eval" / "metrics.json")
@@ -51,13 +77,18 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
     higher = evaluation.get("higher_is_better", True)
     rows: list[dict[str, Any]] = []
     skip = {"params"}
+    student_verify = run_dir / "verify" / "student.json"
+    student_lm = read_json(student_verify) if student_verify.is_file() and recipe["task"] == "causal_lm" else {}
     for name, values in models.items():
         kind = "student" if name == "student" else "teacher"
         size = _weights_mb(run_dir / "student") if name == "student" else \
             (bench.get(name, {}).get("file_size_bytes", 0) / 1e6 or None)  # a teacher's size is what the runner measured
+        extra = {"generation_tokens_per_s": student_lm.get("generation_tokens_per_s"),
+                 "greedy_agreement": 1.0} if name == "student" and student_lm else {}
         rows.append({"name": name, "kind": kind, "format": "pytorch", "precision": "fp32", "runtime": "torch",
                      "params": values.get("params"), "file_size_mb": size,
-                     **{k: v for k, v in values.items() if k not in skip}, **_bench_fields(bench.get(name))})
+                     "stored_as": _stored_as(recipe, name, run_dir),
+                     **{k: v for k, v in values.items() if k not in skip}, **extra, **_bench_fields(bench.get(name))})
     rows.sort(key=lambda r: (r["kind"] != "teacher", r["name"]))
     for sidecar in sorted((run_dir / "artifacts").glob("*.json")) if (run_dir / "artifacts").is_dir() else []:
         info = read_json(sidecar)
@@ -67,6 +98,7 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
                    if k not in ("name", "format", "precision", "runtime", "passed", "reason", "fallback")}
         rows.append({"name": info["name"], "kind": "artifact", "format": info["format"], "precision": info["precision"],
                      "runtime": info["runtime"], "params": info["params"], "file_size_mb": info["size_bytes"] / 1e6,
+                     "stored_as": f"{info['format']} {info['precision']}",
                      **quality, "fusions": info.get("fusions"), "fallback": ver.get("fallback"),
                      "external_data_note": info.get("external_data_note"), "parity_passed": ver.get("passed"), "parity_reason": ver.get("reason"),
                      **_bench_fields(bench.get(info["name"]))})
@@ -76,13 +108,20 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
         row["target"] = doc.get("target") if doc else None
         row["deployed_on"] = [f"{doc.get('target')} ({row['runtime']})"] if doc and "error" not in doc else []
     base = rows[0]
+    seq = next((d.get("seq") for d in bench.values() if "error" not in d), None) or 1
     for row in rows:
         if base.get("latency_p50_ms") and row.get("latency_p50_ms"):
             row["speedup_p50"] = base["latency_p50_ms"] / row["latency_p50_ms"]
+        if recipe["task"] == "causal_lm" and row.get("throughput_per_s"):
+            row["prefill_tokens_per_s"] = row["throughput_per_s"] * seq  # one forward pass over the prompt
+        if base.get("params") and row.get("params"):
+            row["params_ratio"] = row["params"] / base["params"]
         if base.get(metric) is not None and row.get(metric) is not None:
             row[f"{metric}_drop"] = (base[metric] - row[metric]) if higher else (row[metric] - base[metric])
             row[f"{metric}_ratio"] = row[metric] / base[metric] if base[metric] else None
-        if base.get("file_size_mb") and row.get("file_size_mb"):
+        # sizes compare files as stored; against a teacher stored quantized (a 4-bit GGUF) that ratio says
+        # nothing about the student, so it is left out and params_ratio compares the models
+        if base.get("file_size_mb") and row.get("file_size_mb") and base.get("stored_as", "").endswith("fp32"):
             row["size_ratio"] = row["file_size_mb"] / base["file_size_mb"]
     environment = next((d["environment"] for d in bench.values() if "environment" in d), None)
     curve = []

@@ -50,7 +50,12 @@ def _gmacs(v: Any) -> str:
     return "—" if v is None else f"{v / 1e9:.2f} G"
 
 
+def _text(v: Any) -> str:
+    return "—" if v in (None, "") else str(v)
+
+
 SPEED: list[tuple[str, str, Fmt]] = [
+    ("stored_as", "stored as", _text),
     ("params", "params", _params),
     ("macs", "MACs", _gmacs),
     ("file_size_mb", "size MB", _num(1)),
@@ -63,6 +68,11 @@ SPEED: list[tuple[str, str, Fmt]] = [
     ("load_ms", "load ms", _num(0)),
     ("deployed_on", "ran on", lambda v: ", ".join(v) if v else "—"),
 ]
+# a causal LM is used token by token: its speed is tokens per second, for the prompt and for generation
+LM_SPEED: list[tuple[str, str, Fmt]] = [
+    ("prefill_tokens_per_s", "prompt tok/s", _num(0)),
+    ("generation_tokens_per_s", "generate tok/s", _num(0)),
+]
 QUALITY: dict[str, list[tuple[str, str, Fmt]]] = {
     "sentence_embedding": [("probe_accuracy", "probe acc", _pct), ("cosine_to_teacher", "cos→teacher", _num(4)),
                            ("knn_agreement", "kNN agree", _pct)],
@@ -70,20 +80,44 @@ QUALITY: dict[str, list[tuple[str, str, Fmt]]] = {
                                 ("kl_from_teacher", "KL from teacher", _num(4)), ("jsd_from_teacher", "JSD", _num(4)),
                                 ("ece", "ECE", _num(3))],
     "causal_lm": [("perplexity", "perplexity", _num(2)), ("top1_agreement_with_teacher", "top-1 agree", _pct),
-                  ("kl_from_teacher", "KL from teacher", _num(4))],
+                  ("kl_from_teacher", "KL from teacher", _num(4)),
+                  ("greedy_agreement", "greedy agree w/ student", _pct)],
 }
-PARITY: list[tuple[str, str, Fmt]] = [("max_abs_diff", "max |Δ|", _sci)]
+PARITY: list[tuple[str, str, Fmt]] = [("max_abs_diff", "max |Δ|", _sci),
+                                      ("agreement_with_student", "same as student", _pct)]
+
+
+def speed_columns(report: dict) -> list[tuple[str, str, Fmt]]:
+    """The speed-and-size table's columns (tokens per second instead of items for a causal LM)."""
+    if report.get("task") == "causal_lm":
+        at = next(i for i, c in enumerate(SPEED) if c[0] == "throughput_per_s")
+        return SPEED[:at] + LM_SPEED + SPEED[at + 1:]
+    return SPEED
+
+
+def quality_columns(report: dict) -> list[tuple[str, str, Fmt]]:
+    """The quality table's columns for the report's task, with parity."""
+    return QUALITY.get(report.get("task"), QUALITY["sentence_embedding"]) + PARITY
 
 
 def columns(report: dict) -> list[tuple[str, str, Fmt]]:
-    """The table's columns for the report's task."""
-    return SPEED + QUALITY.get(report.get("task"), QUALITY["sentence_embedding"]) + PARITY
+    """Every column of both tables."""
+    return speed_columns(report) + quality_columns(report)
 
 
 def _label(row: dict) -> str:
-    if row["kind"] == "artifact":
-        return f"{row['name']}"
-    return f"{row['name']} (PyTorch)"
+    name = row["name"] if row["kind"] == "artifact" else f"{row['name']} (PyTorch)"
+    return name + (" *" if row.get("latency_flags") else "")
+
+
+def unreliable_rows(report: dict) -> list[dict]:
+    """Rows whose latency was measured on a busy machine (or whose rounds disagree)."""
+    return [r for r in report["rows"] if r.get("latency_flags")]
+
+
+def _overlaps(a: dict, b: dict) -> bool:
+    ia, ib = a.get("latency_p50_ci95_ms"), b.get("latency_p50_ci95_ms")
+    return bool(ia and ib and ia[0] <= ib[1] and ib[0] <= ia[1])
 
 
 def headline(report: dict) -> list[str]:
@@ -99,11 +133,21 @@ def headline(report: dict) -> list[str]:
         name = metric.replace("_", " ")
         lines.append(f"The student keeps {s[metric] / t[metric] * 100:.1f} % of the teacher's {name} "
                      f"({_pct(s[metric])} vs {_pct(t[metric])}) {size}")
-    fastest = max((r for r in report["rows"] if r.get("speedup_p50")), key=lambda r: r["speedup_p50"], default=None)
+    timed = sorted((r for r in report["rows"] if r.get("speedup_p50")), key=lambda r: -r["speedup_p50"])
+    fastest = timed[0] if timed else None
     if fastest and fastest["name"] != "teacher":
+        lm = report.get("task") == "causal_lm" and fastest.get("generation_tokens_per_s")
         lines.append(f"Fastest: {fastest['name']} at {_num(2)(fastest['latency_p50_ms'])} ms p50, "
                      f"{fastest['speedup_p50']:.1f}× the teacher's PyTorch p50, "
-                     f"{_num(1)(fastest.get('file_size_mb'))} MB.")
+                     f"{_num(1)(fastest.get('file_size_mb'))} MB"
+                     + (f", {fastest['generation_tokens_per_s']:.0f} tokens/s generating" if lm else "")
+                     + (f"; within noise of {timed[1]['name']} (their p50 intervals overlap)"
+                        if len(timed) > 1 and timed[1]["name"] != "teacher" and _overlaps(fastest, timed[1]) else "")
+                     + ".")
+    busy = unreliable_rows(report)
+    if busy:
+        lines.append(f"Unreliable timings (*): {', '.join(r['name'] for r in busy)} were measured on a busy machine "
+                     "or their rounds disagree; run the benchmark again on a quiet one.")
     failed = [r["name"] for r in report["rows"] if r.get("parity_passed") is False]
     checked = [r for r in report["rows"] if r.get("parity_passed") is not None]
     if checked:
@@ -117,12 +161,27 @@ def headline(report: dict) -> list[str]:
 
 def _settings(report: dict) -> str:
     b, env = report.get("bench_settings") or {}, report.get("environment") or {}
+    m = report.get("bench_machine") or {}
     machine = env.get("cpu_model") or env.get("machine") or "unknown CPU"
+    rounds = (f" in {m['rounds']} interleaved rounds (a fresh process per model per round, the models taking turns)"
+              if m.get("rounds") else " in a fresh process per model")
+    load = ""
+    if m.get("host_loadavg_before") is not None:
+        load = (f"; load average {m['host_loadavg_before']:.2f} before, {m['host_loadavg_after']:.2f} after"
+                + (f", {m['host_steal_pct']:.1f} % CPU time stolen" if m.get("host_steal_pct") else ""))
+    teacher_file = next((r.get("stored_as") for r in report["rows"] if r["name"] == "teacher"), "") or ""
+    sizes = (f" Sizes compare files as stored: the teacher's is {teacher_file}, so parameters compare the models."
+             if teacher_file and not teacher_file.endswith("fp32") else "")
     return (f"Latency at batch {b.get('batch')} × {b.get('seq')} tokens, {b.get('threads')} threads, "
-            f"{b.get('timed_runs')} timed runs in a fresh process per model on `{b.get('target')}` "
-            f"({machine}, {env.get('cpu_count')} cores). Quality on {report['evaluation']['n_test']} held-out texts"
+            f"{b.get('timed_runs')} timed runs{rounds} on `{b.get('target')}` "
+            f"({machine}, {env.get('cpu_count')} cores{load}). Quality on {report['evaluation']['n_test']} held-out texts"
             + (f" ({report['evaluation'].get('n_test_labelled')} labelled)" if report['evaluation'].get('n_test_labelled') else "")
-            + (f"; neighbours: top-{report['evaluation']['knn_k']}." if report.get("task", "sentence_embedding") == "sentence_embedding" else "."))
+            + (f"; neighbours: top-{report['evaluation']['knn_k']}." if report.get("task", "sentence_embedding") == "sentence_embedding" else ".")
+            + sizes)
+
+
+def _class_name(c: dict) -> str:
+    return f"{c['name']} ({c['class']})" if c.get("name") else f"class {c['class']}"
 
 
 def _metric(slices: dict, v: Any) -> str:
@@ -135,21 +194,30 @@ def _gap(slices: dict, v: Any) -> str:
     return f"{v * 100:+.1f} %" if slices["metric"] == "perplexity" else f"{v * 100:+.1f} pt"
 
 
+def _md(text: Any) -> str:
+    """A Markdown table cell: pipes escaped, no line breaks."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def to_markdown(report: dict) -> str:
     """The report as GitHub-flavoured Markdown."""
     out = [f"# {report['title']}: teacher vs student", ""]
     out += [" ".join(headline(report)), "", _settings(report), ""]
-    cols = columns(report)
-    out.append("| model | " + " | ".join(h for _, h, _ in cols) + " |")
-    out.append("|---|" + "---:|" * len(cols))
-    for row in report["rows"]:
-        out.append(f"| {_label(row)} | " + " | ".join(fmt(row.get(k)) for k, _, fmt in cols) + " |")
-    out.append("")
+    for title, cols in (("Speed and size", speed_columns(report)), ("Quality", quality_columns(report))):
+        out += [f"## {title}", "", "| model | " + " | ".join(_md(h) for _, h, _ in cols) + " |",
+                "|---|" + "---:|" * len(cols)]
+        for row in report["rows"]:
+            out.append(f"| {_md(_label(row))} | " + " | ".join(_md(fmt(row.get(k))) for k, _, fmt in cols) + " |")
+        out.append("")
+    busy = unreliable_rows(report)
+    if busy:
+        out += ["\\* Unreliable timing: " + "; ".join(f"{_md(r['name'])}: {_md(', '.join(r['latency_flags']))}"
+                                              for r in busy) + ".", ""]
     checked = [r for r in report["rows"] if r.get("parity_reason")]
     if checked:
         out += ["## Parity of each exported file", "", "| file | runtime | verdict | why |", "|---|---|---|---|"]
-        out += [f"| {r['name']} | {r['runtime']} | {'pass' if r['parity_passed'] else '**FAIL**'} | "
-                + "; ".join([r["parity_reason"], *build_notes(r)]).replace("|", "\\|") + " |" for r in checked]
+        out += [f"| {_md(r['name'])} | {r['runtime']} | {'pass' if r['parity_passed'] else '**FAIL**'} | "
+                + _md("; ".join([r["parity_reason"], *build_notes(r)])) + " |" for r in checked]
         out.append("")
     errors = [r for r in report["rows"] if r.get("bench_error")]
     if errors:
@@ -166,15 +234,15 @@ def to_markdown(report: dict) -> str:
     classes = report.get("per_class")
     if classes:
         out += ["## Per class", "", "| class | n | teacher recall | student recall | delta |", "|---|---:|---:|---:|---:|"]
-        out += [f"| {c['class']} | {c['n']} | {_pct(c['teacher_recall'])} | {_pct(c['student_recall'])} | "
+        out += [f"| {_md(_class_name(c))} | {c['n']} | {_pct(c['teacher_recall'])} | {_pct(c['student_recall'])} | "
                 f"{c['delta'] * 100:+.1f} pt |" for c in classes]
         out.append("")
     gate = report.get("gate")
     if gate:
         out += ["## Gate", "", "| row | metric | bound | value | verdict |", "|---|---|---|---|---|"]
         for c in gate["checks"]:
-            out.append(f"| {c['artifact']} | {c['metric']} | {c['bound']} | {c['value']:.4g} | "
-                       f"{'pass' if c['passed'] else '**FAIL**'} |")
+            out.append(f"| {_md(c['artifact'])} | {c['metric']} | {c['bound']} | {c['value']:.4g} | "
+                       f"{'pass' if c['passed'] else '**FAIL**'}{' (unreliable: busy machine)' if c.get('unreliable') else ''} |")
         out.append("")
     return "\n".join(out)
 
@@ -187,6 +255,7 @@ p.lead{font-size:1.05rem}p.muted,.muted{color:#5b6475}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;margin:.5rem 0}
 .wide{overflow-x:auto}.wide table{font-size:13px}
 th,td{padding:.35rem .5rem;border-bottom:1px solid #eceff3;text-align:right;white-space:nowrap}
+th{white-space:normal;vertical-align:bottom}
 th:first-child,td:first-child{text-align:left}th{background:#f5f7fa;font-weight:600}
 tr.teacher td{background:#fbf7ee}.pass{color:#137333;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1.5rem}
@@ -246,7 +315,8 @@ def _line_chart(curve: list[dict], keys: list[str]) -> str:
     for i, (k, vals) in enumerate(series.items()):
         path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(v):.1f}" for j, (x, v) in enumerate(zip(xs, vals)))
         parts.append(f"<path d='{path}' fill='none' stroke='{colors[i % 5]}' stroke-width='2'/>")
-        parts.append(f"<text x='{width - pad}' y='{pad + 14 * i}' text-anchor='end' fill='{colors[i % 5]}'>{html.escape(k)}</text>")
+        parts.append(f"<text x='{width - pad}' y='{pad + 14 * i}' text-anchor='end' style='fill:{colors[i % 5]}'>"
+                     f"{html.escape(k)}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -260,13 +330,11 @@ def _pareto_chart(report: dict) -> str:
         return "<p class='muted'>no data</p>"
     width, height, pad = 560, 300, 52
     xs, ys = [r["latency_p50_ms"] for r in pts], [r[metric] for r in pts]
-    x0, x1 = 0, max(xs) * 1.1
+    scale = _latency_axis(min(xs), max(xs), pad, width - pad)
     y0, y1 = min(ys), max(ys)
     span = (y1 - y0) or abs(y1) * 0.05 or 1
     y0, y1 = y0 - span * 0.15, y1 + span * 0.15
-
-    def sx(x):
-        return pad + (width - 2 * pad) * (x - x0) / (x1 - x0)
+    sx = scale.at
 
     def sy(y):
         return height - pad - (height - 2 * pad) * (y - y0) / (y1 - y0)
@@ -280,28 +348,74 @@ def _pareto_chart(report: dict) -> str:
     parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>",
              f"<line x1='{pad}' y1='{height - pad}' x2='{width - pad}' y2='{height - pad}' stroke='#aab'/>",
              f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{height - pad}' stroke='#aab'/>",
-             f"<text x='{width / 2}' y='{height - 12}' text-anchor='middle'>latency p50, ms</text>",
+             f"<text x='{width / 2}' y='{height - 12}' text-anchor='middle'>latency p50, ms{scale.note}</text>",
              f"<text x='14' y='{height / 2}' transform='rotate(-90 14 {height / 2})' text-anchor='middle'>"
              f"{html.escape(metric.replace('_', ' '))}{' (lower is better)' if not higher else ''}</text>",
              f"<text x='{pad - 4}' y='{sy(y1) + 4:.1f}' text-anchor='end'>{y1:.3g}</text>",
-             f"<text x='{pad - 4}' y='{sy(y0) + 4:.1f}' text-anchor='end'>{y0:.3g}</text>",
-             f"<text x='{sx(x1):.1f}' y='{height - pad + 14}' text-anchor='end'>{x1:.3g}</text>"]
+             f"<text x='{pad - 4}' y='{sy(y0) + 4:.1f}' text-anchor='end'>{y0:.3g}</text>"]
+    parts += [f"<line x1='{sx(t):.1f}' x2='{sx(t):.1f}' y1='{height - pad}' y2='{height - pad + 4}' stroke='#aab'/>"
+              f"<text x='{sx(t):.1f}' y='{height - pad + 16}' text-anchor='middle'>{t:g}</text>" for t in scale.ticks]
     path = " ".join(f"{'M' if i == 0 else 'L'}{sx(r['latency_p50_ms']):.1f},{sy(r[metric]):.1f}" for i, r in enumerate(front))
     parts.append(f"<path d='{path}' fill='none' stroke='#2e9d6b' stroke-dasharray='5 4' stroke-width='2'/>")
-    placed: list[tuple[float, float, float]] = []  # (x, y, width) of the labels written so far
+    dots = [(sx(r["latency_p50_ms"]), sy(r[metric])) for r in pts]
+    placed: list[tuple[float, float, float]] = []  # (x, baseline y, width) of the labels written so far
     for r in sorted(pts, key=lambda r: (r not in front, sy(r[metric]), sx(r["latency_p50_ms"]))):
         on = r in front
         x, y = sx(r["latency_p50_ms"]), sy(r[metric])
         parts.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{6 if on else 4}' "
                      f"fill='{_COLORS[r['kind']]}' stroke='{'#1d2330' if on else 'none'}'/>")
-        # nearby points (files of one precision sit together) get their labels stacked, not overprinted
-        lx, ly, lw = x + 8, y - 6, 6.5 * len(r["name"])
-        while any(abs(ly - py) < 12 and lx < px + pw and px < lx + lw for px, py, pw in placed):
-            ly += 13
+        lw = 6.8 * len(r["name"])
+        lx = x + 9 if x + 9 + lw <= width - 4 else x - 9 - lw  # near the right edge: to the left of the dot
+        ly = y - 7
+
+        def clashes(lx: float, ly: float) -> bool:
+            if any(abs(ly - py) < 13 and lx < px + pw and px < lx + lw for px, py, pw in placed):
+                return True
+            return any(lx - 3 <= dx <= lx + lw + 3 and ly - 12 <= dy <= ly + 3 for dx, dy in dots)
+
+        for step in range(40):  # below, then above, further each time, until it clashes with nothing
+            cand = y - 7 + (13 * ((step + 1) // 2) * (1 if step % 2 else -1) if step else 0)
+            if pad - 2 <= cand <= height - pad - 4 and not clashes(lx, cand):
+                ly = cand
+                break
         placed.append((lx, ly, lw))
         parts.append(f"<text x='{lx:.1f}' y='{ly:.1f}'>{html.escape(r['name'])}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+class _Axis:
+    """A latency axis: linear, or logarithmic when the values span more than a factor of 8 (a slow
+    teacher would otherwise squash every exported file against the origin)."""
+
+    def __init__(self, lo: float, hi: float, left: float, right: float):
+        import math
+
+        self.left, self.right = left, right
+        self.log = hi / max(lo, 1e-9) > 8
+        if self.log:
+            self.lo, self.hi = math.log10(lo / 1.3), math.log10(hi * 1.3)
+            first, last = math.floor(self.lo), math.ceil(self.hi)
+            self.ticks = [m * 10 ** e for e in range(first, last + 1) for m in (1, 2, 5)
+                          if self.lo <= math.log10(m * 10 ** e) <= self.hi]
+            self.note = " (log scale)"
+        else:
+            self.lo, self.hi = 0.0, hi * 1.1
+            raw = self.hi / 4
+            mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+            step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+            self.ticks = [round(step * k, 10) for k in range(1, int(self.hi / step) + 1)]
+            self.note = ""
+
+    def at(self, v: float) -> float:
+        import math
+
+        x = math.log10(max(v, 1e-9)) if self.log else v
+        return self.left + (self.right - self.left) * (x - self.lo) / (self.hi - self.lo)
+
+
+def _latency_axis(lo: float, hi: float, left: float, right: float) -> _Axis:
+    return _Axis(lo, hi, left, right)
 
 
 def _distribution_chart(rows: list[dict]) -> str:
@@ -312,33 +426,36 @@ def _distribution_chart(rows: list[dict]) -> str:
     import statistics
 
     width, row_h, left = 560, 26, 170
-    hi = max(max(r["latency_samples_ms"]) for r in data) * 1.05
-    height = len(data) * row_h + 24
+    lo = min(min(r["latency_samples_ms"]) for r in data)
+    hi = max(max(r["latency_samples_ms"]) for r in data)
+    axis = _latency_axis(lo, hi, left, width - 20)
+    height = len(data) * row_h + 30
     parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>"]
-
-    def sx(v):
-        return left + (width - left - 20) * v / hi
+    sx = axis.at
 
     for i, r in enumerate(data):
         s = sorted(r["latency_samples_ms"])
-        q = statistics.quantiles(s, n=100, method="inclusive")
+        q = statistics.quantiles(s, n=100, method="inclusive") if len(s) > 1 else [s[0]] * 99
         p1, p25, p50, p75, p99 = q[0], q[24], q[49], q[74], q[98]
         y = 6 + i * row_h
         c = _COLORS[r["kind"]]
-        parts.append(f"<text x='{left - 6}' y='{y + 14}' text-anchor='end'>{html.escape(r['name'])}</text>"
+        parts.append(f"<text x='{left - 6}' y='{y + 14}' text-anchor='end'>{html.escape(_label(r))}</text>"
                      f"<line x1='{sx(p1):.1f}' x2='{sx(p99):.1f}' y1='{y + 10}' y2='{y + 10}' stroke='{c}'/>"
                      f"<rect x='{sx(p25):.1f}' y='{y + 3}' width='{max(sx(p75) - sx(p25), 1):.1f}' height='14' fill='{c}' "
                      f"fill-opacity='0.35' stroke='{c}'/>"
                      f"<line x1='{sx(p50):.1f}' x2='{sx(p50):.1f}' y1='{y + 1}' y2='{y + 19}' stroke='#1d2330' stroke-width='2'/>")
-    parts.append(f"<text x='{left}' y='{height - 4}'>0</text><text x='{width - 20}' y='{height - 4}' "
-                 f"text-anchor='end'>{hi:.3g} ms</text></svg>")
+    base = height - 16
+    parts += [f"<line x1='{sx(t):.1f}' x2='{sx(t):.1f}' y1='{base - 4}' y2='{base}' stroke='#aab'/>"
+              f"<text x='{sx(t):.1f}' y='{base + 12}' text-anchor='middle'>{t:g}</text>" for t in axis.ticks]
+    parts.append(f"<text x='{width - 20}' y='{base - 6}' text-anchor='end'>ms{axis.note}</text></svg>")
     return "".join(parts)
 
 
 def _per_class_chart(classes: list[dict] | None) -> str:
     if not classes:
         return "<p class='muted'>classification runs only</p>"
-    width, row_h, left = 560, 34, 90
+    width, row_h = 560, 34
+    left = min(220, 7 * max(len(_class_name(c)) for c in classes) + 14)
     height = len(classes) * row_h + 10
     parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>"]
     for i, c in enumerate(classes):
@@ -347,7 +464,7 @@ def _per_class_chart(classes: list[dict] | None) -> str:
             w = (width - left - 120) * c[key]
             parts.append(f"<rect x='{left}' y='{y + j * 13}' width='{w:.1f}' height='12' fill='{color}' rx='2'/>"
                          f"<text x='{left + w + 4:.1f}' y='{y + j * 13 + 10}'>{c[key] * 100:.1f} %</text>")
-        parts.append(f"<text x='{left - 6}' y='{y + 17}' text-anchor='end'>class {c['class']}</text>"
+        parts.append(f"<text x='{left - 6}' y='{y + 17}' text-anchor='end'>{html.escape(_class_name(c))}</text>"
                      f"<text x='{width - 4}' y='{y + 17}' text-anchor='end'>{c['delta'] * 100:+.1f} pt</text>")
     parts.append("</svg>")
     return "".join(parts)
@@ -373,11 +490,17 @@ def to_html(report: dict) -> str:
     """The report as one self-contained HTML page."""
     e = html.escape
     rows = report["rows"]
-    cols = columns(report)
-    head = "".join(f"<th>{e(h)}</th>" for _, h, _ in cols)
-    body = "".join(
-        f"<tr class='{r['kind']}'><td>{e(_label(r))}</td>" + "".join(f"<td>{e(f(r.get(k)))}</td>" for k, _, f in cols) + "</tr>"
-        for r in rows)
+
+    def table(cols) -> str:
+        head = "".join(f"<th>{e(h)}</th>" for _, h, _ in cols)
+        body = "".join(
+            f"<tr class='{r['kind']}'><td>{e(_label(r))}</td>" + "".join(f"<td>{e(f(r.get(k)))}</td>" for k, _, f in cols)
+            + "</tr>" for r in rows)
+        return f"<table><tr><th>model</th>{head}</tr>{body}</table>"
+
+    busy = unreliable_rows(report)
+    busy_html = ("<p class='muted'>* Unreliable timing: " + "; ".join(
+        f"{e(r['name'])}: {e(', '.join(r['latency_flags']))}" for r in busy) + ".</p>") if busy else ""
     parity = "".join(
         f"<tr><td>{e(r['name'])}</td><td>{e(r['runtime'])}</td><td class='{'pass' if r['parity_passed'] else 'fail'}'>"
         f"{'pass' if r['parity_passed'] else 'FAIL'}</td><td class='wrap'>{e('; '.join([r['parity_reason'], *build_notes(r)]))}</td>"
@@ -401,8 +524,10 @@ def to_html(report: dict) -> str:
 <p class="muted">task {e(report['task'])} · teacher {e(str(report['teacher']))} · kd-edge {e(report['kd_edge_version'])} · {e(report['created'])}</p>
 <p class="lead">{e(' '.join(headline(report)))}</p>
 <p class="muted">{e(_settings(report))}</p>
-<h2>Side by side</h2>
-<div class="wide"><table><tr><th>model</th>{head}</tr>{body}</table></div>
+<h2>Speed and size</h2>
+<div class="wide">{table(speed_columns(report))}</div>{busy_html}
+<h2>Quality</h2>
+<div class="wide">{table(quality_columns(report))}</div>
 <div class="charts">
 <figure><figcaption>Quality against latency, with the Pareto front</figcaption>{_pareto_chart(report)}</figure>
 <figure><figcaption>Latency of every timed run (box: quartiles, line: p1–p99, bar: median)</figcaption>{_distribution_chart(rows)}</figure>

@@ -97,7 +97,7 @@ class Task(abc.ABC):
             from kd_edge.tasks.hub import check_weights
 
             check_weights(source.path, allow_pickle=source.allow_pickle, what="model",
-                          key="allow_pickle (teacher.allow_pickle or student.allow_pickle in a recipe)")
+                          key="teacher.allow_pickle (or student.allow_pickle) in a recipe, or pass --allow-pickle")
             kwargs["use_safetensors"] = None if source.allow_pickle else True  # never unpickle unless asked
         if eager:
             # Eager attention exports to a graph ONNX Runtime's transformer optimiser recognises
@@ -143,10 +143,10 @@ class Task(abc.ABC):
     def batches(self, ids: Packed, batch_size: int, pad_id: int, *, desc: str = "",
                 progress: bool = True) -> Iterator[Batch]:
         """Length-sorted batches over every sequence (little padding), with a progress bar."""
-        from tqdm.auto import tqdm
+        from kd_edge.progress import Progress
 
-        for idx in tqdm(length_batches(ids.lengths(), batch_size), desc=desc, unit="batch",
-                        disable=not progress or None, leave=False):
+        for idx in Progress(length_batches(ids.lengths(), batch_size), desc=desc, unit="batch",
+                            enabled=progress, leave=False):
             yield self.make_batch(ids, idx, pad_id)
 
     # -- to be provided by each task -----------------------------------------------------------------

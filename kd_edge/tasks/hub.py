@@ -115,7 +115,7 @@ def check_weights(model_dir: Path, *, allow_pickle: bool, what: str, key: str) -
     if not safetensors and pickles and not allow_pickle:
         raise ArtifactError(
             f"{what} '{model_dir}' holds only pickle weights ({pickles[0].name}), which kd-edge does not load: "
-            f"unpickling can run code from the file. Re-save the model with save_pretrained (safetensors), or, "
+            f"unpickling can run code from the file; re-save the model with save_pretrained (safetensors) or, "
             f"for a file you trust, set {key}: true")
     for f in safetensors:
         problem = safetensors_problem(f)
@@ -146,3 +146,29 @@ def safetensors_problem(path: Path) -> str | None:
     if size < expected:
         return f"is truncated ({size:,} bytes of {expected:,})"
     return None
+
+
+def stored_dtype(model_dir: Path) -> str | None:
+    """The dtype most of a folder's safetensors weights are stored in (fp32, fp16, bf16...), from the
+    file headers alone; None without safetensors."""
+    import struct
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for f in sorted(Path(model_dir).glob("*.safetensors"))[:4]:
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(min(n, 100_000_000)))
+        except (OSError, ValueError, struct.error):
+            continue
+        for k, v in header.items():
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("shape"), list):
+                size = 1
+                for d in v["shape"]:
+                    size *= d
+                counts[str(v.get("dtype", "?")).lower()] += size
+    if not counts:
+        return None
+    dtype = counts.most_common(1)[0][0]
+    return {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "f64": "fp64"}.get(dtype, dtype)

@@ -19,7 +19,7 @@ def parse_address(text: str) -> tuple[str | None, str, int]:
     try:
         return (user or None), host, int(port) if port else 22
     except ValueError:
-        raise TargetError(f"'{text}': port '{port}' is not a number") from None
+        raise TargetError(f"'{text}': port '{port}' is not a number; write user@host:PORT, e.g. pi@10.0.0.7:2222") from None
 
 
 class SshTransport:
