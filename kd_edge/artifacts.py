@@ -86,6 +86,25 @@ def digest_tree(path: Path, known: dict[str, dict] | None = None) -> tuple[str, 
 
 _TMP = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 
+# Fault injection for the resume tests (tests/test_resume.py): while the stage named by the
+# environment variable KD_EDGE_FAULT_STAGE runs, its first output that is complete but not yet renamed
+# into place writes KD_EDGE_FAULT_MARKER and waits there for the test's SIGKILL. Unset, nothing happens.
+FAULT_ARMED = False
+
+
+def fault_point() -> None:
+    global FAULT_ARMED
+    if not FAULT_ARMED:
+        return
+    FAULT_ARMED = False
+    marker = os.environ.get("KD_EDGE_FAULT_MARKER")
+    if marker:
+        Path(marker).write_text("waiting for SIGKILL")
+    import time
+
+    while True:
+        time.sleep(1)
+
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -139,6 +158,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fault_point()
     replace_path(tmp, path)
 
 
@@ -164,6 +184,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fault_point()
     os.replace(tmp, path)
 
 

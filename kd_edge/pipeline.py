@@ -13,13 +13,14 @@ import contextlib
 import datetime as _dt
 import fcntl
 import importlib
+import os
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from kd_edge import __version__
+from kd_edge import __version__, artifacts
 from kd_edge.artifacts import (StageContext, digest_records, digest_tree, file_records, read_json,
                                remove_leftovers, sha256_json, write_json, write_text)
 from kd_edge.config import Recipe, recipe_to_yaml
@@ -302,8 +303,10 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
             t0 = time.perf_counter()
             try:
                 check_free_space(st.name, recipe, out_dir)
+                artifacts.FAULT_ARMED = os.environ.get("KD_EDGE_FAULT_STAGE") == st.name  # tests only
                 getattr(importlib.import_module(module_name), func)(
                     recipe, StageContext(out_dir, key, progress=progress, fresh=force))
+                artifacts.FAULT_ARMED = False
             except BaseException as e:
                 interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
                 m["stages"][st.name].update({"status": "interrupted" if interrupted else "failed",

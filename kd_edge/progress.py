@@ -34,6 +34,10 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")
+
+
 class Progress:
     """A progress bar (terminal) or steady progress lines (no terminal), with a time estimate."""
 
@@ -95,11 +99,12 @@ class Progress:
 
     def _status(self, now: float) -> str:
         rate = self._rate(now)
-        done = f"{self.n}/{self.total} {self.unit}s" if self.total else f"{self.n} {self.unit}s"
+        units = _plural(self.unit)
+        done = f"{self.n}/{self.total} {units}" if self.total else f"{self.n} {units}"
         pct = f" ({100 * self.n / self.total:.0f} %)" if self.total else ""
         left = (f", about {duration((self.total - self.n) / rate)} left" if self.total and rate > 0 else "")
         extra = f", {self.postfix}" if self.postfix else ""
-        return f"{self.desc}: {done}{pct}, {rate:.3g} {self.unit}s/s{left}{extra}"
+        return f"{self.desc}: {done}{pct}, {rate:.3g} {units}/s{left}{extra}"
 
     def _maybe_estimate(self, now: float) -> None:
         if self.estimated or not self.total or now - self.t0 < ESTIMATE_AFTER_S or self.n <= self.initial:
@@ -108,8 +113,9 @@ class Progress:
         rate = self._rate(now)
         whole = (self.total - self.initial) / rate
         if whole >= ESTIMATE_MIN_S:
-            self._line(f"{self.desc}: about {duration(whole)} for {self.total - self.initial} {self.unit}s "
-                       f"({rate:.3g} {self.unit}s/s measured on the first {self.n - self.initial})")
+            units = _plural(self.unit)
+            self._line(f"{self.desc}: about {duration(whole)} for {self.total - self.initial} {units} "
+                       f"({rate:.3g} {units}/s measured on the first {self.n - self.initial})")
 
     def _line(self, text: str) -> None:
         if self.bar is not None:

@@ -92,3 +92,24 @@ def test_junit_and_markdown():
     assert len(suite.findall("testcase/failure")) == 1 and "breaks <= 10" in suite.find("testcase/failure").get("message")
     md = verdict_markdown(v)
     assert "FAILED (1/2 budgets)" in md and "| student.int8.onnx | file_size_mb | <= 10 | 15.6 | **FAIL** |" in md
+
+
+def test_speed_figures_from_a_busy_machine_are_marked_and_can_be_refused():
+    import copy
+
+    from kd_edge.gate import verdict_table
+
+    report = copy.deepcopy(REPORT)
+    report["rows"][0]["latency_flags"] = ["other processes used 1.1 cores while it was timed"]  # the baseline
+    budgets = [Budget(artifact="student.int8.onnx", metric="speedup_p50", min=5),
+               Budget(artifact="student.int8.onnx", metric="file_size_mb", max=20)]
+    counted = evaluate_budgets(report, budgets)
+    assert counted["passed"] and counted["n_unreliable"] == 1
+    assert counted["checks"][0]["unreliable"] == ["teacher: other processes used 1.1 cores while it was timed"]
+    assert "unreliable" not in counted["checks"][1]  # a size is not a timing
+    assert "(unreliable: busy machine)" in verdict_table(counted) and "counted" in verdict_table(counted)
+    refused = evaluate_budgets(report, budgets, reliable_only=True)
+    assert not refused["passed"] and refused["n_passed"] == 1
+    assert "refused: measured on a busy machine" in verdict_table(refused)
+    quiet = evaluate_budgets(REPORT, budgets, reliable_only=True)
+    assert quiet["passed"] and quiet["n_unreliable"] == 0

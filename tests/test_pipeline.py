@@ -124,6 +124,23 @@ def test_damaged_output_is_redone(finished_run, tmp_path):
     assert stages_run(p.stdout)[0] == "export" and (run / "artifacts" / "student.int8.onnx").stat().st_size > 1000
 
 
+def test_a_file_changed_in_place_with_its_size_and_mtime_kept_is_noticed_and_redone(finished_run, tmp_path):
+    recipe, run, _ = finished_run
+    run = _copy(run, tmp_path / "run")
+    target = run / "artifacts" / "student.int8.onnx"
+    original = target.read_bytes()
+    st = target.stat()
+    changed = bytearray(original)
+    changed[len(changed) // 2] ^= 0xFF  # one byte in the weights, same size
+    target.write_bytes(bytes(changed))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    p = kd_edge("run", recipe, "--out", run, "-q")
+    assert p.returncode == 0, p.stderr
+    assert stages_run(p.stdout)[0] == "export"  # the stage that made it, and what reads it after
+    assert target.read_bytes() == original  # export is deterministic: the file is the one it made
+
+
 def test_killed_distillation_resumes_from_its_checkpoint(tmp_path, tiny_teacher, tiny_data):
     recipe = tmp_path / "long.yaml"
     data = tiny_recipe_dict(tiny_teacher, tiny_data, distill__max_steps=150, distill__checkpoint_every=10,

@@ -78,3 +78,35 @@ def test_unknown_loss(tiny_teacher, tiny_data):
 @pytest.mark.parametrize("layers, n, expected", [(2, 6, [2, 5]), (3, 6, [1, 3, 5]), (1, 4, [3]), ([0, 2], 4, [0, 2])])
 def test_pick_layers(layers, n, expected):
     assert pick_layers(layers, n) == expected
+
+
+def test_pickle_checkpoints_load_only_when_the_recipe_allows_them(tmp_path, tiny_teacher, tiny_data):
+    import shutil
+
+    import torch
+    from transformers import BertModel
+
+    from kd_edge.config import recipe_from_dict
+    from kd_edge.errors import ArtifactError
+    from kd_edge.preflight import resolve
+    from kd_edge.tasks import TASKS
+    from kd_edge.tasks.base import ModelSource
+    from tests.conftest import tiny_recipe_dict
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_teacher, pickled)
+    (pickled / "model.safetensors").unlink()
+    model = BertModel.from_pretrained(str(tiny_teacher))
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # what older checkpoints are: a pickle
+    assert (pickled / "pytorch_model.bin").is_file() and not list(pickled.glob("*.safetensors"))
+    data = tiny_recipe_dict(pickled, tiny_data)
+    with pytest.raises(ArtifactError, match="holds only pickle weights .*set teacher.allow_pickle: true"):
+        resolve(recipe_from_dict(data, "test"))
+    task = TASKS.get("sentence_embedding")()
+    with pytest.raises(ArtifactError, match="pickle"):
+        task.load_model(ModelSource(pickled))  # the loader refuses too, whoever calls it
+    data["teacher"]["allow_pickle"] = True
+    resolve(recipe_from_dict(data, "test"))
+    loaded = task.load_model(ModelSource(pickled, allow_pickle=True))
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -11,7 +12,8 @@ from kd_edge.cli.options import ForceOpt, OutOpt, QuietOpt, RecipeArg, ResumeOpt
 
 
 def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: bool, quiet: bool,
-            stop_after: str | None = None, only: tuple[str, ...] | None = None, from_run: Path | None = None) -> int:
+            stop_after: str | None = None, only: tuple[str, ...] | None = None, from_run: Path | None = None,
+            check: bool = False) -> int:
     """Load, check and run a recipe (or a run folder's own recipe); print progress and the outcome."""
     from kd_edge.config import load_recipe
     from kd_edge.errors import ConfigError
@@ -34,6 +36,13 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
 
     out = output_dir(out or Path("runs") / recipe.name, "--out")
     recipe = resolve(recipe)
+    if check:
+        from kd_edge.pipeline import STAGES
+
+        names = [st.name for st in STAGES if st.enabled is None or st.enabled(recipe)]
+        typer.echo(f"recipe {source} is valid: {recipe.task}, teacher {recipe.teacher.model}, data {recipe.data.source}, "
+                   f"{len(recipe.export.artifacts)} exported file(s); stages: {', '.join(names)}; would write {out}")
+        return 0
     from kd_edge.pipeline import distributed_rank
 
     if distributed_rank()[0] > 0:  # accelerate launch: only the first process talks
@@ -64,7 +73,10 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
 
 @app.command("run")
 def run_command(recipe: RecipeArg = None, out: OutOpt = None, set_: SetOpt = None, resume: ResumeOpt = False,
-                force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+                force: ForceOpt = False, quiet: QuietOpt = False,
+                check: Annotated[bool, typer.Option("--check", help="Check the recipe against its teacher, data and "
+                                                    "targets, print what would run, and stop (writes nothing).")] = False,
+                ) -> None:
     """Distill, evaluate, export, verify, benchmark, report and gate: the whole job, one command.
 
     Stages already done with the same inputs are skipped, so a stopped run continues where it
@@ -78,5 +90,7 @@ def run_command(recipe: RecipeArg = None, out: OutOpt = None, set_: SetOpt = Non
       kd-edge run my-recipe.yaml --out runs/try1
 
       kd-edge run --set distill.epochs=1 --set data.max_samples=2000 --out runs/quick
+
+      kd-edge run my-recipe.yaml --check             # is the recipe right? (nothing runs)
     """
-    raise typer.Exit(execute(recipe, out, set_, resume=resume, force=force, quiet=quiet))
+    raise typer.Exit(execute(recipe, out, set_, resume=resume, force=force, quiet=quiet, check=check))

@@ -399,7 +399,10 @@ def _with_graph_inputs(path: Path, feeds: list[dict]) -> list[dict]:
 
 
 def _vocab_size(path: Path) -> int:
-    """Token ids below this are valid for the file: the rows of its largest ONNX embedding table."""
+    """Token ids below this are valid for the file: the rows of its largest embedding table (ONNX:
+    Gather / EmbedLayerNormalization inputs; TFLite: EMBEDDING_LOOKUP / GATHER tables)."""
+    if path.suffix == ".tflite":
+        return _tflite_vocab_size(path)
     if path.suffix != ".onnx":
         return 100
     import onnx
@@ -414,3 +417,18 @@ def _vocab_size(path: Path) -> int:
         if table in tables:
             rows.append(tables[table])
     return int(max(rows)) if rows else 100
+
+
+def _tflite_vocab_size(path: Path) -> int:
+    from kd_edge.device_runner import TfliteBackend
+
+    try:
+        interpreter = TfliteBackend(str(path), None).interpreter
+        shapes = {d["index"]: tuple(int(x) for x in d["shape"]) for d in interpreter.get_tensor_details()}
+        rows = []
+        for op in interpreter._get_ops_details():  # LiteRT's op list (no public equivalent)
+            if op["op_name"] in ("EMBEDDING_LOOKUP", "GATHER"):
+                rows += [shapes[i][0] for i in op["inputs"] if len(shapes.get(i, ())) == 2]
+        return max(rows) if rows else 30
+    except Exception:  # an estimate: ids below 30 exist in every vocabulary kd-edge meets
+        return 30

@@ -146,8 +146,9 @@ def headline(report: dict) -> list[str]:
                      + ".")
     busy = unreliable_rows(report)
     if busy:
-        lines.append(f"Unreliable timings (*): {', '.join(r['name'] for r in busy)} were measured on a busy machine "
-                     "or their rounds disagree; run the benchmark again on a quiet one.")
+        lines.append(f"Unreliable timings (*): {', '.join(r['name'] for r in busy)} "
+                     f"{'was' if len(busy) == 1 else 'were'} measured on a busy machine or disagreed between rounds; "
+                     "run the benchmark again on a quiet one.")
     failed = [r["name"] for r in report["rows"] if r.get("parity_passed") is False]
     checked = [r for r in report["rows"] if r.get("parity_passed") is not None]
     if checked:
@@ -358,27 +359,30 @@ def _pareto_chart(report: dict) -> str:
     path = " ".join(f"{'M' if i == 0 else 'L'}{sx(r['latency_p50_ms']):.1f},{sy(r[metric]):.1f}" for i, r in enumerate(front))
     parts.append(f"<path d='{path}' fill='none' stroke='#2e9d6b' stroke-dasharray='5 4' stroke-width='2'/>")
     dots = [(sx(r["latency_p50_ms"]), sy(r[metric])) for r in pts]
-    placed: list[tuple[float, float, float]] = []  # (x, baseline y, width) of the labels written so far
+    placed: list[tuple[float, float, float]] = []  # (left x, baseline y, width) of the labels written so far
+    line_h = 15  # a 12 px label's box, ascenders to descenders
+
+    def clashes(lx: float, ly: float, lw: float) -> bool:
+        if any(abs(ly - py) < line_h and lx < px + pw and px < lx + lw for px, py, pw in placed):
+            return True
+        return any(lx - 4 <= dx <= lx + lw + 4 and ly - 13 <= dy <= ly + 4 for dx, dy in dots)
+
     for r in sorted(pts, key=lambda r: (r not in front, sy(r[metric]), sx(r["latency_p50_ms"]))):
         on = r in front
         x, y = sx(r["latency_p50_ms"]), sy(r[metric])
         parts.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{6 if on else 4}' "
                      f"fill='{_COLORS[r['kind']]}' stroke='{'#1d2330' if on else 'none'}'/>")
-        lw = 6.8 * len(r["name"])
-        lx = x + 9 if x + 9 + lw <= width - 4 else x - 9 - lw  # near the right edge: to the left of the dot
-        ly = y - 7
-
-        def clashes(lx: float, ly: float) -> bool:
-            if any(abs(ly - py) < 13 and lx < px + pw and px < lx + lw for px, py, pw in placed):
-                return True
-            return any(lx - 3 <= dx <= lx + lw + 3 and ly - 12 <= dy <= ly + 3 for dx, dy in dots)
-
-        for step in range(40):  # below, then above, further each time, until it clashes with nothing
-            cand = y - 7 + (13 * ((step + 1) // 2) * (1 if step % 2 else -1) if step else 0)
-            if pad - 2 <= cand <= height - pad - 4 and not clashes(lx, cand):
-                ly = cand
-                break
+        lw = 7.2 * len(r["name"])
+        sides = [x + 9, x - 9 - lw] if x + 9 + lw <= width - 4 else [x - 9 - lw, x + 9]
+        # beside the dot first (right, then left), then further up or down with a line back to it
+        candidates = [(lx, y + dy) for dy in (4, -8, 16) for lx in sides]
+        candidates += [(sides[0], y + 4 + line_h * k * sign) for k in range(1, 12) for sign in (-1, 1)]
+        lx, ly = next(((cx, cy) for cx, cy in candidates if pad + 8 <= cy <= height - pad - 4 and cx >= pad + 2
+                       and cx + lw <= width - 2 and not clashes(cx, cy, lw)), candidates[0])
         placed.append((lx, ly, lw))
+        if abs(ly - (y + 4)) > line_h:  # moved away from its dot: a thin line leads back to it
+            ex = lx if lx > x else lx + lw
+            parts.append(f"<line x1='{x:.1f}' y1='{y:.1f}' x2='{ex:.1f}' y2='{ly - 4:.1f}' stroke='#aab' stroke-width='1'/>")
         parts.append(f"<text x='{lx:.1f}' y='{ly:.1f}'>{html.escape(r['name'])}</text>")
     parts.append("</svg>")
     return "".join(parts)

@@ -43,13 +43,35 @@ def test_runner_reports_unloadable_file(tmp_path):
 
 def test_runner_names_available_tflite_signatures(files):
     code, doc = _run(files / "student.fp32.tflite", "--runtime", "tflite", "--batch", 1, "--seq", 128, "--runs", 5)
-    assert code == 3 and "no signature for batch 1 x sequence 128" in doc["error"] and "b1_s16" in doc["error"]
+    assert code == 3 and "no signature takes batch 1 x sequence 128" in doc["error"] and "b1_s16" in doc["error"]
+
+
+def test_a_shorter_input_is_padded_to_the_nearest_tflite_signature(files):
+    """As a deployed app pads a prompt to its bucket (and as verify does): 10 tokens run through b1_s16."""
+    code, doc = _run(files / "student.fp32.tflite", "--runtime", "tflite", "--batch", 1, "--seq", 10, "--runs", 5,
+                     "--vocab-size", 90)
+    assert code == 0, doc
+    assert doc["signature"] == "b1_s16" and doc["padded_to"] == 16 and doc["seq"] == 10
+
+
+def test_the_runner_reads_what_else_loaded_the_machine(files):
+    """Another process burning a core while the runner times is seen and named (other_cores)."""
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        code, doc = _run(files / "student.fp32.onnx", "--runtime", "onnxruntime", "--seq", 16, "--threads", 1,
+                         "--runs", 300, "--vocab-size", 90)
+    finally:
+        burner.kill()
+    assert code == 0, doc
+    load = doc["machine_load"]
+    assert load["other_cores"] > 0.5, load  # the burner's core
+    assert 0 <= load["steal_pct"] <= 100 and load["loadavg_before"] is not None
 
 
 def test_local_target_turns_runner_failure_into_target_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
-    with pytest.raises(TargetError, match=r"bad.onnx on local: onnxruntime cannot load .* \(phase: load\)"):
+    with pytest.raises(TargetError, match=r"bad.onnx on local failed at load: onnxruntime cannot load .*; the file may"):
         LocalTarget().run(RUNNER_PATH, bad, ["--runtime", "onnxruntime", "--runs", "5"], threads=1, timeout_s=120)
 
 
@@ -66,3 +88,45 @@ def test_latency_stats_match_numpy():
     for q in (50, 90, 99):
         assert stats[f"p{q}_ms"] == pytest.approx(np.percentile(samples, q))
     assert stats["throughput_per_s"] == pytest.approx(4000 / np.mean(samples))
+
+
+def test_rounds_interleave_the_models_and_merge_each_models_runs(files):
+    """Three models, three rounds: the processes take turns (forward, backward, forward), each model's
+    timed runs are pooled, and its rounds' p50 are kept."""
+    from kd_edge.bench.rounds import Job, run_rounds
+
+    order = []
+
+    class Recording(LocalTarget):
+        def run(self, runner, model, args, **kw):
+            order.append(model.name)
+            return super().run(runner, model, args, **kw)
+
+    args = ["--runtime", "onnxruntime", "--seq", "16", "--warmup", "1", "--vocab-size", "90"]
+    bad = files / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    jobs = [Job("a", files / "student.fp32.onnx", args, 1), Job("b", bad, args, 1),
+            Job("c", files / "student.fp32.tflite", ["--runtime", "tflite", "--seq", "16", "--vocab-size", "90"], 1)]
+    docs = run_rounds(Recording(), RUNNER_PATH, jobs, rounds=3, runs=12, timeout_s=120)
+    # b fails in round 1 and is left out after; a and c alternate: a c | c a | a c
+    assert order == ["student.fp32.onnx", "broken.onnx", "student.fp32.tflite",
+                     "student.fp32.tflite", "student.fp32.onnx", "student.fp32.onnx", "student.fp32.tflite"]
+    a, b, c = docs
+    assert "error" in b and "failed at load" in b["error"]
+    for doc in (a, c):
+        assert doc["timed_runs"] == 12 and len(doc["samples_ms"]) == 12 and len(doc["rounds"]) == 3
+        assert doc["latency"]["p50_ms"] == pytest.approx(np.percentile(doc["samples_ms"], 50))
+        assert set(doc["reliability"]) == {"reliable", "flags"}
+
+
+def test_assess_names_every_reason_a_timing_is_unreliable():
+    from kd_edge.bench.rounds import assess
+
+    quiet = {"latency": {"p50_ms": 2.0, "p99_ms": 2.5}, "rounds": [{"p50_ms": 2.0}, {"p50_ms": 2.1}],
+             "machine_load": {"other_cores_max": 0.05, "steal_pct_max": 0.5}}
+    assert assess(quiet) == {"reliable": True, "flags": []}
+    busy = {"latency": {"p50_ms": 2.0, "p99_ms": 11.8}, "rounds": [{"p50_ms": 2.0}, {"p50_ms": 3.1}],
+            "machine_load": {"other_cores_max": 1.2, "steal_pct_max": 9.0}}
+    flags = assess(busy)["flags"]
+    assert flags == ["other processes used 1.2 cores while it was timed", "the hypervisor took 9 % of the CPU time",
+                     "its rounds' p50 differ 1.55×", "p99 is 5.9× p50"]

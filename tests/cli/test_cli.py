@@ -121,14 +121,37 @@ def test_init_writes_a_recipe_that_loads_and_refuses_to_overwrite(tmp_path, tiny
     target = tmp_path / "mine.yaml"
     p = kd_edge("init", target, "--teacher", tiny_teacher, "--data", tiny_data)
     assert p.returncode == 0, p.stderr
-    data = yaml.safe_load(target.read_text())
+    text = target.read_text()
+    data = yaml.safe_load(text)
     assert data["name"] == "mine" and data["teacher"]["model"] == str(tiny_teacher)
-    assert data["data"]["source"] == str(tiny_data) and data["data"]["where"] == {}
-    assert "#" in target.read_text()  # comments survive: it teaches
+    assert data["data"]["source"] == str(tiny_data) and "where" not in data["data"]
+    assert data["data"]["text_field"] == "text" and data["data"]["label_field"] == "label"
+    assert "its columns: text, label, group" in text  # it read the user's data
     from kd_edge.config import load_recipe
+    from kd_edge.preflight import resolve
 
-    load_recipe(target)
+    resolve(load_recipe(target)[0])
     assert_one_line_error(kd_edge("init", target), "already exists")
+
+
+@pytest.mark.parametrize("task", ["sentence_embedding", "sequence_classification", "causal_lm"])
+def test_init_writes_a_starter_for_every_task_that_resolves(tmp_path, task, tiny_data):
+    target = tmp_path / f"{task}.yaml"
+    p = kd_edge("init", target, "--task", task)
+    assert p.returncode == 0, p.stderr
+    from kd_edge.config import load_recipe
+    from kd_edge.preflight import resolve
+
+    recipe = resolve(load_recipe(target)[0])  # against the bundled teacher of that task and the bundled data
+    assert recipe.task == task and target.read_text().count("#") > 15  # it explains itself
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("review,sentiment\n" + "".join(f"a {'good' if i % 2 else 'bad'} film {i},{'pos' if i % 2 else 'neg'}\n"
+                                                  for i in range(30)))
+    own = tmp_path / f"own-{task}.yaml"
+    assert kd_edge("init", own, "--task", task, "--data", csv).returncode == 0
+    data = yaml.safe_load(own.read_text())
+    assert data["data"]["text_field"] == "review"
+    assert data["data"]["label_field"] == (None if task == "causal_lm" else "sentiment")
 
 
 def test_doctor_reports_runtimes_and_cpu():

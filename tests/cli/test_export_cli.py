@@ -61,7 +61,7 @@ def test_quantize_an_exported_file(exported, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert (tmp_path / "m.int8.onnx").is_file() and "min cosine" in p.stdout
     assert_one_line_error(kd_edge("quantize", src), "already exists", "--force")
-    assert_one_line_error(kd_edge("quantize", src, "-p", "int8-static"), "needs calibration data", "--calibration")
+    assert_one_line_error(kd_edge("quantize", src, "-p", "int8-static"), "calibrates activation ranges", "--calibration")
     assert_one_line_error(kd_edge("quantize", src, "-p", "int8-weights"), "int8, int8-static, fp16".replace(
         "int8, int8-static, fp16", "fp16, int8, int8-static"))
     assert not (tmp_path / "m.int8-static.onnx").exists()
@@ -100,3 +100,66 @@ def test_export_a_causal_lm_folder_generates_like_pytorch_through_each_file(tmp_
     assert_one_line_error(kd_edge("export", model, "-f", "tflite", "--shapes", "2x16", "--out", tmp_path / "o3"),
                           "takes batch 1")
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_quantize_compares_every_float_output_not_an_integer_pass_through(tmp_path, wide_teacher):
+    """A sentence-embedding graph from elsewhere whose first output is an int64 copy of the token ids:
+    quantize must report the embedding's real change, and name the integer output it left out."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from kd_edge.tasks import TASKS
+
+    task = TASKS.get("sentence_embedding")()
+    embed = task.export_module(task.load_model(wide_teacher), {"pooling": "mean", "normalize": True})
+
+    class PassThroughFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = embed
+
+        def forward(self, input_ids, attention_mask):
+            return input_ids * 1, self.embed(input_ids, attention_mask)
+
+    src = tmp_path / "foreign.onnx"
+    ids = torch.ones(2, 16, dtype=torch.int64)
+    torch.onnx.export(PassThroughFirst().eval(), (ids, torch.ones_like(ids)), str(src), dynamo=False, opset_version=17,
+                      input_names=["input_ids", "attention_mask"], output_names=["token_ids", "sentence_embedding"],
+                      dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "token_ids")})
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("a good movie", "the plot was dull and messy",
+                                                                      "wonderful acting but a weak story")))
+    p = kd_edge("quantize", src, "-p", "int8", "--calibration", texts, "--tokenizer", wide_teacher)
+    assert p.returncode == 0, p.stdout + p.stderr
+    line = next(x for x in p.stdout.splitlines() if "output sentence_embedding" in x)
+    reported = float(line.split("max |Δ|")[1].split()[0])
+    assert "left out (not floating point): token_ids (int64)" in p.stdout
+    assert "output token_ids" not in p.stdout
+    # the true change of the embedding, measured here on the same texts
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(wide_teacher))
+    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(tmp_path / "foreign.int8.onnx"), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for line_ in texts.read_text().splitlines():
+        x = np.asarray([tok(json.loads(line_)["text"], truncation=True, max_length=128)["input_ids"]], np.int64)
+        feeds = {"input_ids": x, "attention_mask": np.ones_like(x)}
+        worst = max(worst, float(np.abs(a.run(None, feeds)[1].astype(np.float64) - b.run(None, feeds)[1]).max()))
+    assert worst > 1e-4  # int8 really moved the embedding ...
+    assert reported == pytest.approx(worst, rel=0.02)  # ... and quantize says by how much
+    p = kd_edge("quantize", src, "-p", "fp16", "--output", "sentence_embedding")
+    assert p.returncode == 0 and "output sentence_embedding" in p.stdout, p.stdout + p.stderr
+
+
+def test_quantize_every_tflite_precision_of_an_exported_file(exported, tmp_path):
+    _, out = exported
+    src = tmp_path / "student.fp32.tflite"
+    src.write_bytes((out / "student.fp32.tflite").read_bytes())
+    for precision in ("fp16", "int8", "int8-weights"):
+        p = kd_edge("quantize", src, "-p", precision, timeout=600)
+        assert p.returncode == 0, (precision, p.stdout + p.stderr)
+        made = tmp_path / f"student.fp32.{precision}.tflite"
+        assert made.is_file() and made.stat().st_size < src.stat().st_size
+        assert "output output_0" in p.stdout and "min cosine" in p.stdout, p.stdout

@@ -54,11 +54,13 @@ def test_missing_text_column(tmp_path):
         load_examples(_recipe(source=str(path)))
 
 
-def test_non_integer_label(tmp_path):
+def test_label_names_and_ids_do_not_mix(tmp_path):
+    from kd_edge.data.run import read_examples
+
     path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": f"t{i}", "label": "pos"}) + "\n" for i in range(5)))
-    with pytest.raises(ArtifactError, match="label='pos' is not an integer class label"):
-        load_examples(_recipe(source=str(path)))
+    path.write_text("".join(json.dumps({"text": f"t{i}", "label": ["pos", 1][i % 2]}) + "\n" for i in range(6)))
+    with pytest.raises(ConfigError, match="mixes class ids .* and names"):
+        read_examples(_recipe(source=str(path)))
 
 
 def test_filter_matching_nothing():
@@ -78,3 +80,18 @@ def test_split_is_seeded_and_disjoint():
 def test_split_leaving_no_training_rows():
     with pytest.raises(ConfigError, match="leaves no training rows"):
         split([{"text": "a"}] * 5, 5, seed=0)
+
+
+def test_labels_by_name_become_ids_with_their_names_kept():
+    from kd_edge.data.config import DataConfig
+    from kd_edge.data.run import _label, encode_labels
+
+    assert [_label(v) for v in (1, "1", 1.0, "2.0", "", None, "pos", True)] == [1, 1, 1, 2, None, None, "pos", 1]
+    rows = [{"label": "pos"}, {"label": "neg"}, {"label": None}, {"label": "pos"}]
+    assert encode_labels(rows, DataConfig()) == ["neg", "pos"]
+    assert [r["label"] for r in rows] == [1, 0, None, 1]
+    rows = [{"label": "pos"}, {"label": "neg"}]
+    assert encode_labels(rows, DataConfig(label_names=["pos", "neg"])) == ["pos", "neg"]  # the order given
+    assert [r["label"] for r in rows] == [0, 1]
+    ids = [{"label": 0}, {"label": 2}]
+    assert encode_labels(ids, DataConfig()) is None and [r["label"] for r in ids] == [0, 2]

@@ -41,7 +41,11 @@ def objective_for(recipe, out):
 
 
 def test_classification_pipeline_with_a_prepared_teacher(tmp_path, tiny_teacher, tiny_data):
-    data = classifier_recipe(tiny_teacher, tiny_data,
+    # the labels are class names, as users' data often has them: mapped to ids (sorted), names kept
+    named = tmp_path / "named.jsonl"
+    named.write_text("".join(json.dumps({**r, "label": ["negative", "positive"][r["label"]]}) + "\n"
+                             for r in map(json.loads, tiny_data.read_text().splitlines())))
+    data = classifier_recipe(tiny_teacher, named,
                              teacher={"model": str(tiny_teacher), "prepare_head": {"epochs": 1, "train_encoder": True}},
                              export={"artifacts": [{"format": "onnx", "precision": "fp32"},
                                                    {"format": "onnx", "precision": "int8"}]},
@@ -57,6 +61,10 @@ def test_classification_pipeline_with_a_prepared_teacher(tmp_path, tiny_teacher,
         assert 0 <= rows[name]["accuracy"] <= 1 and rows[name]["latency_p50_ms"] > 0
     assert rows["student.fp32.onnx"]["max_abs_diff"] <= 1e-4 and rows["student.fp32.onnx"]["agreement_with_student"] == 1.0
     assert rows["student"]["agreement_with_teacher"] > 0.0 and "ece" in rows["student"]
+    assert report["data"]["label_names"] == ["negative", "positive"]
+    assert [(c["class"], c["name"]) for c in report["per_class"]] == [(0, "negative"), (1, "positive")]
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| negative (0) |" in md and "| positive (1) |" in md
 
 
 def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_llama, tiny_data):

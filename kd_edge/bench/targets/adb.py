@@ -16,7 +16,8 @@ class AdbTransport:
     def __init__(self, serial: str | None = None, adb: str = "adb", timeout: float = 30.0):
         path = shutil.which(adb)
         if path is None:
-            raise TargetError(f"'{adb}' not found; install Android platform tools (apt install adb) or name it with --adb")
+            raise TargetError(f"'{adb}' not found; install Android platform tools (apt install adb) or name the adb "
+                              "program in a target profile (adb: /path/to/adb) and pass --target PROFILE.yaml")
         self.adb, self.serial = path, serial
         self.name = f"adb:{serial}" if serial else "adb"
         rc, out, err = self._adb(["get-state"], timeout)
