@@ -30,12 +30,14 @@ demo: $(STAMP)
 	echo ""; echo "open runs/minilm-l6-to-l2/report.html (or read runs/minilm-l6-to-l2/report.md)"; \
 	exit $$status
 
-# The SSH target is tested against a real OpenSSH server on 127.0.0.1 (Debian's openssh-server).
+# The SSH target is tested against a real OpenSSH server on 127.0.0.1 (Debian's openssh-server), the
+# HTML report in a real browser (Debian's chromium, headless).
+SYSTEM_PACKAGES := openssh-server chromium
 system-deps:
-	@test -x /usr/sbin/sshd || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q openssh-server >/dev/null || \
-			{ apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null; }; \
-		else echo "install openssh-server (sudo apt-get install openssh-server) for the SSH target's tests"; exit 1; fi; }
+	@test -x /usr/sbin/sshd -a -x /usr/bin/chromium || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null || \
+			{ apt-get update -q >/dev/null && apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }; \
+		else echo "install $(SYSTEM_PACKAGES) (sudo apt-get install $(SYSTEM_PACKAGES)) for the tests"; exit 1; fi; }
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m "not pi"

@@ -136,7 +136,7 @@ def tiny_recipe_dict(teacher_dir: Path | str, data_path: Path, **over) -> dict:
                     "losses": [{"name": "embedding_cosine"}, {"name": "hidden_mse", "layer_map": "uniform"}]},
         "evaluate": {"knn_k": 5},
         "export": {"tflite_shapes": [[1, 32]], "int8_fallback": False},
-        "bench": {"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32},
+        "bench": {"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32, "rounds": 1},
         "gate": {"budgets": [{"artifact": "student.fp32.onnx", "metric": "max_abs_diff", "max": 1e-4}]},
     }
     for key, value in over.items():
@@ -182,3 +182,19 @@ def prompt_feeds(session, ids, head_dim: int) -> dict:
     t = ids.shape[1]
     return {"input_ids": np.asarray(ids), "attention_mask": np.ones((1, t), np.int64), "position_ids": np.arange(t)[None],
             **{i.name: np.zeros((1, 2, 0, head_dim), np.float32) for i in session.get_inputs() if i.name.startswith("past")}}
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_teacher, tiny_data):
+    """The tiny recipe run once by the real `kd-edge run` command: (recipe, run folder, process).
+    Tests that change the run copy it first."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("pipeline")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_teacher, tiny_data)))
+    p = subprocess.run([sys.executable, "-m", "kd_edge", "run", str(recipe), "--out", str(root / "run"), "-q"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return recipe, root / "run", p

@@ -51,7 +51,7 @@ def test_overrides_parse_yaml_values():
 
 
 def test_override_without_equals_is_an_error():
-    with pytest.raises(ConfigError, match="--set 'distill.epochs' must look like key.sub=value"):
+    with pytest.raises(ConfigError, match="--set 'distill.epochs' has no value; write key.sub=value"):
         apply_overrides({}, ["distill.epochs"])
 
 

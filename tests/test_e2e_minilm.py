@@ -29,7 +29,15 @@ def test_default_recipe_on_the_real_teacher(tmp_path):
     for name in ("student.fp32.onnx", "student.fp32.tflite"):
         assert rows[name]["max_abs_diff"] <= 1e-4, name
         assert rows[name]["parity_passed"] is True
-    assert rows["student.int8.onnx"]["file_size_mb"] < 0.3 * rows["student.fp32.onnx"]["file_size_mb"]
+    int8, fp32 = rows["student.int8.onnx"], rows["student.fp32.onnx"]
+    fallback = int8.get("fallback") or {}
+    if fallback.get("engaged"):
+        # 60 steps leave a student whose int8 file may lose just over the 1-point budget on training
+        # texts (seen: 1.06 pt on an AMD EPYC): then layers stay in float, and the report says so
+        assert fallback["within_budget"] and int8["file_size_mb"] < fp32["file_size_mb"]
+        assert "int8 fallback level" in (out / "report.md").read_text()
+    else:
+        assert int8["file_size_mb"] < 0.3 * fp32["file_size_mb"]
     assert rows["student.int8.onnx"]["cosine_to_teacher"] > 0.5
     # the teacher probe on real sentiment data is far above chance
     assert rows["teacher"]["probe_accuracy"] > 0.65

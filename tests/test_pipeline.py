@@ -24,15 +24,6 @@ def kd_edge(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*KD_EDGE, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_teacher, tiny_data):
-    root = tmp_path_factory.mktemp("pipeline")
-    recipe = root / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_teacher, tiny_data)))
-    p = kd_edge("run", recipe, "--out", root / "run", "-q")
-    assert p.returncode == 0, p.stdout + p.stderr
-    return recipe, root / "run", p
-
 
 def stages_run(stdout: str) -> list[str]:
     """Names of the stages a `kd-edge` command printed as running."""

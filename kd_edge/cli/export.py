@@ -59,6 +59,9 @@ def export_command(
         show_default="bundled VADER sentences")] = None,
     force: Annotated[bool, typer.Option("--force", help="Model folder: replace what --out holds.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Run custom modelling code shipped with the model.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="Load pytorch_model.bin (a pickle, which can run code) when the folder has no "
+        "safetensors. Only for files you trust.")] = False,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -86,7 +89,7 @@ def export_command(
 
     input_dir(path, "MODEL_DIR", "pass a run folder or a model folder written by save_pretrained")
     if (path / "manifest.json").is_file() or (path / "recipe.resolved.yaml").is_file():
-        if format_ or precision or out or task or texts or force:
+        if format_ or precision or out or task or texts or force or allow_pickle:
             raise ConfigError("--format/--precision/--out/--task/--texts are for model folders; a run folder is "
                               "exported as its recipe says: change that with --set export.artifacts=...")
         from kd_edge.cli.run import execute
@@ -118,7 +121,8 @@ def export_command(
         input_file(texts, "--texts", "pass a .jsonl with a 'text' field or a .txt file")
     if not quiet:
         typer.echo(f"kd-edge: exporting {path} -> {out} ({', '.join(s.name for s in specs)})")
-    records = export_model_dir(path, out, cfg, task=task, texts=texts, force=force, trust_remote_code=trust_remote_code)
+    records = export_model_dir(path, out, cfg, task=task, texts=texts, force=force, trust_remote_code=trust_remote_code,
+                               allow_pickle=allow_pickle)
     width = max(len(r["name"]) for r in records)
     typer.echo(f"{'file':<{width}}  {'size MB':>8}  {'max |Δ|':>9}  verdict")
     for r in records:

@@ -111,7 +111,8 @@ def compare(task: str, got: np.ndarray, ref: np.ndarray, precision: str, parity:
 
 
 def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None, texts: Path | None = None,
-                     max_length: int = 128, force: bool = False, trust_remote_code: bool = False) -> list[dict]:
+                     max_length: int = 128, force: bool = False, trust_remote_code: bool = False,
+                     allow_pickle: bool = False) -> list[dict]:
     """Export ``model_dir`` to every ``cfg.artifacts`` file in ``out`` and check each; return the records."""
     from kd_edge.export.run import make_artifacts
     from kd_edge.tasks import TASKS
@@ -134,7 +135,8 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
     adapter = TASKS.get(task)()
     pooling, normalize = sentence_transformers_pooling(model_dir)
     meta = {"pooling": pooling or "mean", "normalize": bool(normalize) if normalize is not None else True}
-    model = adapter.load_model(ModelSource(model_dir, trust_remote_code=trust_remote_code), eager=True).eval()
+    model = adapter.load_model(ModelSource(model_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle),
+                               eager=True).eval()
     module = adapter.export_module(model, meta)
     ids = tokenize(model_dir, read_texts(texts), max_length)
     calibration = lambda: [{"input_ids": np.asarray(ids[i])[None], "attention_mask": np.ones((1, len(ids[i])), np.int64)}  # noqa: E731

@@ -144,6 +144,12 @@ def headline(report: dict) -> list[str]:
                      + (f"; within noise of {timed[1]['name']} (their p50 intervals overlap)"
                         if len(timed) > 1 and timed[1]["name"] != "teacher" and _overlaps(fastest, timed[1]) else "")
                      + ".")
+    files = [r for r in report["rows"] if r["kind"] == "artifact" and r.get("greedy_agreement") is not None]
+    if report.get("task") == "causal_lm" and files:
+        student_tps = s.get("generation_tokens_per_s")
+        lines.append("Generating: " + ", ".join(
+            f"{r['name']} {_num(0)(r.get('generation_tokens_per_s'))} tokens/s, {_pct(r['greedy_agreement'])} greedy agreement"
+            for r in files) + (f" (PyTorch student: {student_tps:.0f} tokens/s)." if student_tps else "."))
     busy = unreliable_rows(report)
     if busy:
         lines.append(f"Unreliable timings (*): {', '.join(r['name'] for r in busy)} "

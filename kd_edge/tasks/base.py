@@ -97,7 +97,8 @@ class Task(abc.ABC):
             from kd_edge.tasks.hub import check_weights
 
             check_weights(source.path, allow_pickle=source.allow_pickle, what="model",
-                          key="teacher.allow_pickle (or student.allow_pickle) in a recipe, or pass --allow-pickle")
+                          key="teacher.allow_pickle (or student.allow_pickle) in a recipe, or pass --allow-pickle to "
+                              "kd-edge export")
             kwargs["use_safetensors"] = None if source.allow_pickle else True  # never unpickle unless asked
         if eager:
             # Eager attention exports to a graph ONNX Runtime's transformer optimiser recognises

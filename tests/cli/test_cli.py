@@ -114,7 +114,7 @@ def test_resume_and_force_together(recipe_file, tmp_path):
 
 
 def test_bad_set_override(recipe_file):
-    assert_one_line_error(kd_edge("run", recipe_file(), "--set", "distill.epochs"), "must look like key.sub=value")
+    assert_one_line_error(kd_edge("run", recipe_file(), "--set", "distill.epochs"), "has no value; write key.sub=value")
 
 
 def test_init_writes_a_recipe_that_loads_and_refuses_to_overwrite(tmp_path, tiny_teacher, tiny_data):

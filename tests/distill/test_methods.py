@@ -49,7 +49,7 @@ def test_classification_pipeline_with_a_prepared_teacher(tmp_path, tiny_teacher,
                              teacher={"model": str(tiny_teacher), "prepare_head": {"epochs": 1, "train_encoder": True}},
                              export={"artifacts": [{"format": "onnx", "precision": "fp32"},
                                                    {"format": "onnx", "precision": "int8"}]},
-                             bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32})
+                             bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32, "rounds": 1})
     data["distill"]["losses"].append({"name": "hidden_mse", "layer_map": "uniform"})
     run(data, tmp_path / "run")
     prepared = tmp_path / "run" / "teacher"
@@ -75,7 +75,7 @@ def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_l
                                      "losses": [{"name": "kl", "temperature": 2.0}, {"name": "ce", "weight": 0.5},
                                                 {"name": "hidden_cosine", "layer_map": "last"}]},
                             export={"artifacts": []}, gate={"budgets": []},
-                            bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16})
+                            bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16, "rounds": 1})
     run(data, tmp_path / "run")
     cache = CacheReader(tmp_path / "run")
     assert cache.field(0, "train", "topk_logits").shape[1] == 8

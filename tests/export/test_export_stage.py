@@ -122,7 +122,7 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
                                                   {"format": "onnx", "precision": "int8"},
                                                   {"format": "tflite", "precision": "fp32"}],
                                     "tflite_shapes": [[1, 16], [1, 32]], "kv_cache_size": 80},
-                            gate={"budgets": []}, bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16})
+                            gate={"budgets": []}, bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16, "rounds": 1})
     out = tmp_path / "run"
     run(data, out)
     side = read_json(out / "artifacts" / "student.fp32.onnx.json")
@@ -154,6 +154,18 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
     assert rows["student.fp32.onnx"]["latency_p50_ms"] > 0  # the runner feeds the KV-cache inputs itself
     assert rows["student.fp32.tflite"]["latency_p50_ms"] > 0  # through prefill_16
     assert rows["student.int8.onnx"]["file_size_mb"] < rows["student.fp32.onnx"]["file_size_mb"]
+    # an LM is used token by token: tokens per second in every view, greedy agreement in every verdict
+    assert "greedy agreement" in int8["reason"] and 0 <= int8["greedy_agreement"] <= 1
+    for name in ("student", "student.fp32.onnx", "student.fp32.tflite", "student.int8.onnx"):
+        assert rows[name]["generation_tokens_per_s"] > 0 and rows[name]["prefill_tokens_per_s"] > 0, name
+        assert rows[name]["greedy_agreement"] is not None, name
+    assert rows["student.fp32.onnx"]["greedy_agreement"] == 1.0
+    assert rows["teacher"]["stored_as"] == "safetensors fp32" and rows["student.int8.onnx"]["stored_as"] == "onnx int8"
+    md = (out / "report.md").read_text()
+    assert "prompt tok/s" in md and "generate tok/s" in md and "greedy agree w/ student" in md and "items/s" not in md
+    html = (out / "report.html").read_text()
+    assert "generate tok/s" in html and "greedy agree w/ student" in html
+    assert "tokens/s, 100.0 % greedy agreement" in md  # the summary line too
 
 
 @pytest.mark.parametrize("export, message", [
