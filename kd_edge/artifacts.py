@@ -149,6 +149,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        fault_point()
     except Exception as e:
         full = not isinstance(e, OSError) and _full(tmp)  # before the partial output is removed
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,7 +159,6 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fault_point()
     replace_path(tmp, path)
 
 
@@ -175,6 +175,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     tmp = _tmp_name(path)
     try:
         yield tmp
+        fault_point()
     except Exception as e:
         full = not isinstance(e, OSError) and _full(tmp.parent)
         tmp.unlink(missing_ok=True)
@@ -184,7 +185,6 @@ def atomic_file(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fault_point()
     os.replace(tmp, path)
 
 

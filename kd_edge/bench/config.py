@@ -18,6 +18,8 @@ class BenchConfig(BaseModel):
                                  "and ~/.ssh keys).")
     known_hosts: str | None = Field(None, description="SSH: a known_hosts file holding the device's host key, "
                                     "besides ~/.ssh/known_hosts.")
+    python: str | None = Field(None, description="The device's Python interpreter (default: the profile's, "
+                               "python3).")
     batch_size: int = Field(1, gt=0, description="Batch of the benchmark input.")
     seq_len: int = Field(128, gt=0, description="Tokens per input (all real tokens, no padding).")
     threads: int | None = Field(2, gt=0, description="Intra-op threads for every runtime; null = the profile's.")

@@ -62,7 +62,7 @@ def _load_file(path: Path) -> TargetProfile:
 
 
 def resolve_target(ref: str, *, host: str | None = None, serial: str | None = None, key_file: str | None = None,
-                   known_hosts: str | None = None) -> TargetProfile:
+                   known_hosts: str | None = None, python: str | None = None) -> TargetProfile:
     """The profile a `--target` argument names, with ``host``, ``serial``, ``key_file`` and
     ``known_hosts`` filled in when given."""
     if ref.endswith((".yaml", ".yml")):
@@ -82,7 +82,7 @@ def resolve_target(ref: str, *, host: str | None = None, serial: str | None = No
         raise ConfigError(f"unknown target '{ref}'{closest(ref, profile_names())}; give a profile "
                           f"({', '.join(profile_names())}), a profile .yaml, user@host or adb[:serial]")
     update = {k: v for k, v in (("host", host), ("serial", serial), ("key_file", key_file),
-                                 ("known_hosts", known_hosts)) if v}
+                                 ("known_hosts", known_hosts), ("python", python)) if v}
     profile = profile.model_copy(update=update) if update else profile
     if profile.kind == "ssh" and not profile.host:
         raise ConfigError(f"target {profile.name} is reached over SSH; give the address: --host user@host "
@@ -99,7 +99,7 @@ def resolve_target(ref: str, *, host: str | None = None, serial: str | None = No
 def profile_for(cfg) -> TargetProfile:
     """The profile a recipe's ``bench`` section names, with its host, serial and SSH files."""
     return resolve_target(cfg.target, host=cfg.host, serial=cfg.serial, key_file=cfg.key_file,
-                          known_hosts=cfg.known_hosts)
+                          known_hosts=cfg.known_hosts, python=cfg.python)
 
 
 def make_target(profile: TargetProfile):

@@ -49,6 +49,9 @@ def bench_command(
         "--known-hosts", help="SSH: a known_hosts file with the device's host key (besides ~/.ssh/known_hosts).",
         show_default=False)] = None,
     serial: Annotated[Optional[str], typer.Option(help="adb serial for an Android profile.", show_default=False)] = None,
+    python: Annotated[Optional[str], typer.Option(
+        "--python", help="The device's Python interpreter, e.g. /home/pi/venv/bin/python (default: the profile's, "
+        "python3).", show_default=False)] = None,
     threads: Annotated[Optional[str], typer.Option(help="Thread counts, comma separated: 1,2,4.", show_default=False)] = None,
     batch: Annotated[int, typer.Option(help="Batch size (files only).")] = 1,
     seq: Annotated[int, typer.Option(help="Tokens per input (files only).")] = 128,
@@ -81,7 +84,8 @@ def bench_command(
 
       kd-edge bench student.int8.tflite --target rpi5 --host pi@raspberrypi.local --runs 200
 
-      kd-edge bench student.int8.onnx --target pi@10.0.0.7:2222 --key ~/.ssh/pi_ed25519 --known-hosts pi_hosts
+      kd-edge bench student.int8.onnx --target pi@10.0.0.7:2222 --key ~/.ssh/pi_ed25519 --known-hosts pi_hosts \\
+        --python /home/pi/venv/bin/python
     """
     from kd_edge.errors import ConfigError, TargetError
 
@@ -95,7 +99,8 @@ def bench_command(
         from kd_edge.paths import output_dir
 
         output_dir(out, "--out")
-    ssh = {"key_file": str(key) if key else None, "known_hosts": str(known_hosts) if known_hosts else None}
+    ssh = {"key_file": str(key) if key else None, "known_hosts": str(known_hosts) if known_hosts else None,
+           "python": python}
     if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
         overrides = list(set_ or [])
         for name, value in (("target", target), ("host", host), ("serial", serial), *ssh.items()):

@@ -40,7 +40,7 @@ def keygen(path: Path) -> Path:
     return path
 
 
-def start_sshd(folder: Path) -> Sshd:
+def start_sshd(folder: Path, sftp: bool = True) -> Sshd:
     if not SSHD.is_file():
         raise RuntimeError("/usr/sbin/sshd is missing: install openssh-server (make test does)")
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,8 @@ def start_sshd(folder: Path) -> Sshd:
         f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
         f"AuthorizedKeysFile {folder / 'authorized_keys'}", "PubkeyAuthentication yes",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-        "PermitRootLogin prohibit-password", f"PidFile {folder / 'sshd.pid'}", "Subsystem sftp internal-sftp",
+        "PermitRootLogin prohibit-password", f"PidFile {folder / 'sshd.pid'}",
+        *(["Subsystem sftp internal-sftp"] if sftp else []),
     ]) + "\n")
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege-separation folder sshd insists on
     process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,

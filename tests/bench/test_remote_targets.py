@@ -109,6 +109,42 @@ def test_bench_command_over_ssh_writes_json(sshd, files, tmp_path):
     assert json.loads((tmp_path / "out" / written[1]).read_text())["threads"] == 2
 
 
+def test_bench_command_takes_the_key_and_known_hosts_on_the_command_line(sshd, files, tmp_path):
+    """No profile file: the address with its port, --key and --known-hosts, as `kd-edge bench --help` says."""
+    p = subprocess.run([sys.executable, "-m", "kd_edge", "bench", str(files / "student.fp32.onnx"), "--target",
+                        sshd.address, "--key", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
+                        "--python", sys.executable,
+                        "--seq", "16", "--runs", "4", "--rounds", "2", "--warmup", "1", "--vocab-size", "90",
+                        "--threads", "1", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(next((tmp_path / "out").iterdir()).read_text())
+    assert doc["target"] == sshd.address and doc["timed_runs"] == 4 and len(doc["rounds"]) == 2
+
+
+def test_no_key_at_all_says_which_flag_gives_one(sshd, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh keys
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # no agent
+    profile = ssh_profile(sshd, key_file=None)
+    with pytest.raises(TargetError, match=r"no SSH key to log in to .* pass --key FILE \(bench.key_file"):
+        make_target(profile)
+
+
+def test_a_host_without_sftp_is_one_line(tmp_path, files):
+    from kd_edge.bench import RUNNER_PATH
+
+    server = start_sshd(tmp_path / "nosftp", sftp=False)
+    try:
+        target = make_target(ssh_profile(server))
+        with pytest.raises(TargetError, match="offers no SFTP.*Subsystem sftp internal-sftp"):
+            target.run(RUNNER_PATH, files / "student.fp32.onnx", ["--runtime", "onnxruntime", *RUN_ARGS], threads=1,
+                       timeout_s=120)
+        target.close()
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=10)
+
+
 def test_unreachable_host(tmp_path):
     import socket
 

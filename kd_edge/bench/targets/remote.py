@@ -74,12 +74,14 @@ class RemoteTarget:
                 raise TargetError(f"{self.name}: {self.python} has no numpy; install it on the device: "
                                   f"{self.python} -m pip install numpy")
             raise TargetError(f"{self.name}: cannot run '{self.python}' ({(err or out).strip().splitlines()[-1:] or 'no output'}); "
-                              "install Python 3 on the device or name its interpreter in the target profile (python:)")
+                              "install Python 3 on the device or name its interpreter with --python (bench.python, "
+                              "python: in a profile)")
         if module:
             rc, _, err = self._sh([self.python, "-c", f"import {module}"])
             if rc != 0:
                 raise TargetError(f"{self.name}: the {runtime} runtime is not installed for {self.python}; install it on "
-                                  f"the device: {self.python} -m pip install {RUNTIME_PACKAGES[runtime]}")
+                                  f"the device ({self.python} -m pip install {RUNTIME_PACKAGES[runtime]}) or name the "
+                                  "Python that has it with --python")
         else:
             probe = ("import importlib.util as u, sys; sys.exit(0 if any(u.find_spec(m) for m in "
                      "('ai_edge_litert', 'tflite_runtime', 'tensorflow')) else 1)")
