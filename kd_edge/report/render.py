@@ -523,7 +523,8 @@ def to_html(report: dict) -> str:
     if gate:
         gate_rows = "".join(
             f"<tr><td>{e(c['artifact'])}</td><td>{e(c['metric'])}</td><td>{e(c['bound'])}</td><td>{e(format(c['value'], '.4g'))}</td>"
-            f"<td class='{'pass' if c['passed'] else 'fail'}'>{'pass' if c['passed'] else 'FAIL'}</td></tr>" for c in gate["checks"])
+            f"<td class='{'pass' if c['passed'] else 'fail'}'>{'pass' if c['passed'] else 'FAIL'}"
+            f"{' (unreliable: busy machine)' if c.get('unreliable') else ''}</td></tr>" for c in gate["checks"])
         gate_html = (f"<h2>Gate</h2><table class='text'><tr><th>row</th><th>metric</th><th>bound</th><th>value</th><th>verdict</th></tr>"
                      f"{gate_rows}</table>")
     env = report.get("environment") or {}
