@@ -128,6 +128,11 @@ def export_command(
     for r in records:
         typer.echo(f"{r['name']:<{width}}  {r['size_mb']:8.2f}  {r['max_abs_diff']:9.2e}  "
                    f"{'pass' if r['passed'] else 'FAIL'}: {r['reason']}")
+    compared = sorted({o for r in records for o in r.get("outputs_compared", [])})
+    if compared:
+        names = ", ".join(map(repr, compared))
+        typer.echo(f"compared: the output {names} of every file, against the model in float64, on "
+                   f"{records[0].get('n_texts')} texts")
     typer.echo(f"files and verify.json: {out}")
     raise typer.Exit(0 if all(r["passed"] for r in records) else 1)
 

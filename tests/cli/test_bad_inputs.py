@@ -11,7 +11,6 @@ real command in a subprocess.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import json
@@ -65,8 +64,6 @@ def world(tmp_path_factory) -> World:
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentences(60)))
     # a small exported file for quantize and bench
-    import torch  # noqa: F401
-
     from kd_edge.export import EXPORTERS
     from kd_edge.tasks import TASKS
 
@@ -524,16 +521,24 @@ def test_unreadable_and_unwritable_paths(tmp_path, world):
     os.chmod(locked, 0o755)
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A tmpfs mounted at ``path`` with ``options`` (size=700k, ro...): a file system of the test's own."""
+    path.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A 700 kB tmpfs: the tiny run (about 930 kB) fills it up."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.decode().strip()})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with tmpfs(tmp_path / "small", "size=700k") as mount:
+        yield mount
 
 
 @needs_root
@@ -554,15 +559,25 @@ def test_a_full_disk_stops_a_stage_in_one_line_and_leaves_no_partial_output(full
 
 @needs_root
 def test_a_read_only_out_is_refused_before_any_stage(tmp_path, world):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.decode().strip()})")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text(yaml.safe_dump(tiny_recipe_dict(world.teacher, world.data)))
         code, out, err = run_in_process(["run", recipe, "--out", mount / "run"], tmp_path)
         assert_one_line(code, out, err, "read-only")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@needs_root
+def test_a_full_disk_under_the_memory_mapped_cache_is_enospc_not_sigbus(tmp_path):
+    """The teacher cache writes memory-mapped arrays; on a full disk a write to an unbacked page kills
+    the process with SIGBUS. Its blocks are reserved first, so the disk says ENOSPC instead."""
+    with tmpfs(tmp_path / "small", "size=1m") as mount:
+        code = "\n".join([
+            "import pathlib, sys", "import numpy as np",
+            "from kd_edge.data.packed import Packed", "from kd_edge.distill.cache import _FieldWriter",
+            "ids = Packed.from_lists([[1] * 64] * 64)",  # 4,096 tokens x 128 floats: 2 MB on a 1 MB disk
+            f"w = _FieldWriter(pathlib.Path({str(mount / 'hidden.npy')!r}), 'token', ids)",
+            "try:", "    w.write(np.arange(64), np.ones((64, 64, 128), np.float32))",
+            "except OSError as e:", "    print('errno', e.errno); sys.exit(0)",
+            "print('written'); sys.exit(1)"])
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "errno 28" in p.stdout, (p.returncode, p.stdout, p.stderr)  # not -7 (SIGBUS)

@@ -34,6 +34,7 @@ def test_export_any_model_folder_writes_checks_and_prints_every_file(exported):
     assert [s["name"] for s in side["signatures"]] == ["b1_s32", "b1_s64"]
     for name in names:
         assert name in p.stdout
+    assert "compared: the output 'output' of every file, against the model in float64" in p.stdout
 
 
 def test_export_refuses_to_overwrite_and_leaves_the_files_alone(exported, wide_teacher):
@@ -150,6 +151,9 @@ def test_quantize_compares_every_float_output_not_an_integer_pass_through(tmp_pa
     assert worst > 1e-4  # int8 really moved the embedding ...
     assert reported == pytest.approx(worst, rel=0.02)  # ... and quantize says by how much
     p = kd_edge("quantize", src, "-p", "fp16", "--output", "sentence_embedding")
+    assert p.returncode == 0 and "output sentence_embedding" in p.stdout, p.stdout + p.stderr
+    # the command that crashed on such a model (texts of several lengths, an output per token)
+    p = kd_edge("quantize", src, "-p", "int8-static", "--calibration", texts, "--tokenizer", wide_teacher)
     assert p.returncode == 0 and "output sentence_embedding" in p.stdout, p.stdout + p.stderr
 
 

@@ -117,7 +117,7 @@ def test_markdown_tables_parse_into_their_columns():
 
     md = to_markdown(_busy_report())
     tokens = MarkdownIt("commonmark").enable("table").parse(md)
-    tables, cells, header = [], None, None
+    tables, cells = [], None
     for t in tokens:
         if t.type == "table_open":
             tables.append([])
