@@ -34,7 +34,7 @@ def test_export_any_model_folder_writes_checks_and_prints_every_file(exported):
     assert [s["name"] for s in side["signatures"]] == ["b1_s32", "b1_s64"]
     for name in names:
         assert name in p.stdout
-    assert "compared: the output 'output' of every file, against the model in float64" in p.stdout
+    assert "compared: the output 'sentence_embedding' of every file, against the model in float64" in p.stdout
 
 
 def test_export_refuses_to_overwrite_and_leaves_the_files_alone(exported, wide_teacher):
