@@ -52,6 +52,7 @@ class Progress:
         self.postfix = ""
         self.t0 = self.last = time.perf_counter()
         self.estimated = False
+        self._marks: list[tuple[float, int]] = [(self.t0, initial)]
         self.tty = enabled and sys.stderr.isatty()
         self.bar = None
         if self.tty:
@@ -107,15 +108,24 @@ class Progress:
         return f"{self.desc}: {done}{pct}, {rate:.3g} {units}/s{left}{extra}"
 
     def _maybe_estimate(self, now: float) -> None:
-        if self.estimated or not self.total or now - self.t0 < ESTIMATE_AFTER_S or self.n <= self.initial:
+        """Once, as soon as the work is known to be long: how long the whole will take, from the rate of
+        the last few seconds (length-sorted batches start fast, so the rate since the start misleads)."""
+        if self.estimated or not self.total or self.n <= self.initial:
+            return
+        if not self._marks or now - self._marks[-1][0] >= 1.0:
+            self._marks.append((now, self.n))
+        old = next(((t, n) for t, n in reversed(self._marks) if now - t >= ESTIMATE_AFTER_S), None)
+        if old is None or self.n == old[1]:
+            return
+        rate = (self.n - old[1]) / (now - old[0])
+        left = (self.total - self.n) / rate
+        whole = now - self.t0 + left
+        if whole < ESTIMATE_MIN_S or left < ESTIMATE_AFTER_S:
             return
         self.estimated = True
-        rate = self._rate(now)
-        whole = (self.total - self.initial) / rate
-        if whole >= ESTIMATE_MIN_S:
-            units = _plural(self.unit)
-            self._line(f"{self.desc}: about {duration(whole)} for {self.total - self.initial} {units} "
-                       f"({rate:.3g} {units}/s measured on the first {self.n - self.initial})")
+        units = _plural(self.unit)
+        self._line(f"{self.desc}: about {duration(whole)} for {self.total - self.initial} {units} "
+                   f"({rate:.3g} {units}/s over the last {duration(now - old[0])}, {self.n - self.initial} done)")
 
     def _line(self, text: str) -> None:
         if self.bar is not None:
