@@ -130,6 +130,19 @@ def test_no_key_at_all_says_which_flag_gives_one(sshd, tmp_path, monkeypatch):
         make_target(profile)
 
 
+def test_a_key_with_a_passphrase_and_a_garbled_known_hosts_are_one_line_each(sshd, tmp_path):
+    import subprocess as sp
+
+    locked = tmp_path / "locked_key"
+    sp.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True)
+    with pytest.raises(TargetError, match="protected by a passphrase; load it into the SSH agent"):
+        make_target(ssh_profile(sshd, key_file=str(locked)))
+    garbled = tmp_path / "known_hosts"
+    garbled.write_bytes(b"\xff\xfe not a known_hosts file\n[127.0.0.1]:1 ssh-ed25519 !!!!\n")
+    with pytest.raises(TargetError, match="known_hosts"):
+        make_target(ssh_profile(sshd, known_hosts=str(garbled)))
+
+
 def test_a_host_without_sftp_is_one_line(tmp_path, files):
     from kd_edge.bench import RUNNER_PATH
 
