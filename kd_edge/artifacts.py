@@ -111,9 +111,10 @@ def _tmp_name(path: Path) -> Path:
 
 
 def remove_leftovers(root: Path) -> list[Path]:
-    """Remove the temporary outputs (``.NAME.tmp-XXXXXXXX``) that a killed process left under
-    ``root``: a stage killed with SIGKILL cannot clean up after itself. Call it only while holding
-    the folder's lock, so that no live writer's temporary is taken."""
+    """Remove the temporary outputs (named by ``_tmp_name``: a dot, the name, ``.tmp-`` and eight
+    hex digits) that a killed process left under ``root``: a stage killed with SIGKILL cannot clean
+    up after itself. Call it only while holding the folder's lock, so that no live writer's
+    temporary is taken."""
     removed = []
     if not root.is_dir():
         return removed
@@ -150,22 +151,23 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         fault_point()
-    except Exception as e:
-        full = not isinstance(e, OSError) and _full(tmp)  # before the partial output is removed
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full:  # a library that hit ENOSPC and said so its own way (torch.save: "unexpected pos ...")
-            raise OSError(28, "No space left on device", str(path)) from e
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        _discard(tmp, path, e, lambda: shutil.rmtree(tmp, ignore_errors=True))
         raise
     replace_path(tmp, path)
 
 
-def _full(path: Path) -> bool:
+def _discard(tmp: Path, path: Path, err: BaseException, remove) -> None:
+    """Remove a failed write's temporary output. When the disk under it is full and the failure was
+    not an OSError already (a library that hit ENOSPC and said so its own way, as torch.save's
+    "unexpected pos ..."), say so as the operating system would: the disk is looked at before the
+    partial output is removed, which frees it."""
     from kd_edge.diskspace import disk_full
 
-    return disk_full(path)
+    full = isinstance(err, Exception) and not isinstance(err, OSError) and disk_full(tmp)
+    remove()
+    if full:
+        raise OSError(28, "No space left on device", str(path)) from err
 
 
 @contextlib.contextmanager
@@ -176,14 +178,8 @@ def atomic_file(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         fault_point()
-    except Exception as e:
-        full = not isinstance(e, OSError) and _full(tmp.parent)
-        tmp.unlink(missing_ok=True)
-        if full:
-            raise OSError(28, "No space left on device", str(path)) from e
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        _discard(tmp, path, e, lambda: tmp.unlink(missing_ok=True))
         raise
     os.replace(tmp, path)
 

@@ -93,10 +93,10 @@ class LoadProbe:
     other processes compete for the cores it runs on is not this model's speed."""
 
     def __init__(self):
-        self.start = self._snapshot()
+        self.start = self.snapshot()
 
     @staticmethod
-    def _snapshot() -> dict | None:
+    def snapshot() -> dict | None:
         stat = _read("/proc/stat")
         if not stat or not stat.startswith("cpu "):
             return None
@@ -107,7 +107,7 @@ class LoadProbe:
                 "own_s": times.user + times.system, "wall": time.perf_counter(), "loadavg": _loadavg()}
 
     def result(self) -> dict:
-        end = self._snapshot()
+        end = self.snapshot()
         if self.start is None or end is None:
             return {"loadavg": _loadavg()}
         tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -210,8 +210,10 @@ class TfliteBackend:
         self.interpreter = interpreter_cls(model_path=path, num_threads=threads or os.cpu_count())
         self.signatures = self.interpreter.get_signature_list()
         self._runners: dict = {}
+        self.shapes = self._shapes()
+        self._chosen: dict = {}
 
-    def shapes(self) -> dict:
+    def _shapes(self) -> dict:
         """(batch, sequence) of every signature with a shape in its name: b1_s128, prefill_64 (batch 1)."""
         out = {}
         for name in self.signatures:
@@ -226,12 +228,12 @@ class TfliteBackend:
     def signature_for(self, batch: int, seq: int) -> str:
         """The signature that runs a (batch, seq) input: its own shape, else the shortest one of that
         batch that holds it (the input padded to it, as a deployed app pads to its buckets)."""
-        shapes = self.shapes()
-        fits = sorted((s, name) for name, (b, s) in shapes.items() if b == batch and s >= seq)
-        if fits:
-            return fits[0][1]
-        if len(self.signatures) == 1 and not shapes:
-            return next(iter(self.signatures))
+        if (batch, seq) in self._chosen:
+            return self._chosen[(batch, seq)]
+        fits = sorted((s, name) for name, (b, s) in self.shapes.items() if b == batch and s >= seq)
+        if fits or (len(self.signatures) == 1 and not self.shapes):
+            self._chosen[(batch, seq)] = fits[0][1] if fits else next(iter(self.signatures))
+            return self._chosen[(batch, seq)]
         raise RunnerError("load", f"no signature takes batch {batch} x sequence {seq}; the file has "
                                   f"{', '.join(sorted(self.signatures))}: bench at one of those shapes, or export "
                                   "a longer one (export.tflite_shapes, --shapes)")
@@ -252,7 +254,7 @@ class TfliteBackend:
 
         batch, seq = next(iter(feeds.values())).shape
         sig = signature or self.signature_for(batch, seq)
-        shape = self.shapes().get(sig)
+        shape = self.shapes.get(sig)
         if shape and shape[1] > seq:
             feeds, seq = self._padded(feeds, shape[1]), shape[1]
         if sig not in self._runners:
@@ -419,11 +421,8 @@ def measure(args) -> dict:
     phase = "run"
     feeds = make_inputs(args.batch, args.seq, args.seed, args.vocab_size)
     if isinstance(backend, TfliteBackend):
-        try:
-            result["signature"] = backend.signature_for(args.batch, args.seq)
-        except RunnerError:
-            raise
-        shape = backend.shapes().get(result["signature"])
+        result["signature"] = backend.signature_for(args.batch, args.seq)
+        shape = backend.shapes.get(result["signature"])
         if shape and shape[1] != args.seq:
             result["padded_to"] = shape[1]
     try:

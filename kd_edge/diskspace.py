@@ -60,10 +60,6 @@ def _width(recipe: "Recipe", index: int) -> int:
         return 0
 
 
-def _student(recipe: "Recipe", run_dir: Path) -> int:
-    return 0  # a fraction of the teacher, written once: the distill estimate covers it
-
-
 def _distill(recipe: "Recipe", run_dir: Path) -> int:
     """The student, and a checkpoint with its weights and two optimizer moments."""
     return 4 * _weights_bytes(run_dir / "student_init")
@@ -74,9 +70,8 @@ def _export(recipe: "Recipe", run_dir: Path) -> int:
     return int(weights * sum(_PRECISION_SHARE.get(a.precision, 1.0) for a in recipe.export.artifacts))
 
 
-ESTIMATES: dict[str, Callable[["Recipe", Path], int]] = {
-    "teacher": _teacher, "student": _student, "distill": _distill, "export": _export,
-}
+# The student stage writes a fraction of the teacher once; distill's estimate covers it.
+ESTIMATES: dict[str, Callable[["Recipe", Path], int]] = {"teacher": _teacher, "distill": _distill, "export": _export}
 
 
 FULL_BELOW = 1 << 20  # a disk with less free space than this (or than 1 % of it) is full

@@ -24,7 +24,7 @@ from kd_edge import __version__, artifacts
 from kd_edge.artifacts import (StageContext, digest_records, digest_tree, file_records, read_json,
                                remove_leftovers, sha256_json, write_json, write_text)
 from kd_edge.config import Recipe, recipe_to_yaml
-from kd_edge.diskspace import check_free_space, disk_full
+from kd_edge.diskspace import check_free_space
 from kd_edge.errors import ArtifactError, ConfigError, KdEdgeError, from_os_error
 
 MANIFEST = "manifest.json"
@@ -314,13 +314,10 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
                                              "seconds": round(time.perf_counter() - t0, 2)})
                 run.save()
                 emit(StageEvent(st, index, len(active), "failed", time.perf_counter() - t0, str(e)))
-                err = None
-                if isinstance(e, OSError) and not isinstance(e, KdEdgeError):
-                    err = from_os_error(e)
-                if err is None and isinstance(e, Exception) and not isinstance(e, KdEdgeError) and disk_full(out_dir):
-                    # a library that hit ENOSPC and said it its own way (torch.save: "unexpected pos ...")
-                    err = from_os_error(OSError(28, "No space left on device", str(out_dir)))
-                if err is not None:  # no space, permission, ...: one line naming the stage and the path
+                # no space, permission, ... (a library's own way of saying a full disk is turned into
+                # ENOSPC by the atomic writers): one line naming the stage and the path
+                err = from_os_error(e) if isinstance(e, OSError) and not isinstance(e, KdEdgeError) else None
+                if err is not None:
                     raise type(err)(f"stage '{st.name}' stopped: {err}; its partial output was removed") from e
                 raise
             seconds = time.perf_counter() - t0

@@ -63,8 +63,8 @@ def _load_file(path: Path) -> TargetProfile:
 
 def resolve_target(ref: str, *, host: str | None = None, serial: str | None = None, key_file: str | None = None,
                    known_hosts: str | None = None, python: str | None = None) -> TargetProfile:
-    """The profile a `--target` argument names, with ``host``, ``serial``, ``key_file`` and
-    ``known_hosts`` filled in when given."""
+    """The profile a `--target` argument names, with ``host``, ``serial``, ``key_file``,
+    ``known_hosts`` and ``python`` filled in when given."""
     if ref.endswith((".yaml", ".yml")):
         path = Path(ref)
         if not path.is_file():

@@ -47,7 +47,7 @@ def run_rounds(target, runner: Path, jobs: list[Job], *, rounds: int, runs: int,
     """Measure every job in ``rounds`` interleaved rounds on ``target``; one merged document per job,
     in the order of ``jobs``. A job that fails is recorded with its error and left out of later rounds,
     so that one file a device cannot load does not hide the others' figures."""
-    per_round = max(1, math.ceil(runs / rounds))
+    per_round = runs_per_round(runs, rounds)
     for r in range(rounds):
         order = jobs if r % 2 == 0 else list(reversed(jobs))
         for job in order:
@@ -68,6 +68,11 @@ def run_rounds(target, runner: Path, jobs: list[Job], *, rounds: int, runs: int,
         doc["name"] = job.name
         out.append(doc)
     return out
+
+
+def runs_per_round(runs: int, rounds: int) -> int:
+    """Timed runs in each of a model's rounds: ``runs`` over all of them, rounded up."""
+    return max(1, math.ceil(runs / rounds))
 
 
 def _runtime(args: list[str]) -> str | None:
@@ -137,7 +142,7 @@ def host_load() -> dict:
     """This machine's load average and CPU steal counters now (for the stage's before/after record)."""
     from kd_edge.device_runner import LoadProbe
 
-    snap = LoadProbe._snapshot() or {}
+    snap = LoadProbe.snapshot() or {}
     return {"loadavg": snap.get("loadavg"), "steal_jiffies": snap.get("steal"), "total_jiffies": snap.get("total")}
 
 

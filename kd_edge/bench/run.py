@@ -72,7 +72,8 @@ def torch_macs(recipe: "Recipe", ctx: StageContext) -> dict[str, int]:
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Benchmark every model on the recipe's target, in interleaved rounds."""
     from kd_edge.bench.profiles import make_target, profile_for
-    from kd_edge.bench.rounds import Job, host_load, run_rounds, steal_between
+    from kd_edge.bench.rounds import Job, host_load, run_rounds, runs_per_round, steal_between
+    from kd_edge.progress import Progress
 
     cfg = recipe.bench
     profile = profile_for(cfg)
@@ -89,8 +90,6 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         with atomic_dir(ctx.run_dir / "bench") as out:
             write_json(out / "macs.json", {"batch": recipe.bench.batch_size, "seq": recipe.bench.seq_len, "macs": macs})
             before = host_load()
-            from kd_edge.progress import Progress
-
             bar = Progress(total=len(jobs) * cfg.rounds, desc="bench", unit="process", enabled=ctx.progress)
 
             def step(job, r):
@@ -104,7 +103,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             for doc in docs:
                 write_json(out / f"{doc['name']}@{_safe(target.name)}.json", doc)
             write_json(out / "machine.json", {
-                "rounds": cfg.rounds, "runs_per_round": -(-cfg.runs // cfg.rounds), "target": target.name,
+                "rounds": cfg.rounds, "runs_per_round": runs_per_round(cfg.runs, cfg.rounds), "target": target.name,
                 "host_loadavg_before": before["loadavg"], "host_loadavg_after": after["loadavg"],
                 "host_steal_pct": steal_between(before, after),
                 "unreliable": sorted(d["name"] for d in docs if not (d.get("reliability") or {}).get("reliable", True)),

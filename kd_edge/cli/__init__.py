@@ -49,11 +49,11 @@ def _interrupt_handlers() -> dict:
             raise SystemExit(143)
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # else an embedding program's handlers stay
+        for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread (an embedding program): leave its handlers alone
-            pass
     return seen
 
 
@@ -67,7 +67,6 @@ def main() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     seen = _interrupt_handlers()
-    debug = bool(os.environ.get("KD_EDGE_DEBUG")) or "--debug" in sys.argv[1:2]
     try:
         code = app(standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError as e:  # `kd-edge` alone: the help, as click shows it
@@ -81,14 +80,14 @@ def main() -> None:
     except typer.Abort:  # end of input at a prompt
         _fail("aborted (end of input); run the command again", 1)
     except KdEdgeError as e:
-        if debug or os.environ.get("KD_EDGE_DEBUG"):
+        if _debug():
             raise
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         _interrupted()
     except OSError as e:
         err = from_os_error(e)
-        if err is None or debug or os.environ.get("KD_EDGE_DEBUG"):
+        if err is None or _debug():
             raise
         _fail(str(err), err.exit_code)
     except SystemExit as e:
@@ -98,6 +97,11 @@ def main() -> None:
     if seen.get("signal") is not None and code in (130, 143):  # Typer turned Ctrl-C into exit 130
         _interrupted(code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _debug() -> bool:
+    """--debug (which the root callback turns into KD_EDGE_DEBUG once parsing reached it) or the variable."""
+    return bool(os.environ.get("KD_EDGE_DEBUG")) or "--debug" in sys.argv[1:2]
 
 
 def _fail(message: str, code: int) -> None:

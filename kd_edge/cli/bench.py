@@ -11,14 +11,6 @@ from kd_edge.cli import app
 from kd_edge.cli.options import QuietOpt, SetOpt
 
 
-def _positive(value: int, option: str) -> int:
-    from kd_edge.errors import ConfigError
-
-    if value < 1:
-        raise ConfigError(f"{option} {value} is below 1; pass 1 or more")
-    return value
-
-
 def _thread_counts(text: str | None) -> list[int | None]:
     from kd_edge.errors import ConfigError
 
@@ -89,10 +81,12 @@ def bench_command(
     """
     from kd_edge.errors import ConfigError, TargetError
 
+    from kd_edge.paths import positive
+
     thread_list = _thread_counts(threads)
     for value, option in ((batch, "--batch"), (seq, "--seq"), (runs, "--runs"), (rounds, "--rounds"),
                           (vocab_size, "--vocab-size")):
-        _positive(value, option)
+        positive(value, option)
     if warmup < 0:
         raise ConfigError(f"--warmup {warmup} is negative; pass 0 or more")
     if out is not None:

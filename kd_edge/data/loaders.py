@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,6 @@ def read_rows(cfg: DataConfig) -> list[dict[str, Any]]:
     if not path.exists():
         raise ArtifactError(f"data.source '{cfg.source}' does not exist; point data.source at a .jsonl/.csv/.txt "
                             "file or use bundled:vader")
-    import os
-
     if not os.access(path, os.R_OK):
         raise ArtifactError(f"data.source '{path}' is not readable (permission denied); make it readable for you "
                             "or copy it somewhere you can read")

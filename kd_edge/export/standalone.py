@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from kd_edge.artifacts import atomic_dir, write_json
+from kd_edge.artifacts import atomic_dir, atomic_file, write_json
 from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError, ConfigError, QuantizeError
 from kd_edge.export.capture import captured
@@ -300,7 +299,7 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
     if runtime == "torch":
         raise ArtifactError(f"'{src}' is a model folder; quantize an exported .onnx or .tflite file, or use "
                             "`kd-edge export MODEL_DIR --precision ...`")
-    _readable_model(src)
+    proto = _readable_model(src)  # an ONNX file is parsed once, here (weights left on disk)
     allowed = QUANTIZE_PRECISIONS[src.suffix]
     if precision not in allowed:
         raise ConfigError(f"--precision {precision} is not made from {src.suffix} files; choose one of "
@@ -311,15 +310,10 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
                           f"{dst.with_suffix(src.suffix).name}")
     if dst.resolve() == src.resolve():
         raise ArtifactError(f"--out {dst} is the input file; pick another name")
-    if dst.is_dir():
-        raise ArtifactError(f"--out {dst} is a folder; name the new file, e.g. {dst / dst.name}{src.suffix}")
-    if dst.exists() and not force:
-        raise ArtifactError(f"'{dst}' already exists; pass --force to replace it or another --out")
-    if not dst.parent.is_dir():
-        raise ArtifactError(f"--out {dst}: the folder {dst.parent} does not exist; create it or choose another --out")
     from kd_edge.paths import output_file
 
-    output_file(dst, "--out", force=True, parents=False)  # writable where it goes
+    output_file(dst, "--out", force=force, parents=False, example=f"{src.stem}.{precision}{src.suffix}",
+                overwrite_hint="pass --force to replace it or another --out")
     if fallback_level and src.suffix != ".onnx":
         raise ConfigError("--keep-float is for ONNX files; a TFLite file's lighter int8 is --precision int8-weights")
     if fallback_level and precision in ("fp16", "int4"):
@@ -334,22 +328,21 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
         ids = tokenize(tokenizer, read_texts(texts), max_length)
     else:
         rng = np.random.default_rng(0)
-        ids = Packed.from_lists([rng.integers(5, _vocab_size(src), n) for n in (12, 24, 32)], dtype=np.int64)
+        ids = Packed.from_lists([rng.integers(5, _vocab_size(src, proto), n) for n in (12, 24, 32)], dtype=np.int64)
     log = dst.with_name(f".{dst.name}.log")
     ref = named_outputs(src, runtime, ids, log)  # the input runs, before anything is written
     if output is not None:
         compare_outputs(ref, ref, only=output)  # an unknown --output is refused before quantizing
     calibration = [{"input_ids": np.asarray(ids[i])[None], "attention_mask": np.ones((1, len(ids[i])), np.int64)}
                    for i in range(len(ids))] if precision == "int8-static" else None
-    if calibration and runtime == "onnxruntime":
-        calibration = _with_graph_inputs(src, calibration)
+    if calibration and proto is not None:
+        calibration = _with_graph_inputs(proto, calibration)
     exclude: list[str] = []
     if fallback_level:
         from kd_edge.quantize.onnx_precisions import sensitive_nodes
 
         exclude = sensitive_nodes(src, fallback_level)
-    tmp = dst.with_name(f".{dst.name}.tmp-{np.random.default_rng().integers(1 << 32):08x}")
-    try:
+    with atomic_file(dst) as tmp:  # in place only once it runs and compares
         info = QUANTIZERS.get(f"{src.suffix[1:]}:{precision}")(
             src, tmp, per_channel=True, calibration=calibration, exclude=exclude, log_path=log)
         try:
@@ -357,9 +350,6 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
         except ArtifactError as e:
             raise QuantizeError(f"the {precision} file does not run in {runtime} ({e}); try another precision") from e
         compared, skipped = compare_outputs(ref, got, only=output)
-        shutil.move(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"file": str(dst), "precision": precision, "size_mb": dst.stat().st_size / 1e6,
             "source_size_mb": src.stat().st_size / 1e6, "outputs": compared, "outputs_left_out": skipped,
             "max_abs_diff": max(c["max_abs_diff"] for c in compared),
@@ -367,14 +357,14 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
             "nodes_in_float": len(exclude), **info}
 
 
-def _readable_model(path: Path) -> None:
-    """An .onnx file parses as an ONNX model, a .tflite file carries the TFLite identifier: a
-    truncated or foreign file is refused before anything runs."""
+def _readable_model(path: Path):
+    """An .onnx file parses as an ONNX model (returned, its weights not loaded), a .tflite file
+    carries the TFLite identifier (None): a truncated or foreign file is refused before anything runs."""
     if path.suffix == ".onnx":
         import onnx
 
         try:
-            onnx.load(str(path), load_external_data=False)
+            return onnx.load(str(path), load_external_data=False)
         except Exception as e:  # protobuf's DecodeError, an unreadable file
             raise ArtifactError(f"'{path}' is not a complete ONNX model ({type(e).__name__}); the file may be truncated: "
                                 "export it again") from None
@@ -384,13 +374,12 @@ def _readable_model(path: Path) -> None:
         if head[4:8] != b"TFL3":
             raise ArtifactError(f"'{path}' is not a TFLite model (no TFL3 identifier); the file may be truncated or "
                                 "renamed: export it again")
+    return None
 
 
-def _with_graph_inputs(path: Path, feeds: list[dict]) -> list[dict]:
+def _with_graph_inputs(proto, feeds: list[dict]) -> list[dict]:
     """Calibration feeds with every other input the graph takes (segment ids: zeros)."""
-    import onnx
-
-    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    names = [i.name for i in proto.graph.input]
     out = []
     for f in feeds:
         f = dict(f)
@@ -400,16 +389,15 @@ def _with_graph_inputs(path: Path, feeds: list[dict]) -> list[dict]:
     return out
 
 
-def _vocab_size(path: Path) -> int:
+def _vocab_size(path: Path, proto=None) -> int:
     """Token ids below this are valid for the file: the rows of its largest embedding table (ONNX:
-    Gather / EmbedLayerNormalization inputs; TFLite: EMBEDDING_LOOKUP / GATHER tables)."""
+    Gather / EmbedLayerNormalization inputs of ``proto``, the parsed file; TFLite: EMBEDDING_LOOKUP /
+    GATHER tables)."""
     if path.suffix == ".tflite":
         return _tflite_vocab_size(path)
-    if path.suffix != ".onnx":
+    if proto is None:
         return 100
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = proto.graph
     tables = {i.name: i.dims[0] for i in graph.initializer if len(i.dims) == 2}
     rows = []
     for node in graph.node:

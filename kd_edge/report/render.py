@@ -4,6 +4,7 @@ HTML page (inline CSS and SVG plots, no network)."""
 from __future__ import annotations
 
 import html
+import math
 from typing import Any, Callable
 
 # (column key, header, formatter)
@@ -98,11 +99,6 @@ def speed_columns(report: dict) -> list[tuple[str, str, Fmt]]:
 def quality_columns(report: dict) -> list[tuple[str, str, Fmt]]:
     """The quality table's columns for the report's task, with parity."""
     return QUALITY.get(report.get("task"), QUALITY["sentence_embedding"]) + PARITY
-
-
-def columns(report: dict) -> list[tuple[str, str, Fmt]]:
-    """Every column of both tables."""
-    return speed_columns(report) + quality_columns(report)
 
 
 def _label(row: dict) -> str:
@@ -337,7 +333,7 @@ def _pareto_chart(report: dict) -> str:
         return "<p class='muted'>no data</p>"
     width, height, pad = 560, 300, 52
     xs, ys = [r["latency_p50_ms"] for r in pts], [r[metric] for r in pts]
-    scale = _latency_axis(min(xs), max(xs), pad, width - pad)
+    scale = _Axis(min(xs), max(xs), pad, width - pad)
     y0, y1 = min(ys), max(ys)
     span = (y1 - y0) or abs(y1) * 0.05 or 1
     y0, y1 = y0 - span * 0.15, y1 + span * 0.15
@@ -399,8 +395,6 @@ class _Axis:
     teacher would otherwise squash every exported file against the origin)."""
 
     def __init__(self, lo: float, hi: float, left: float, right: float):
-        import math
-
         self.left, self.right = left, right
         self.log = hi / max(lo, 1e-9) > 8
         if self.log:
@@ -418,14 +412,8 @@ class _Axis:
             self.note = ""
 
     def at(self, v: float) -> float:
-        import math
-
         x = math.log10(max(v, 1e-9)) if self.log else v
         return self.left + (self.right - self.left) * (x - self.lo) / (self.hi - self.lo)
-
-
-def _latency_axis(lo: float, hi: float, left: float, right: float) -> _Axis:
-    return _Axis(lo, hi, left, right)
 
 
 def _distribution_chart(rows: list[dict]) -> str:
@@ -438,7 +426,7 @@ def _distribution_chart(rows: list[dict]) -> str:
     width, row_h, left = 560, 26, 170
     lo = min(min(r["latency_samples_ms"]) for r in data)
     hi = max(max(r["latency_samples_ms"]) for r in data)
-    axis = _latency_axis(lo, hi, left, width - 20)
+    axis = _Axis(lo, hi, left, width - 20)
     height = len(data) * row_h + 30
     parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img'>"]
     sx = axis.at

@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Protocol
 
+from kd_edge.bench.targets.local import runner_failure
 from kd_edge.errors import TargetError
 
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "tflite": "ai-edge-litert (or tflite-runtime)", "torch": "torch transformers"}
@@ -165,8 +166,6 @@ class RemoteTarget:
             last = (err.strip().splitlines() or ["no output"])[-1]
             raise TargetError(f"the runner on {self.name} printed no result for {model.name} (exit {rc}): {last}")
         if "error" in doc:
-            from kd_edge.bench.targets.local import runner_failure
-
             raise runner_failure(model.name, self.name, doc)
         doc["target"] = self.name
         doc["process_wall_s"] = round(time.perf_counter() - t0, 3)  # the remote process, start-up and transport included
