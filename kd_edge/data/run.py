@@ -24,8 +24,10 @@ def _label(value: Any) -> int | str | None:
         as_float = float(value)
     except (TypeError, ValueError):
         return str(value).strip()
-    if as_float != as_float or as_float != int(as_float):  # NaN (an empty pandas cell) or 0.5
-        return None if as_float != as_float else str(value)
+    if as_float != as_float:  # NaN: an empty cell as pandas writes it
+        return None
+    if as_float in (float("inf"), float("-inf")) or as_float != int(as_float):  # "inf", 0.5: a name, not an id
+        return str(value).strip()
     return int(as_float)
 
 

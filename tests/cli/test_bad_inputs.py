@@ -201,6 +201,8 @@ CASES: list[Case] = [
      "holds one class"),
     ("data-mixed-labels", lambda w, d: [R, w.recipe(d, data={"source": str(w.data_file(d, "e.jsonl", _labelled([0, "pos"] * 10)))})],
      "mixes class ids"),
+    ("data-infinite-label", lambda w, d: [R, w.recipe(d, data={"source": str(w.data_file(d, "e.jsonl", _labelled([0, "inf"] * 10)))})],
+     "mixes class ids"),
     ("data-negative-label", lambda w, d: [R, w.recipe(d, data={"source": str(w.data_file(d, "e.jsonl", _labelled([0, -1] * 10)))})],
      "negative class id"),
     ("data-label-not-in-names", lambda w, d: [R, w.recipe(d, data={"source": str(w.data_file(d, "e.jsonl", _labelled(["a", "b"] * 10))),
