@@ -279,8 +279,7 @@ class TorchBackend:
     sequence classifier, or a causal LM (full-sequence logits, no KV cache)."""
 
     runtime = "torch"
-    AUTO = {"embedding": "AutoModel", "classification": "AutoModelForSequenceClassification",
-            "causal_lm": "AutoModelForCausalLM"}
+    HEADS = ("pooled", "logits", "lm_logits")  # what the forward pass returns: kd-edge's task kinds say which
 
     @staticmethod
     def import_runtime():
@@ -290,16 +289,17 @@ class TorchBackend:
         return f"torch {torch.__version__}, transformers {transformers.__version__}"
 
     def __init__(self, path: str, threads: int | None, pooling: str = "mean", normalize: bool = True,
-                 task: str = "embedding", gguf_file: str | None = None, allow_pickle: bool = False, **_):
+                 head: str = "pooled", auto_class: str = "AutoModel", gguf_file: str | None = None,
+                 allow_pickle: bool = False, **_):
         import torch
         import transformers
 
         if threads:
             torch.set_num_threads(threads)
-        self.torch, self.task = torch, task
+        self.torch, self.head = torch, head
         # never unpickle a checkpoint unless asked (--allow-pickle): safetensors only
         kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": None if allow_pickle else True}
-        self.model = getattr(transformers, self.AUTO[task]).from_pretrained(path, **kwargs).eval()
+        self.model = getattr(transformers, auto_class).from_pretrained(path, **kwargs).eval()
         self.pooling, self.normalize = pooling, normalize
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
@@ -307,9 +307,9 @@ class TorchBackend:
         with torch.inference_mode():
             ids = torch.from_numpy(feeds["input_ids"].astype("int64"))
             mask = torch.from_numpy(feeds["attention_mask"].astype("int64"))
-            if self.task == "classification":
+            if self.head == "logits":
                 return [self.model(input_ids=ids, attention_mask=mask).logits.numpy()]
-            if self.task == "causal_lm":
+            if self.head == "lm_logits":
                 return [self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.numpy()]
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
             if self.pooling == "cls":
@@ -409,7 +409,8 @@ def measure(args) -> dict:
     t0 = time.perf_counter()
     try:
         backend = backend_cls(args.model, args.threads, pooling=args.pooling, normalize=args.normalize,
-                              task=args.task, gguf_file=args.gguf_file, allow_pickle=args.allow_pickle)
+                              head=args.head, auto_class=args.auto_class, gguf_file=args.gguf_file,
+                              allow_pickle=args.allow_pickle)
     except RunnerError:
         raise
     except Exception as e:
@@ -469,8 +470,9 @@ def parse_args(argv=None):
     p.add_argument("--vocab-size", type=int, default=30000, help="token ids are drawn below this")
     p.add_argument("--pooling", default="mean", help="torch runtime: pooling of the encoder output")
     p.add_argument("--normalize", action="store_true", help="torch runtime: L2-normalise the embedding")
-    p.add_argument("--task", default="embedding", choices=sorted(TorchBackend.AUTO),
-                   help="torch runtime: what the folder holds")
+    p.add_argument("--head", default="pooled", choices=TorchBackend.HEADS,
+                   help="torch runtime: pooled encoder output, class logits, or a causal LM's logits")
+    p.add_argument("--auto-class", default="AutoModel", help="torch runtime: the transformers Auto class to load")
     p.add_argument("--gguf-file", default=None, help="torch runtime: a .gguf file inside the folder")
     p.add_argument("--allow-pickle", action="store_true",
                    help="torch runtime: load pytorch_model.bin when there are no safetensors (runs the pickle)")

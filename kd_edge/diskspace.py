@@ -29,21 +29,25 @@ def _weights_bytes(folder: Path) -> int:
 
 
 def _text_bytes(run_dir: Path) -> int:
-    return sum(f.stat().st_size for f in (run_dir / "data").glob("*.jsonl")) if (run_dir / "data").is_dir() else 0
+    from kd_edge.runfiles import RunFiles
+
+    data = RunFiles(run_dir).data
+    return sum(f.stat().st_size for f in (data.train, data.test) if f.is_file())
 
 
 def _teacher(recipe: "Recipe", run_dir: Path) -> int:
     """Cached hidden states (fp16) of every token: about one token per 5 bytes of JSONL text."""
     from kd_edge.preflight import hidden_layers_needed, teacher_configs
+    from kd_edge.tasks.kinds import task_kind
 
+    kind = task_kind(recipe.task)
     tokens = _text_bytes(run_dir) / 5
     total = 0.0
     for i, cfg in enumerate(teacher_configs(recipe)):
         layers = len(hidden_layers_needed(recipe, i)[1])
         width = _width(recipe, i)
         total += tokens * layers * width * 2
-        if recipe.task == "causal_lm":
-            total += tokens * cfg.top_k * 6
+        total += tokens * kind.cached_bytes_per_token(cfg.top_k)
     return int(total)
 
 
@@ -62,11 +66,15 @@ def _width(recipe: "Recipe", index: int) -> int:
 
 def _distill(recipe: "Recipe", run_dir: Path) -> int:
     """The student, and a checkpoint with its weights and two optimizer moments."""
-    return 4 * _weights_bytes(run_dir / "student_init")
+    from kd_edge.runfiles import RunFiles
+
+    return 4 * _weights_bytes(RunFiles(run_dir).student_init)
 
 
 def _export(recipe: "Recipe", run_dir: Path) -> int:
-    weights = _weights_bytes(run_dir / "student")
+    from kd_edge.runfiles import RunFiles
+
+    weights = _weights_bytes(RunFiles(run_dir).student)
     return int(weights * sum(_PRECISION_SHARE.get(a.precision, 1.0) for a in recipe.export.artifacts))
 
 

@@ -227,20 +227,19 @@ def verdict_junit(verdict: dict, name: str = "kd-edge gate") -> str:
 def run(recipe, ctx) -> None:
     """The ``gate`` stage: check the recipe's budgets against report.json; write gate.json."""
     import json
-
-    from kd_edge.artifacts import write_json
-
     from pathlib import Path
 
+    from kd_edge.artifacts import write_json
     from kd_edge.errors import GateError
+    from kd_edge.runfiles import RunFiles, report_file
 
-    report = json.loads((ctx.run_dir / "report.json").read_text())
+    files = RunFiles(ctx.run_dir)
+    report = json.loads(files.report_json.read_text())
     baseline = None
     if recipe.gate.baseline:
-        path = Path(recipe.gate.baseline)
-        path = path / "report.json" if path.is_dir() else path
+        path = report_file(Path(recipe.gate.baseline))
         if not path.is_file():
             raise GateError(f"gate.baseline '{recipe.gate.baseline}' has no report.json; point it at a baseline run")
         baseline = json.loads(path.read_text())
-    write_json(ctx.run_dir / "gate.json", evaluate_budgets(report, recipe.gate.budgets, baseline,
+    write_json(files.gate, evaluate_budgets(report, recipe.gate.budgets, baseline,
                                                            reliable_only=recipe.gate.reliable_only))

@@ -12,15 +12,15 @@ from typing import Any
 
 from kd_edge.config import Recipe
 from kd_edge.data.loaders import source_path
-from kd_edge.distill import LOSSES
+from kd_edge.distill import needs_of
 from kd_edge.distill.config import LossConfig, TeacherConfig
 from kd_edge.errors import ArtifactError, ConfigError
 from kd_edge.tasks import TASKS
+from kd_edge.tasks.kinds import task_kind
 from kd_edge.tasks.hub import (check_weights, hidden_size, num_layers, read_config, resolve_model_dir,
                                sentence_transformers_pooling)
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
-PREPARED_TEACHER = "teacher"  # folder in the run where a prepared teacher (classification head) is written
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,15 @@ def teacher_dir(recipe: Recipe, run_dir: Path | None = None, index: int = 0) -> 
     if index == 0 and cfg.prepare_head is not None:
         if run_dir is None:
             raise ArtifactError("the prepared teacher lives in the run folder; pass it")
-        return run_dir / PREPARED_TEACHER
+        from kd_edge.runfiles import RunFiles
+
+        return RunFiles(run_dir).prepared_teacher
     return resolve_teacher(cfg, "teacher.model" if index == 0 else f"ensemble.teachers.{index - 1}.model")
 
 
 def teacher_source(recipe: Recipe, run_dir: Path | None = None, index: int = 0):
     """A ModelSource for teacher ``index`` (imports nothing heavy)."""
-    from kd_edge.tasks.base import ModelSource
+    from kd_edge.tasks.kinds import ModelSource
 
     cfg = teacher_configs(recipe)[index]
     prepared = index == 0 and cfg.prepare_head is not None
@@ -109,7 +111,7 @@ def pick_layers(layers: int | list[int], n_teacher: int) -> list[int]:
 def resolve_layer_map(loss: LossConfig, n_student: int, n_teacher: int, first: int = 0) -> list[tuple[int, int]]:
     """Explicit (student, teacher) pairs for an intermediate loss (1-based; 0 = embeddings, allowed when
     ``first`` is 0)."""
-    lm = loss.layer_map or "uniform"
+    lm = loss.param("layer_map") or "uniform"
     if lm == "uniform":
         return [(j, round(j * n_teacher / n_student)) for j in range(1, n_student + 1)]
     if lm == "last":
@@ -145,22 +147,14 @@ def _student_shape(recipe: Recipe, teacher: Shape) -> tuple[Shape, Any]:
 
 
 def _check_loss(loss: LossConfig, recipe: Recipe, labelled: bool) -> None:
-    LOSSES.check(loss.name)
-    needs = LOSSES.meta(loss.name)["needs"]
-    task = recipe.task
-    if needs == "pooled" and task != "sentence_embedding":
-        raise ConfigError(f"loss {loss.name} compares sentence embeddings; task {task} has logits: use kl, "
-                          "reverse_kl, jsd, logit_mse or ce")
-    if needs in ("logits", "labels") and task == "sentence_embedding":
-        raise ConfigError(f"loss {loss.name} needs logits; task sentence_embedding has embeddings: use "
-                          "embedding_cosine or embedding_mse")
+    needs = needs_of(loss.name)
+    task_kind(recipe.task).check_loss(loss.name, needs)
     if needs == "labels" and not labelled:
-        raise ConfigError(f"loss ce needs labels, but data.label_field is null; name the label column or drop ce")
+        raise ConfigError(f"loss {loss.name} needs labels, but data.label_field is null; name the label column or "
+                          f"drop {loss.name}")
     if needs == "attentions" and recipe.distill.mode == "offline":
         raise ConfigError(f"loss {loss.name} needs the teacher's attention maps, which are not cached; "
                           "set distill.mode: live")
-    if needs not in ("hidden", "attentions") and loss.layer_map is not None:
-        raise ConfigError(f"loss {loss.name} does not read intermediate layers; remove its layer_map")
     n_teachers = 1 + (len(recipe.ensemble.teachers) if recipe.ensemble else 0)
     if loss.teacher is not None and not 0 <= loss.teacher < n_teachers:
         raise ConfigError(f"loss {loss.name}: teacher {loss.teacher} does not exist; teachers are numbered "
@@ -169,7 +163,7 @@ def _check_loss(loss: LossConfig, recipe: Recipe, labelled: bool) -> None:
 
 def resolve(recipe: Recipe) -> Recipe:
     """Validate the recipe against the teachers and data it names; return it with defaults explicit."""
-    TASKS.check(recipe.task)
+    kind = task_kind(recipe.task)
     if not TASKS.is_available(recipe.task):
         TASKS.get(recipe.task)  # raises DependencyError with the install hint
     shapes = []
@@ -181,24 +175,17 @@ def resolve(recipe: Recipe) -> Recipe:
                                 "save the tokenizer into the model folder")
         if not cfg.gguf_file:
             check_weights(tdir, allow_pickle=cfg.allow_pickle, what=what, key=f"{what}.allow_pickle")
-        if cfg.prepare_head is not None and (i > 0 or recipe.task != "sequence_classification"):
+        if cfg.prepare_head is not None and (i > 0 or not kind.takes_prepare_head):
             raise ConfigError(f"{what}.prepare_head fits a classification head, which only the first teacher of a "
                               "sequence_classification recipe takes; remove it or set task: sequence_classification")
         shapes.append(shape_of(read_config(tdir) if not cfg.gguf_file else _gguf_config(tdir, cfg.gguf_file),
                                f"{what} config in {tdir}"))
-    labels_set = {s.labels for s in shapes}
-    if recipe.task == "sequence_classification" and recipe.ensemble and len(labels_set) > 1:
-        raise ConfigError(f"ensemble teachers have different label counts {sorted(map(str, labels_set))}; "
-                          "an ensemble needs one label space")
     student_shape, student_layers = _student_shape(recipe, shapes[0])
-    if recipe.task == "sentence_embedding" and student_shape.hidden != shapes[0].hidden:
-        raise ConfigError(f"a sentence-embedding student must keep the teacher's width ({shapes[0].hidden}) so that its "
-                          f"embeddings live in the teacher's space; student width is {student_shape.hidden}")
-    labelled = recipe.data.label_field is not None or recipe.task == "causal_lm"
+    labelled = kind.labelled(recipe)
     losses = []
     for loss in recipe.distill.losses:
         _check_loss(loss, recipe, labelled)
-        needs = LOSSES.meta(loss.name)["needs"]
+        needs = needs_of(loss.name)
         if needs in ("hidden", "attentions"):
             teacher = shapes[loss.teacher or 0]
             loss = loss.model_copy(update={"layer_map": resolve_layer_map(
@@ -206,24 +193,9 @@ def resolve(recipe: Recipe) -> Recipe:
         losses.append(loss)
     if recipe.distill.mode == "mutual" and not any(l.name == "ce" for l in losses):
         raise ConfigError("distill.mode: mutual learns from the labels too; add a `ce` loss term")
-    if recipe.task == "causal_lm" and recipe.distill.augment:
-        raise ConfigError("distill.augment is for encoders; causal LMs use distill.generate or distill.rationale")
-    if recipe.task != "causal_lm" and (recipe.distill.generate or recipe.distill.rationale):
-        raise ConfigError("distill.generate and distill.rationale are for task causal_lm; encoders learn from "
-                          "teacher-labelled text with distill.augment")
-    if recipe.task == "causal_lm":
-        for spec in recipe.export.artifacts:
-            if spec.format == "tflite" and any(b != 1 for b, _ in recipe.export.tflite_shapes):
-                raise ConfigError("export.tflite_shapes: causal-LM TFLite files take batch 1; write [[1, T], ...], "
-                                  "one prefill signature per prompt length T")
-            if spec.format == "tflite" and max(s for _, s in recipe.export.tflite_shapes) >= recipe.export.kv_cache_size:
-                raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
-                                  "export.tflite_shapes (room for the generated tokens)")
-            if spec.precision == "int8-static":
-                raise ConfigError("export: int8-static is for encoders; causal LMs take fp32, fp16, int8 or int4 "
-                                  "(onnx) and fp32, fp16, int8 or int8-weights (tflite)")
+    kind.check_recipe(recipe, shapes, student_shape)
     teacher = recipe.teacher
-    if recipe.task == "sentence_embedding":
+    if kind.output_field == "pooled":  # the teacher's pooling, as its sentence-transformers config says
         st_pool, st_norm = sentence_transformers_pooling(resolve_teacher(teacher))
         teacher = teacher.model_copy(update={
             "pooling": teacher.pooling if teacher.pooling != "auto" else (st_pool or "mean"),
@@ -250,13 +222,13 @@ def _check_data(recipe: Recipe, teacher: Shape) -> None:
     and check what the later stages need of it: texts, and labels with at least two classes."""
     from kd_edge.data.run import read_examples
 
-    if recipe.task == "causal_lm":
+    if not task_kind(recipe.task).takes_label_column:
         read_examples(recipe)
         return
     examples, names = read_examples(recipe)
     found = sorted({e["label"] for e in examples if e.get("label") is not None})
     field = recipe.data.label_field
-    needs_labels = [loss.name for loss in recipe.distill.losses if LOSSES.meta(loss.name)["needs"] == "labels"]
+    needs_labels = [loss.name for loss in recipe.distill.losses if needs_of(loss.name) == "labels"]
     if recipe.teacher.prepare_head is not None:
         needs_labels.append("teacher.prepare_head")
     if field and not found and needs_labels:
@@ -267,7 +239,7 @@ def _check_data(recipe: Recipe, teacher: Shape) -> None:
         raise ConfigError(f"the label column '{field}' holds one class ({shown!r}) in every labelled row; labels need "
                           "at least two classes (a probe or classifier learns nothing from one), so use data with "
                           "several classes or set data.label_field: null")
-    if recipe.task == "sequence_classification" and recipe.teacher.prepare_head is None and teacher.labels \
+    if task_kind(recipe.task).label_kind == "class" and recipe.teacher.prepare_head is None and teacher.labels \
             and found and found[-1] >= teacher.labels:
         high = names[found[-1]] if names else found[-1]
         raise ConfigError(f"the data has {len(names) if names else found[-1] + 1} classes (up to {high!r}) but the "
@@ -327,8 +299,8 @@ def layers_needed(recipe: Recipe, needs: str, teacher: int = 0) -> tuple[list[in
     """(student layers, teacher ``teacher``'s layers) that the losses needing ``needs`` read."""
     s, t = set(), set()
     for loss in recipe.distill.losses:
-        if LOSSES.meta(loss.name)["needs"] == needs and (loss.teacher or 0) == teacher:
-            for a, b in loss.layer_map or []:
+        if needs_of(loss.name) == needs and (loss.teacher or 0) == teacher:
+            for a, b in loss.param("layer_map") or []:
                 s.add(a)
                 t.add(b)
     return sorted(s), sorted(t)
@@ -343,6 +315,6 @@ def logit_temperatures(recipe: Recipe) -> list[float]:
     """Temperatures of the logit losses (the LM cache keeps a log-normaliser for each)."""
     temps = {1.0}
     for loss in recipe.distill.losses:
-        if LOSSES.meta(loss.name)["needs"] == "logits":
-            temps.add(float(loss.temperature))
+        if needs_of(loss.name) == "logits":
+            temps.add(float(loss.params.get("temperature", 1.0)))
     return sorted(temps)

@@ -1,9 +1,16 @@
-"""The contract between stages: where each output lives in a run folder, and readers for the shared
-ones. Stages never import each other; they read each other's files through these helpers."""
+"""The run folder's layout, and readers for the files stages share.
+
+This is the one module that spells a path inside a run folder: every stage, the pipeline, the report
+and the gate reach a run's files through ``RunFiles`` (``RunFiles(run_dir).eval.metrics``) and the
+small classes for each folder below. A folder class takes any folder, so a stage writing under a
+temporary name (``with atomic_dir(files.eval.path) as out: EvalFiles(out).metrics``) uses the same names
+its readers will. Stages never import each other; they read each other's files through here.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +23,219 @@ if TYPE_CHECKING:
     from kd_edge.config import Recipe
     from kd_edge.data.packed import Packed
 
-STUDENT_META = "kd_edge.json"
+STUDENT_META = "kd_edge.json"  # written beside a student's weights (task, pooling, origin)
+PREPARE_META = "kd_edge_prepare.json"  # written beside a prepared teacher
+
+# what each stage writes, relative to the run folder (the manifest records these)
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "data": ("data",),
+    "prepare": ("teacher",),
+    "generate": ("generated",),
+    "teacher": ("teacher_cache",),
+    "student": ("student_init",),
+    "distill": ("student", "train/metrics.jsonl", "train/summary.json"),
+    "evaluate": ("eval",),
+    "export": ("artifacts",),
+    "verify": ("verify",),
+    "bench": ("bench",),
+    "report": ("report.json", "report.md", "report.html"),
+    "gate": ("gate.json",),
+}
+
+
+@dataclass(frozen=True)
+class _Folder:
+    path: Path
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+
+class DataFiles(_Folder):
+    """``data/``: the split text."""
+
+    @property
+    def train(self) -> Path:
+        return self.path / "train.jsonl"
+
+    @property
+    def test(self) -> Path:
+        return self.path / "test.jsonl"
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"
+
+
+class GeneratedFiles(_Folder):
+    """``generated/``: teacher-made training rows."""
+
+    @property
+    def rows(self) -> Path:
+        return self.path / "train.jsonl"
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"
+
+
+class CacheFiles(_Folder):
+    """``teacher_cache/`` (or a shared cache folder): token ids, labels, weights, each teacher's fields."""
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"
+
+    def ids_name(self, split: str) -> str:
+        return f"{split}_ids"
+
+    def labels(self, split: str) -> Path:
+        return self.path / f"{split}_labels.npy"
+
+    def weights(self, split: str) -> Path:
+        return self.path / f"{split}_weights.npy"
+
+    def teacher(self, index: int) -> Path:
+        return self.path / f"t{index}"
+
+    def field(self, index: int, split: str, name: str) -> Path:
+        return self.teacher(index) / f"{split}_{name}.npy"
+
+
+class TrainFiles(_Folder):
+    """``train/``: the distillation's metrics, summary and (while it runs) checkpoints."""
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def mutual_teacher(self) -> Path:
+        return self.path / "teacher"
+
+
+class EvalFiles(_Folder):
+    """``eval/``: every model's metrics on held-out data, and what verify compares files with."""
+
+    STUDENT_TEST = "student_test.npy"
+
+    @staticmethod
+    def probe_name(model: str) -> str:
+        return f"probe_{model}.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def student_test(self) -> Path:
+        return self.path / self.STUDENT_TEST
+
+    def probe(self, model: str) -> Path:
+        return self.path / self.probe_name(model)
+
+
+class ArtifactFiles(_Folder):
+    """``artifacts/``: exported files, each with a sidecar JSON."""
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def sidecar(self, name: str) -> Path:
+        return self.path / f"{name}.json"
+
+    def sidecars(self) -> list[Path]:
+        return sorted(self.path.glob("*.json")) if self.path.is_dir() else []
+
+
+class VerifyFiles(_Folder):
+    """``verify/``: one parity record per exported file, and the student's own."""
+
+    def record(self, name: str) -> Path:
+        return self.path / f"{name}.json"
+
+    @property
+    def student(self) -> Path:
+        return self.record("student")
+
+
+def safe_name(name: str) -> str:
+    """A target name usable in a file name (user@host:port -> user_host_port)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class BenchFiles(_Folder):
+    """``bench/`` (or the folder `kd-edge bench --out` names): one record per model and target."""
+
+    def record(self, model: str, target: str, suffix: str = "") -> Path:
+        return self.path / f"{model}@{safe_name(target)}{suffix}.json"
+
+    def records(self) -> list[Path]:
+        return sorted(self.path.glob("*@*.json")) if self.path.is_dir() else []
+
+    @property
+    def machine(self) -> Path:
+        return self.path / "machine.json"
+
+    @property
+    def macs(self) -> Path:
+        return self.path / "macs.json"
+
+
+class RunFiles:
+    """Every path inside one run folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __truediv__(self, rel: str) -> Path:  # the manifest's relative output names
+        return self.root / rel
+
+    def is_run(self) -> bool:
+        """True when the folder holds a kd-edge run (its manifest, or the resolved recipe it starts with)."""
+        return self.manifest.is_file() or self.resolved_recipe.is_file()
+
+    manifest = property(lambda self: self.root / "manifest.json")
+    resolved_recipe = property(lambda self: self.root / "recipe.resolved.yaml")
+    lock = property(lambda self: self.root / ".lock")
+    logs = property(lambda self: self.root / "logs")
+
+    def log(self, name: str) -> Path:
+        """A converter's or runtime's log file (``logs/<name>.log``), kept out of the terminal."""
+        return self.logs / f"{name}.log"
+    data = property(lambda self: DataFiles(self.root / "data"))
+    prepared_teacher = property(lambda self: self.root / "teacher")
+    generated = property(lambda self: GeneratedFiles(self.root / "generated"))
+    teacher_cache = property(lambda self: CacheFiles(self.root / "teacher_cache"))
+    student_init = property(lambda self: self.root / "student_init")
+    student = property(lambda self: self.root / "student")
+    train = property(lambda self: TrainFiles(self.root / "train"))
+    eval = property(lambda self: EvalFiles(self.root / "eval"))
+    artifacts = property(lambda self: ArtifactFiles(self.root / "artifacts"))
+    verify = property(lambda self: VerifyFiles(self.root / "verify"))
+    bench = property(lambda self: BenchFiles(self.root / "bench"))
+    report_json = property(lambda self: self.root / "report.json")
+    report_md = property(lambda self: self.root / "report.md")
+    report_html = property(lambda self: self.root / "report.html")
+    gate = property(lambda self: self.root / "gate.json")
+
+
+def report_file(path: Path) -> Path:
+    """``path`` itself when it is a report.json, else the report.json of the run folder it names."""
+    return RunFiles(path).report_json if Path(path).is_dir() else Path(path)
+
+
+def resolved_recipe_beside(report: Path) -> Path:
+    """The recipe.resolved.yaml of the run a report.json belongs to."""
+    return RunFiles(Path(report).parent).resolved_recipe
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -41,8 +260,9 @@ def need(path: Path, what: str) -> Path:
 
 def training_rows(recipe: "Recipe", run_dir: Path) -> list[dict[str, Any]]:
     """The rows the student trains on: the train split, plus or instead of generated/train.jsonl."""
-    rows = read_jsonl(run_dir / "data" / "train.jsonl")
-    generated = run_dir / "generated" / "train.jsonl"
+    files = RunFiles(run_dir)
+    rows = read_jsonl(files.data.train)
+    generated = files.generated.rows
     if not generated.is_file():
         return rows
     made = read_jsonl(generated)
@@ -63,16 +283,17 @@ def student_meta(folder: Path) -> dict:
 def load_cache(run_dir: Path) -> tuple[dict, Path]:
     """The teacher cache's meta.json and the folder holding its arrays (the run's own, or a shared one
     whose key must match)."""
-    folder = run_dir / "teacher_cache"
-    if not (folder / "meta.json").is_file():
-        raise ArtifactError(f"{folder} holds no teacher cache; run the teacher stage (kd-edge run) first")
-    meta = read_json(folder / "meta.json")
+    cache = RunFiles(run_dir).teacher_cache
+    if not cache.meta.is_file():
+        raise ArtifactError(f"{cache.path} holds no teacher cache; run the teacher stage (kd-edge run) first")
+    meta = read_json(cache.meta)
+    folder = cache.path
     if meta.get("shared"):
-        shared = Path(meta["shared"])
-        if not (shared / "meta.json").is_file() or read_json(shared / "meta.json").get("key") != meta["key"]:
+        shared = CacheFiles(Path(meta["shared"]))
+        if not shared.meta.is_file() or read_json(shared.meta).get("key") != meta["key"]:
             raise ArtifactError(f"the shared teacher cache {shared} is gone or was made for other inputs; "
                                 "rerun with --force to rebuild it")
-        folder = shared
+        folder = shared.path
     return meta, folder
 
 
@@ -81,22 +302,23 @@ class CacheReader:
 
     def __init__(self, run_dir: Path):
         self.meta, self.folder = load_cache(run_dir)
+        self.files = CacheFiles(self.folder)
         self._packed: dict[str, Any] = {}
 
     def ids(self, split: str) -> "Packed":
         from kd_edge.data.packed import Packed
 
         if split not in self._packed:
-            self._packed[split] = Packed.load(self.folder, f"{split}_ids", mmap=False)
+            self._packed[split] = Packed.load(self.folder, self.files.ids_name(split), mmap=False)
         return self._packed[split]
 
     def labels(self, split: str) -> np.ndarray:
-        return np.load(self.folder / f"{split}_labels.npy")
+        return np.load(self.files.labels(split))
 
     def weights(self, split: str) -> "Packed | None":
         from kd_edge.data.packed import Packed
 
-        path = self.folder / f"{split}_weights.npy"
+        path = self.files.weights(split)
         return Packed(np.load(path), self.ids(split).offsets) if path.is_file() else None
 
     def n_teachers(self) -> int:
@@ -104,14 +326,14 @@ class CacheReader:
 
     def field(self, teacher: int, split: str, name: str) -> np.ndarray:
         """One cached field (memory-mapped): [N, ...] per example or [tokens, ...] per token."""
-        path = self.folder / f"t{teacher}" / f"{split}_{name}.npy"
+        path = self.files.field(teacher, split, name)
         if not path.is_file():
             raise ArtifactError(f"the teacher cache has no {split} field '{name}' for teacher {teacher}; "
                                 "rerun the teacher stage (kd-edge run --force)")
         return np.load(path, mmap_mode="r")
 
     def has(self, teacher: int, split: str) -> bool:
-        return any((self.folder / f"t{teacher}").glob(f"{split}_*.npy"))
+        return any(self.files.teacher(teacher).glob(f"{split}_*.npy"))
 
     def batch(self, teacher: int, split: str, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Every cached field of teacher ``teacher`` for examples ``idx``, token-level ones padded."""
@@ -120,7 +342,7 @@ class CacheReader:
         offsets = self.ids(split).offsets
         out = {}
         for name, level in self.meta["teachers"][teacher]["fields"].items():
-            if not (self.folder / f"t{teacher}" / f"{split}_{name}.npy").is_file():
+            if not self.files.field(teacher, split, name).is_file():
                 continue
             arr = self.field(teacher, split, name)
             if level == "example":

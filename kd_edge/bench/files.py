@@ -7,6 +7,8 @@ from typing import Callable
 
 from kd_edge.bench import RUNNER_PATH
 from kd_edge.errors import ArtifactError
+from kd_edge.tasks.hub import read_config
+from kd_edge.tasks.kinds import kind_of_config
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
 
@@ -28,7 +30,7 @@ def runtime_of(path: Path) -> str:
 
 
 def bench_files(paths: list[Path], target, *, threads_list: list[int | None], batch: int, seq: int, runs: int,
-                warmup: int, vocab_size: int, timeout_s: float, task: str = "embedding", rounds: int = 1,
+                warmup: int, vocab_size: int, timeout_s: float, rounds: int = 1,
                 on_result: Callable[[dict], None] | None = None) -> list[dict]:
     """Every file x thread count on the target, in ``rounds`` interleaved rounds of fresh processes
     (bench/rounds.py); failures are recorded, not raised, so that one file a device cannot load does
@@ -43,8 +45,9 @@ def bench_files(paths: list[Path], target, *, threads_list: list[int | None], ba
                     "--vocab-size", str(vocab_size)]
             if threads:
                 args += ["--threads", str(threads)]
-            if runtime == "torch":
-                args += ["--task", task]
+            if runtime == "torch":  # the folder's head, from its config.json (an encoder is pooled)
+                kind = kind_of_config(read_config(path))
+                args += ["--head", kind.runner_head, "--auto-class", kind.auto_class]
             jobs.append(Job(path.name, path, args, threads))
     results = run_rounds(target, RUNNER_PATH, jobs, rounds=rounds, runs=runs, timeout_s=timeout_s,
                          on_step=(lambda job, r: on_result({"name": job.name, "round": r})) if on_result else None)

@@ -9,29 +9,29 @@ from typing import TYPE_CHECKING
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.bench import RUNNER_PATH
 from kd_edge.preflight import teacher_source
-from kd_edge.runfiles import load_cache
+from kd_edge.runfiles import BenchFiles, RunFiles, load_cache
+from kd_edge.tasks.kinds import task_kind
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
 
-RUNNER_TASK = {"sentence_embedding": "embedding", "sequence_classification": "classification", "causal_lm": "causal_lm"}
-
-
 def models_to_bench(recipe: "Recipe", run_dir: Path) -> list[dict]:
     """(row name, path, runtime) of everything the bench stage measures, baseline first."""
     models = []
+    files = RunFiles(run_dir)
+    kind = task_kind(recipe.task)
     torch_model = {"runtime": "torch", "pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize,
-                   "task": RUNNER_TASK[recipe.task]}
+                   "head": kind.runner_head, "auto_class": kind.auto_class}
     if recipe.bench.teacher:
         source = teacher_source(recipe, run_dir)
         models.append({"name": "teacher", "path": source.path, "gguf_file": source.gguf_file,
                        "allow_pickle": source.allow_pickle, **torch_model})
     if recipe.bench.student_torch:
-        models.append({"name": "student", "path": run_dir / "student", **torch_model})
-    for sidecar in sorted((run_dir / "artifacts").glob("*.json")):
+        models.append({"name": "student", "path": files.student, **torch_model})
+    for sidecar in files.artifacts.sidecars():
         info = read_json(sidecar)
-        models.append({"name": info["name"], "path": run_dir / "artifacts" / info["name"], "runtime": info["runtime"]})
+        models.append({"name": info["name"], "path": files.artifacts.file(info["name"]), "runtime": info["runtime"]})
     return models
 
 
@@ -44,8 +44,8 @@ def runner_args(recipe: "Recipe", model: dict, vocab_size: int, threads: int | N
     if threads:
         args += ["--threads", str(threads)]
     if model["runtime"] == "torch":
-        args += ["--task", model["task"]]
-        if model["task"] == "embedding":
+        args += ["--head", model["head"], "--auto-class", model["auto_class"]]
+        if model["head"] == "pooled":
             args += ["--pooling", model["pooling"]] + (["--normalize"] if model["normalize"] else [])
         if model.get("gguf_file"):
             args += ["--gguf-file", model["gguf_file"]]
@@ -59,12 +59,13 @@ def torch_macs(recipe: "Recipe", ctx: StageContext) -> dict[str, int]:
     from kd_edge.bench.macs import count_macs
     from kd_edge.runfiles import student_meta
     from kd_edge.tasks import TASKS
-    from kd_edge.tasks.base import ModelSource
+    from kd_edge.tasks.kinds import ModelSource
 
     task = TASKS.get(recipe.task)()
-    meta = student_meta(ctx.run_dir / "student")
+    student = RunFiles(ctx.run_dir).student
+    meta = student_meta(student)
     out = {}
-    for name, source in (("teacher", teacher_source(recipe, ctx.run_dir)), ("student", ModelSource(ctx.run_dir / "student"))):
+    for name, source in (("teacher", teacher_source(recipe, ctx.run_dir)), ("student", ModelSource(student))):
         out[name] = count_macs(task, task.load_model(source), meta, recipe.bench.batch_size, recipe.bench.seq_len)
     return out
 
@@ -87,8 +88,9 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     macs = torch_macs(recipe, ctx)
     jobs = [Job(m["name"], m["path"], runner_args(recipe, m, vocab_size, threads), threads) for m in models]
     try:
-        with atomic_dir(ctx.run_dir / "bench") as out:
-            write_json(out / "macs.json", {"batch": recipe.bench.batch_size, "seq": recipe.bench.seq_len, "macs": macs})
+        with atomic_dir(RunFiles(ctx.run_dir).bench.path) as folder:
+            out = BenchFiles(folder)
+            write_json(out.macs, {"batch": recipe.bench.batch_size, "seq": recipe.bench.seq_len, "macs": macs})
             before = host_load()
             bar = Progress(total=len(jobs) * cfg.rounds, desc="bench", unit="process", enabled=ctx.progress)
 
@@ -101,8 +103,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             bar.close()
             after = host_load()
             for doc in docs:
-                write_json(out / f"{doc['name']}@{_safe(target.name)}.json", doc)
-            write_json(out / "machine.json", {
+                write_json(out.record(doc["name"], target.name), doc)
+            write_json(out.machine, {
                 "rounds": cfg.rounds, "runs_per_round": runs_per_round(cfg.runs, cfg.rounds), "target": target.name,
                 "host_loadavg_before": before["loadavg"], "host_loadavg_after": after["loadavg"],
                 "host_steal_pct": steal_between(before, after),
@@ -110,8 +112,3 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             })
     finally:
         target.close()
-
-
-def _safe(name: str) -> str:
-    """A target name usable in a file name (user@host:port -> user_host_port)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -95,7 +95,9 @@ def bench_command(
         output_dir(out, "--out")
     ssh = {"key_file": str(key) if key else None, "known_hosts": str(known_hosts) if known_hosts else None,
            "python": python}
-    if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
+    from kd_edge.runfiles import RunFiles
+
+    if len(paths) == 1 and RunFiles(paths[0]).manifest.is_file():
         overrides = list(set_ or [])
         for name, value in (("target", target), ("host", host), ("serial", serial), *ssh.items()):
             if value:
@@ -131,10 +133,11 @@ def bench_command(
         device.close()
     typer.echo(results_table(results))
     if out is not None:
+        from kd_edge.runfiles import BenchFiles
+
         for d in results:
             suffix = f"-t{d['threads']}" if d.get("threads") else ""
-            safe_target = "".join(c if c.isalnum() or c in "-_." else "_" for c in d.get("target", device.name))
-            write_json(out / f"{d['name']}@{safe_target}{suffix}.json", d)
+            write_json(BenchFiles(out).record(d["name"], d.get("target", device.name), suffix), d)
         typer.echo(f"results: {out}")
     failed = [d for d in results if "error" in d]
     if failed:

@@ -88,7 +88,9 @@ def export_command(
     from kd_edge.paths import input_dir, input_file, output_dir
 
     input_dir(path, "MODEL_DIR", "pass a run folder or a model folder written by save_pretrained")
-    if (path / "manifest.json").is_file() or (path / "recipe.resolved.yaml").is_file():
+    from kd_edge.runfiles import RunFiles
+
+    if RunFiles(path).is_run():
         if format_ or precision or out or task or texts or force or allow_pickle:
             raise ConfigError("--format/--precision/--out/--task/--texts are for model folders; a run folder is "
                               "exported as its recipe says: change that with --set export.artifacts=...")

@@ -17,7 +17,9 @@ def _read_report(path: Path, what: str) -> dict:
 
     from kd_edge.paths import read_text
 
-    path = path / "report.json" if path.is_dir() else path
+    from kd_edge.runfiles import report_file
+
+    path = report_file(path)
     if not path.is_file():
         raise ArtifactError(f"no {what} at {path}; pass a run folder or a report.json written by kd-edge")
     try:
@@ -69,12 +71,12 @@ def gate_command(
     from kd_edge.errors import GateError
     from kd_edge.gate import GateConfig, evaluate_budgets, parse_check, verdict_junit, verdict_markdown, verdict_table
     from kd_edge.paths import output_file, read_text
+    from kd_edge.runfiles import report_file, resolved_recipe_beside
 
     for option, value in (("--markdown", markdown), ("--junit", junit)):
         if value is not None:  # a CI summary file may exist already: it is written, not refused
             output_file(value, option, force=True, parents=False, example="gate.md")
     report = _read_report(target, "report")
-    report_dir = target if target.is_dir() else target.parent
     data: dict = {}
     source = "--check"
     if budget is not None:
@@ -82,9 +84,9 @@ def gate_command(
             raise GateError(f"budget file '{budget}' does not exist; write one with `budgets:` (see `kd-edge gate --help`)")
         source, data = str(budget), parse_yaml(read_text(budget, "--budget"), str(budget))
     elif not check:
-        resolved = report_dir / "recipe.resolved.yaml"
+        resolved = resolved_recipe_beside(report_file(target))
         if not resolved.is_file():
-            raise GateError(f"no --budget or --check given and no recipe beside the report; pass --budget budgets.yaml")
+            raise GateError("no --budget or --check given and no recipe beside the report; pass --budget budgets.yaml")
         source, data = str(resolved), parse_yaml(read_text(resolved, "the run's recipe"), str(resolved)).get("gate") or {}
     try:
         cfg = GateConfig.model_validate(data)

@@ -17,16 +17,17 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
     """Load, check and run a recipe (or a run folder's own recipe); print progress and the outcome."""
     from kd_edge.config import load_recipe
     from kd_edge.errors import ConfigError
-    from kd_edge.pipeline import RESOLVED, run_pipeline
+    from kd_edge.pipeline import run_pipeline
+    from kd_edge.runfiles import RunFiles
     from kd_edge.preflight import resolve
     from kd_edge.cli.printing import stage_printer
 
     if resume and force:
         raise ConfigError("--resume and --force contradict each other; pass one of them")
     if from_run is not None:
-        resolved = from_run / RESOLVED
+        resolved = RunFiles(from_run).resolved_recipe
         if not resolved.is_file():
-            raise ConfigError(f"{from_run} is not a kd-edge run folder ({RESOLVED} missing); pass the folder "
+            raise ConfigError(f"{from_run} is not a kd-edge run folder ({resolved.name} missing); pass the folder "
                               "`kd-edge run` wrote, e.g. runs/minilm-l6-to-l2")
         recipe, source = load_recipe(resolved, overrides)
         out, resume = from_run, True
@@ -53,7 +54,7 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
                           progress=not quiet, on_event=stage_printer())
     if not result.ran:
         typer.echo("nothing to do: every stage is up to date (--force redoes them)")
-    report = out / "report.html"
+    report = RunFiles(out).report_html
     if report.is_file() and (stop_after is None or stop_after in ("report", "gate")):
         from kd_edge.report.render import headline
         from kd_edge.report.run import load_report

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.data.loaders import matches, read_rows
 from kd_edge.errors import ArtifactError, ConfigError
-from kd_edge.runfiles import write_jsonl
+from kd_edge.runfiles import DataFiles, RunFiles, write_jsonl
+from kd_edge.tasks.kinds import task_kind
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -105,6 +106,7 @@ def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
     if cfg.max_samples is not None and len(rows) > cfg.max_samples:
         rows = random.Random(recipe.seed).sample(rows, cfg.max_samples)
     keep = sorted({s.column for s in recipe.evaluate.slices if s.column})
+    takes_labels = task_kind(recipe.task).takes_label_column
     missing = [c for c in keep if c not in rows[0]]
     if missing:
         raise ConfigError(f"evaluate.slices names column '{missing[0]}', which is not a column of '{cfg.source}' "
@@ -119,7 +121,7 @@ def load_examples(recipe: "Recipe") -> list[dict[str, Any]]:
         text = r.get(cfg.text_field)
         if not isinstance(text, str) or not text.strip():
             continue
-        label = _label(r.get(cfg.label_field)) if cfg.label_field and recipe.task != "causal_lm" else None
+        label = _label(r.get(cfg.label_field)) if cfg.label_field and takes_labels else None
         example = {"text": text, "label": label}
         if keep:
             example["columns"] = {c: r.get(c) for c in keep}
@@ -151,10 +153,11 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     examples, names = read_examples(recipe)
     train, test = split(examples, recipe.data.test_size, recipe.seed)
     labels = sorted({r["label"] for r in train + test if r["label"] is not None})
-    with atomic_dir(ctx.run_dir / "data") as out:
-        write_jsonl(out / "train.jsonl", train)
-        write_jsonl(out / "test.jsonl", test)
-        write_json(out / "meta.json", {
+    with atomic_dir(RunFiles(ctx.run_dir).data.path) as folder:
+        out = DataFiles(folder)
+        write_jsonl(out.train, train)
+        write_jsonl(out.test, test)
+        write_json(out.meta, {
             "source": recipe.data.source, "n_train": len(train), "n_test": len(test),
             "labels": labels, "label_names": names, "n_labelled_train": sum(r["label"] is not None for r in train),
             "n_labelled_test": sum(r["label"] is not None for r in test),

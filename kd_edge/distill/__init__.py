@@ -1,24 +1,44 @@
-"""Distillation: the teacher cache, student construction, losses and the training loop."""
+"""Distillation: the teacher cache, student construction, losses and the training loop.
+
+``LOSSES`` lists every loss with what it reads (``needs``) and the parameters it takes (``params``,
+validated per loss: ``kd_edge/distill/params.py``). Adding a loss: its function in ``distill/losses.py``,
+its line here, its test.
+"""
 
 from __future__ import annotations
 
+from typing import Iterable
+
+from kd_edge.distill.params import BETA, HEADS, LAYER_MAP, TEMPERATURE
 from kd_edge.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 _T = ("torch",)
 # ``needs``: what the loss reads. pooled: sentence embeddings; logits: class or token logits; labels:
-# hard labels; hidden / attentions: intermediate layers (these take a layer_map).
-for _name, _needs, _summary in (
-    ("embedding_cosine", "pooled", "1 - cosine(student pooled, teacher pooled) (Reimers & Gurevych 2020)."),
-    ("embedding_mse", "pooled", "MSE between pooled embeddings."),
-    ("kl", "logits", "Forward KL at temperature T, scaled by T^2 (Hinton et al. 2015)."),
-    ("reverse_kl", "logits", "Reverse KL(student || teacher), mode-seeking (MiniLLM, Gu et al. 2024)."),
-    ("jsd", "logits", "Generalised Jensen-Shannon divergence with beta (GKD, Agarwal et al. 2024)."),
-    ("logit_mse", "logits", "MSE between logits (Ba & Caruana 2014)."),
-    ("ce", "labels", "Hard-label cross-entropy (class labels or next tokens); its weight is the alpha."),
-    ("hidden_mse", "hidden", "MSE between mapped hidden states, projected when widths differ (TinyBERT)."),
-    ("hidden_cosine", "hidden", "1 - cosine between mapped hidden states per token (DistilBERT)."),
-    ("attention_kl", "attentions", "KL between mapped attention distributions (MiniLM, Wang et al. 2020)."),
-    ("attention_mse", "attentions", "MSE between mapped attention maps (TinyBERT)."),
+# hard labels; hidden / attentions: intermediate layers (these take a layer_map; attentions need the
+# models' eager attention, which returns the maps).
+for _name, _needs, _params, _summary in (
+    ("embedding_cosine", "pooled", (), "1 - cosine(student pooled, teacher pooled) (Reimers & Gurevych 2020)."),
+    ("embedding_mse", "pooled", (), "MSE between pooled embeddings."),
+    ("kl", "logits", (TEMPERATURE,), "Forward KL at temperature T, scaled by T^2 (Hinton et al. 2015)."),
+    ("reverse_kl", "logits", (TEMPERATURE,), "Reverse KL(student || teacher), mode-seeking (MiniLLM, Gu et al. 2024)."),
+    ("jsd", "logits", (TEMPERATURE, BETA), "Generalised Jensen-Shannon divergence with beta (GKD, Agarwal et al. 2024)."),
+    ("logit_mse", "logits", (), "MSE between logits (Ba & Caruana 2014)."),
+    ("ce", "labels", (), "Hard-label cross-entropy (class labels or next tokens); its weight is the alpha."),
+    ("hidden_mse", "hidden", (LAYER_MAP,), "MSE between mapped hidden states, projected when widths differ (TinyBERT)."),
+    ("hidden_cosine", "hidden", (LAYER_MAP,), "1 - cosine between mapped hidden states per token (DistilBERT)."),
+    ("attention_kl", "attentions", (LAYER_MAP, HEADS), "KL between mapped attention distributions (MiniLM, Wang et al. 2020)."),
+    ("attention_mse", "attentions", (LAYER_MAP, HEADS), "MSE between mapped attention maps (TinyBERT)."),
 ):
-    LOSSES.declare(_name, f"kd_edge.distill.losses:{_name}", requires=_T, summary=_summary, needs=_needs)
+    LOSSES.declare(_name, f"kd_edge.distill.losses:{_name}", requires=_T, summary=_summary, needs=_needs,
+                   params=_params)
+
+
+def needs_of(name: str) -> str:
+    """What loss ``name`` reads (pooled, logits, labels, hidden, attentions)."""
+    return LOSSES.meta(name)["needs"]
+
+
+def needs_attention_maps(names: Iterable[str]) -> bool:
+    """True when one of the losses reads attention maps (the models then run eager attention)."""
+    return any(needs_of(n) == "attentions" for n in names)

@@ -22,8 +22,9 @@ from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError
 from kd_edge.preflight import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
-from kd_edge.runfiles import read_jsonl, training_rows
+from kd_edge.runfiles import CacheFiles, RunFiles, read_jsonl, training_rows
 from kd_edge.tasks import TASKS
+from kd_edge.tasks.kinds import task_kind
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -94,12 +95,12 @@ class _FieldWriter:
 
 
 def cache_teacher(task, model, ids: dict[str, Packed], weights: dict[str, Packed | None], labels: dict[str, np.ndarray],
-                  out: Path, *, meta_task: dict, pad_id: int, batch_size: int, spec_by_split: dict, progress: bool,
-                  name: str) -> dict[str, str]:
-    """Run one teacher over every split; write its fields under ``out``; return {field: level}."""
+                  out: "CacheFiles", index: int, *, meta_task: dict, pad_id: int, batch_size: int, spec_by_split: dict,
+                  progress: bool, name: str) -> dict[str, str]:
+    """Run teacher ``index`` over every split; write its fields into the cache ``out``; return {field: level}."""
     import torch
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.teacher(index).mkdir(parents=True, exist_ok=True)
     levels: dict[str, str] = {}
     from kd_edge.data.packed import length_batches
 
@@ -116,7 +117,7 @@ def cache_teacher(task, model, ids: dict[str, Packed], weights: dict[str, Packed
                 result = task.forward(model, batch, meta=meta_task, hidden_layers=spec.hidden_layers)
             for field, (level, tensor) in task.cache_outputs(result, batch, spec).items():
                 if field not in writers:
-                    writers[field] = _FieldWriter(out / f"{split}_{field}.npy", level, ids[split])
+                    writers[field] = _FieldWriter(out.field(index, split, field), level, ids[split])
                     levels[field] = level
                 writers[field].write(idx, tensor.detach().cpu().numpy())
         for w in writers.values():
@@ -127,33 +128,34 @@ def cache_teacher(task, model, ids: dict[str, Packed], weights: dict[str, Packed
 def _train_spec(recipe: "Recipe", spec, live: bool):
     """What to cache on the train split: everything offline; in live/mutual mode only the cheap
     per-example outputs the evaluation uses (nothing for causal LMs)."""
-    from kd_edge.tasks.base import CacheSpec
+    from kd_edge.tasks.kinds import CacheSpec
 
     if not live:
         return spec
-    return None if recipe.task == "causal_lm" else CacheSpec()
+    return CacheSpec() if task_kind(recipe.task).cache_train_live() else None
 
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write teacher_cache/ (or a pointer to the shared cache with this stage's key)."""
-    from kd_edge.tasks.base import CacheSpec
+    from kd_edge.tasks.kinds import CacheSpec
 
     task = TASKS.get(recipe.task)()
     primary = teacher_source(recipe, ctx.run_dir)
     tokenizer = task.load_tokenizer(primary)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     shared_root = recipe.teacher.cache_dir
+    files = RunFiles(ctx.run_dir)
     target = Path(shared_root).expanduser().resolve() / ctx.key[:24] if shared_root else None
-    if target is not None and not ctx.fresh and (target / "meta.json").is_file() \
-            and read_json(target / "meta.json").get("key") == ctx.key:
-        meta = read_json(target / "meta.json")
-        with atomic_dir(ctx.run_dir / "teacher_cache") as out:
-            write_json(out / "meta.json", {**meta, "shared": str(target), "reused": True})
+    shared = CacheFiles(target) if target is not None else None
+    if shared is not None and not ctx.fresh and shared.meta.is_file() and read_json(shared.meta).get("key") == ctx.key:
+        meta = read_json(shared.meta)
+        with atomic_dir(files.teacher_cache.path) as out:
+            write_json(CacheFiles(out).meta, {**meta, "shared": str(target), "reused": True})
         return
     meta_task = {"pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize}
-    rows = {"train": training_rows(recipe, ctx.run_dir), "test": read_jsonl(ctx.run_dir / "data" / "test.jsonl")}
+    rows = {"train": training_rows(recipe, ctx.run_dir), "test": read_jsonl(files.data.test)}
     if not rows["train"]:
-        generated = ctx.run_dir / "generated" / "meta.json"
+        generated = files.generated.meta
         detail = ""
         if generated.is_file():
             g = read_json(generated)
@@ -167,15 +169,16 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         "splits": {}, "teachers": [],
     }
     live = recipe.distill.mode != "offline"
-    with atomic_dir(target if target else ctx.run_dir / "teacher_cache") as out:
+    with atomic_dir(target if target else files.teacher_cache.path) as folder:
+        out = CacheFiles(folder)
         ids, weights, labels = {}, {}, {}
         for split in SPLITS:
             ids[split], weights[split] = tokenize_rows(tokenizer, rows[split], recipe.data.max_length)
             labels[split] = np.array([-1 if r.get("label") is None else r["label"] for r in rows[split]], np.int64)
-            ids[split].save(out, f"{split}_ids")
+            ids[split].save(folder, out.ids_name(split))
             if weights[split] is not None:
-                np.save(out / f"{split}_weights.npy", weights[split].values)
-            np.save(out / f"{split}_labels.npy", labels[split])
+                np.save(out.weights(split), weights[split].values)
+            np.save(out.labels(split), labels[split])
             lengths = ids[split].lengths()
             meta["splits"][split] = {"n": len(rows[split]), "tokens": int(lengths.sum()),
                                      "truncated": int((lengths >= recipe.data.max_length).sum()),
@@ -186,16 +189,16 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             hidden = tuple(hidden_layers_needed(recipe, i)[1])
             spec = CacheSpec(hidden_layers=hidden, top_k=cfg.top_k, temperatures=tuple(logit_temperatures(recipe)))
             test_spec = CacheSpec(top_k=cfg.top_k, temperatures=spec.temperatures)
-            levels = cache_teacher(task, model, ids, weights, labels, out / f"t{i}", meta_task=meta_task, pad_id=pad_id,
+            levels = cache_teacher(task, model, ids, weights, labels, out, i, meta_task=meta_task, pad_id=pad_id,
                                    batch_size=cfg.batch_size, progress=ctx.progress, name=f"teacher {i}",
                                    spec_by_split={"train": _train_spec(recipe, spec, live), "test": test_spec})
             meta["teachers"].append({"model": cfg.model, "path": str(source.path), "class": type(model).__name__,
                                      "hidden_size": getattr(model.config, "hidden_size", None),
                                      "params": sum(p.numel() for p in model.parameters()), "fields": levels,
                                      "hidden_layers": list(hidden), "weight": cfg.weight,
-                                     "num_labels": getattr(model.config, "num_labels", None) if recipe.task == "sequence_classification" else None})
+                                     "num_labels": getattr(model.config, "num_labels", None) if task.label_kind == "class" else None})
             del model
-        write_json(out / "meta.json", meta)
+        write_json(out.meta, meta)
     if target is not None:
-        with atomic_dir(ctx.run_dir / "teacher_cache") as out:
-            write_json(out / "meta.json", {**meta, "shared": str(target), "reused": False})
+        with atomic_dir(files.teacher_cache.path) as out:
+            write_json(CacheFiles(out).meta, {**meta, "shared": str(target), "reused": False})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -115,26 +115,46 @@ class StudentConfig(BaseModel):
 
 
 class LossConfig(BaseModel):
-    """One weighted term of the distillation loss."""
+    """One weighted term of the distillation loss: a registered loss, its weight, and the parameters that
+    loss declares (``temperature``, ``beta``, ``layer_map``, ``heads``, ...: ``kd-edge list losses``), each
+    checked against that loss alone."""
 
-    model_config = _FROZEN
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str = Field(description="A registered loss: kl, reverse_kl, jsd, logit_mse, ce, embedding_cosine, "
                                   "embedding_mse, hidden_mse, hidden_cosine, attention_kl, attention_mse.")
     weight: float = Field(1.0, ge=0, description="Multiplier of this term in the total loss.")
-    temperature: float = Field(1.0, gt=0, description="Logit losses: softmax temperature T (KL is scaled by T^2).")
-    beta: float = Field(0.5, gt=0, lt=1, description="jsd: the mixture weight β of the teacher.")
-    layer_map: Literal["uniform", "last"] | list[tuple[int, int]] | None = Field(
-        None,
-        description="Hidden / attention losses: pairs (student layer, teacher layer), 1-based (0 is the "
-        "embedding output for hidden states); `uniform` maps student layer j to teacher layer round(j*T/S); "
-        "`last` maps only the last layers.",
-    )
-    heads: Literal["match", "mean"] = Field(
-        "match", description="Attention losses: compare head by head (counts must match) or head-averaged maps.")
     teacher: int | None = Field(
         None, description="Ensembles: only this teacher (0 = `teacher`, 1.. = ensemble.teachers); "
         "null follows ensemble.combine (intermediate losses use teacher 0).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_params(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return data
+        from kd_edge.distill import LOSSES
+        from kd_edge.distill.params import validate_params
+        from kd_edge.errors import ConfigError
+
+        try:
+            LOSSES.check(data["name"])
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        common = set(cls.model_fields)
+        own = validate_params(data["name"], {k: v for k, v in data.items() if k not in common})
+        return {**{k: v for k, v in data.items() if k in common}, **own}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every parameter the loss takes: what the recipe set over the loss's declared defaults."""
+        from kd_edge.distill.params import with_defaults
+
+        return with_defaults(self.name, dict(self.__pydantic_extra__ or {}))
+
+    def param(self, key: str) -> Any:
+        """One parameter (its default when the recipe did not set it; None when the loss has no such one)."""
+        return self.params.get(key)
 
 
 class AugmentConfig(BaseModel):

@@ -19,7 +19,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
-from kd_edge.runfiles import read_jsonl, write_jsonl
+from kd_edge.runfiles import GeneratedFiles, RunFiles, read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -135,7 +135,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     from kd_edge.tasks import TASKS
 
     d = recipe.distill
-    rows = read_jsonl(ctx.run_dir / "data" / "train.jsonl")
+    files = RunFiles(ctx.run_dir)
+    rows = read_jsonl(files.data.train)
     task = TASKS.get(recipe.task)()
     source = teacher_source(recipe, ctx.run_dir)
     tokenizer = task.load_tokenizer(source)
@@ -152,8 +153,9 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         else:
             method, settings = "rationale", d.rationale.model_dump()
             made, counts = rationales(recipe, rows, model, tokenizer, ctx.progress)
-    with atomic_dir(ctx.run_dir / "generated") as out:
-        write_jsonl(out / "train.jsonl", made)
-        write_json(out / "meta.json", {"method": method, "teacher": str(source.path), "settings": settings,
+    with atomic_dir(files.generated.path) as folder:
+        out = GeneratedFiles(folder)
+        write_jsonl(out.rows, made)
+        write_json(out.meta, {"method": method, "teacher": str(source.path), "settings": settings,
                                        "seed": recipe.seed, "n_source_rows": len(rows), "n_generated": len(made),
                                        **counts})

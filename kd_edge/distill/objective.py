@@ -9,14 +9,13 @@ distributions into one target or add one term per teacher.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from kd_edge.distill import LOSSES
+from kd_edge.distill import LOSSES, needs_of
 from kd_edge.errors import ConfigError
 from kd_edge.preflight import layers_needed
 from kd_edge.runfiles import CacheReader
@@ -56,7 +55,7 @@ class Objective(nn.Module):
         self.pad_id = cache.meta["pad_id"]
         self.teacher_weights = [t["weight"] for t in cache.meta["teachers"]]
         self.n_teachers = len(self.teacher_weights)
-        self.terms = [(c, LOSSES.get(c.name), LOSSES.meta(c.name)["needs"]) for c in recipe.distill.losses]
+        self.terms = [(c, LOSSES.get(c.name), needs_of(c.name)) for c in recipe.distill.losses]
         self.student_hidden = tuple(sorted({s for t in range(self.n_teachers) for s in layers_needed(recipe, "hidden", t)[0]}))
         self.teacher_hidden = [tuple(layers_needed(recipe, "hidden", t)[1]) for t in range(self.n_teachers)]
         self.attentions = any(needs == "attentions" for _, _, needs in self.terms)
@@ -69,7 +68,7 @@ class Objective(nn.Module):
                 continue
             t_width = cache.meta["teachers"][cfg.teacher or 0].get("hidden_size") or s_width
             if t_width != s_width:
-                for s_layer, t_layer in cfg.layer_map:
+                for s_layer, t_layer in cfg.param("layer_map"):
                     self.projections[f"{n}_{s_layer}_{t_layer}"] = nn.Linear(s_width, t_width)
         self.dev_idx = dev_idx
 
@@ -103,7 +102,7 @@ class Objective(nn.Module):
         if combine == "per_teacher":
             total = sum(self.teacher_weights)
             return [(w / total, o) for w, o in zip(self.teacher_weights, outs)]
-        return [(1.0, average_targets(outs, self.teacher_weights, needs, cfg.temperature))]
+        return [(1.0, average_targets(outs, self.teacher_weights, needs, cfg.params.get("temperature", 1.0)))]
 
     # -- the loss ----------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -116,12 +115,11 @@ class Objective(nn.Module):
         detached = [{k: (v.detach() if torch.is_tensor(v) else v) for k, v in o.items()} for o in outs]
         total = torch.zeros((), device=device)
         logs: dict[str, float] = {}
+        extra = [{"project": self._project(n)} if needs == "hidden" else {} for n, (_, _, needs) in enumerate(self.terms)]
         for n, (cfg, fn, needs) in enumerate(self.terms):
             value = torch.zeros((), device=device)
             for scale, target in self._targets(cfg, needs, detached):
-                value = value + scale * fn(student_out, target, batch.tensors, temperature=cfg.temperature,
-                                           beta=cfg.beta, layer_map=cfg.layer_map, heads=cfg.heads,
-                                           project=self._project(n))
+                value = value + scale * fn(student_out, target, batch.tensors, **cfg.params, **extra[n])
             logs[f"loss_{cfg.name}" if f"loss_{cfg.name}" not in logs else f"loss_{cfg.name}_{n}"] = float(value.detach())
             total = total + cfg.weight * value
         if self.mode == "mutual":
@@ -133,15 +131,14 @@ class Objective(nn.Module):
     def _mutual_teacher_loss(self, teacher_out: dict, student_out: dict, batch) -> torch.Tensor:
         """The co-trained teacher's loss: its labels' cross-entropy plus KL from the (detached) student."""
         kl, ce = LOSSES.get("kl"), LOSSES.get("ce")
-        temperature = next((c.temperature for c, _, needs in self.terms if needs == "logits"), 1.0)
+        temperature = next((c.params.get("temperature", 1.0) for c, _, needs in self.terms if needs == "logits"), 1.0)
         peer = {"logits": student_out["logits"].detach()}
         return ce(teacher_out, {}, batch.tensors) + kl(teacher_out, peer, batch.tensors, temperature=temperature)
 
     # -- dev evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate_dev(self) -> dict[str, float]:
-        """The dev metric: accuracy (classification), perplexity (causal LM), cosine to the teacher
-        (embeddings)."""
+        """The task's dev metric (``kind.dev_metric``): accuracy, perplexity or cosine to the teacher."""
         device = next(self.student.parameters()).device
         idx = self.dev_idx
         scores, weights = [], []
@@ -149,27 +146,16 @@ class Objective(nn.Module):
             part = idx[start:start + 64]
             batch = self.task.make_batch(self.ids, part, self.pad_id, self.labels, self.weights).to(device)
             out = self.task.forward(self.student, batch, meta=self.meta)
-            if self.task.name == "sequence_classification":
-                keep = batch["labels"] >= 0
-                scores.append(float((out["logits"].argmax(-1)[keep] == batch["labels"][keep]).sum()))
-                weights.append(float(keep.sum()))
-            elif self.task.name == "causal_lm":
-                nll = torch.nn.functional.cross_entropy(out["logits"].float().transpose(1, 2), batch["labels"].clamp(min=0),
-                                                        reduction="none")
-                w = (batch["token_weights"] > 0).float()
-                scores.append(float((nll * w).sum()))
-                weights.append(float(w.sum()))
-            else:
+
+            def teacher(part=part, batch=batch):
                 if self.mode == "offline":
-                    teacher = torch.from_numpy(np.asarray(self.cache.field(0, "train", "pooled")[part])).to(device)
-                else:
-                    teacher = self.task.forward(self.live[0], batch, meta=self.meta)["pooled"]
-                scores.append(float(torch.nn.functional.cosine_similarity(out["pooled"], teacher, dim=-1).sum()))
-                weights.append(float(len(part)))
-        value = sum(scores) / max(sum(weights), 1e-9)
-        if self.task.name == "causal_lm":
-            return {"dev_perplexity": math.exp(value)}
-        return {"dev_accuracy" if self.task.name == "sequence_classification" else "dev_cosine_to_teacher": value}
+                    return torch.from_numpy(np.asarray(self.cache.field(0, "train", self.task.kind.output_field)[part])).to(device)
+                return self.task.forward(self.live[0], batch, meta=self.meta)[self.task.kind.output_field]
+
+            score, weight = self.task.dev_score(out, batch, teacher)
+            scores.append(score)
+            weights.append(weight)
+        return {self.task.kind.dev_metric: self.task.dev_value(sum(scores) / max(sum(weights), 1e-9))}
 
     def param_groups(self, lr: float, teacher_lr: float | None) -> list[dict[str, Any]]:
         """The student and projections at ``lr``; a co-trained teacher at its own rate."""

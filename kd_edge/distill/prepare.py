@@ -12,14 +12,13 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.errors import ArtifactError
-from kd_edge.preflight import PREPARED_TEACHER, resolve_teacher
-from kd_edge.runfiles import read_jsonl
+from kd_edge.preflight import resolve_teacher
+from kd_edge.runfiles import PREPARE_META, RunFiles, read_jsonl
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.base import ModelSource
+from kd_edge.tasks.kinds import ModelSource
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -27,15 +26,18 @@ if TYPE_CHECKING:
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write runs/<name>/teacher/: the encoder with a trained classification head."""
-    from kd_edge.progress import Progress
+    import torch
     from transformers import AutoModelForSequenceClassification
+
+    from kd_edge.progress import Progress
 
     cfg = recipe.teacher.prepare_head
     task = TASKS.get(recipe.task)()
     base = ModelSource(resolve_teacher(recipe.teacher), recipe.teacher.gguf_file, recipe.teacher.trust_remote_code,
                        allow_pickle=recipe.teacher.allow_pickle)
     tokenizer = task.load_tokenizer(base)
-    rows = [r for r in read_jsonl(ctx.run_dir / "data" / "train.jsonl") if r.get("label") is not None]
+    files = RunFiles(ctx.run_dir)
+    rows = [r for r in read_jsonl(files.data.train) if r.get("label") is not None]
     labels = sorted({r["label"] for r in rows})
     if len(labels) < 2:
         raise ArtifactError("prepare_head needs at least two labels in the train split; check data.label_field")
@@ -77,10 +79,10 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     model.eval()
     model.config.id2label = {i: str(i) for i in labels}
     model.config.label2id = {str(i): i for i in labels}
-    with atomic_dir(ctx.run_dir / PREPARED_TEACHER) as out:
+    with atomic_dir(files.prepared_teacher) as out:
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
-        write_json(out / "kd_edge_prepare.json", {
+        write_json(out / PREPARE_META, {
             "base": str(base.path), "labels": labels, "steps": total, "train_examples": len(rows),
             "train_encoder": cfg.train_encoder, "final_loss": float(np.mean(losses[-20:])),
         })

@@ -12,24 +12,17 @@ import shutil
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
-from kd_edge.distill.callbacks import EarlyStoppingCallback, MetricsFileCallback, ProgressCallback
-from kd_edge.distill.objective import Objective
-from kd_edge.distill.students import save_student
-from kd_edge.distill.trainer import Trainer
+from kd_edge.distill import needs_attention_maps
 from kd_edge.errors import ArtifactError
 from kd_edge.preflight import teacher_configs, teacher_source
-from kd_edge.runfiles import CacheReader, student_meta
+from kd_edge.runfiles import CacheReader, RunFiles, student_meta
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.base import ModelSource
+from kd_edge.tasks.kinds import ModelSource
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
-
-DEV_METRIC = {"sequence_classification": ("dev_accuracy", True), "causal_lm": ("dev_perplexity", False),
-              "sentence_embedding": ("dev_cosine_to_teacher", True)}
 
 
 def dev_split(n: int, dev_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,12 +34,20 @@ def dev_split(n: int, dev_size: float, seed: int) -> tuple[np.ndarray, np.ndarra
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Distill student_init/ into student/."""
+    import torch
+
+    from kd_edge.distill.callbacks import EarlyStoppingCallback, MetricsFileCallback, ProgressCallback
+    from kd_edge.distill.objective import Objective
+    from kd_edge.distill.students import save_student
+    from kd_edge.distill.trainer import Trainer
+
     d = recipe.distill
+    files = RunFiles(ctx.run_dir)
     task = TASKS.get(recipe.task)()
     cache = CacheReader(ctx.run_dir)
-    init_dir = ctx.run_dir / "student_init"
+    init_dir = files.student_init
     init_meta = student_meta(init_dir)
-    attentions = any(l.name.startswith("attention_") for l in d.losses)
+    attentions = needs_attention_maps(l.name for l in d.losses)  # eager attention: SDPA returns no maps
     model = task.load_model(ModelSource(init_dir), eager=attentions)
     tokenizer = task.load_tokenizer(ModelSource(init_dir))
     if len(tokenizer) != cache.meta["vocab_size"]:
@@ -64,12 +65,11 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     train_idx, dev_idx = dev_split(n, d.dev_size, recipe.seed) if d.eval_every else (np.arange(n), None)
     meta = {"pooling": init_meta.get("pooling"), "normalize": init_meta.get("normalize")}
     objective = Objective(recipe, task, model, meta, cache, teachers, dev_idx)
-    train_dir = ctx.run_dir / "train"
-    callbacks = [ProgressCallback(ctx.progress), MetricsFileCallback(train_dir / "metrics.jsonl")]
+    train = files.train
+    callbacks = [ProgressCallback(ctx.progress), MetricsFileCallback(train.metrics)]
     if d.eval_every:
-        metric, higher = DEV_METRIC[recipe.task]
-        callbacks.append(EarlyStoppingCallback(metric, higher, d.early_stopping_patience))
-    trainer = Trainer(objective, train_idx, d, seed=recipe.seed, checkpoint_dir=train_dir / "checkpoints", key=ctx.key,
+        callbacks.append(EarlyStoppingCallback(task.kind.dev_metric, task.higher_is_better, d.early_stopping_patience))
+    trainer = Trainer(objective, train_idx, d, seed=recipe.seed, checkpoint_dir=train.checkpoints, key=ctx.key,
                       callbacks=callbacks, param_groups=objective.param_groups(d.lr, d.teacher_lr),
                       evaluate_fn=objective.evaluate_dev if d.eval_every else None)
     state = trainer.train(resume=not ctx.fresh)
@@ -77,17 +77,17 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         return
     best = d.eval_every is not None and trainer.load_best()
     final = trainer.unwrapped_model()
-    with atomic_dir(ctx.run_dir / "student") as out:
+    with atomic_dir(files.student) as out:
         save_student(final.student.eval(), tokenizer, {**init_meta, "distilled_steps": state.step,
                                                        "best_step": state.best_step if best else None}, out)
     if d.mode == "mutual":
-        with atomic_dir(train_dir / "teacher") as out:
+        with atomic_dir(train.mutual_teacher) as out:
             final.live[0].eval().save_pretrained(str(out))
             tokenizer.save_pretrained(str(out))
-    write_json(train_dir / "summary.json", {
+    write_json(train.summary, {
         "steps": state.step, "max_steps": state.max_steps, "epochs": round(state.epoch, 3),
         "samples_seen": state.samples_seen, "resumed_from_step": state.resumed_from,
         "stopped_early": state.stopped_early, "best_step": state.best_step, "best_dev_metric": state.best_metric,
         "kept": "best" if best else "last", "final": state.log_history[-1] if state.log_history else {},
     })
-    shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(train.checkpoints, ignore_errors=True)

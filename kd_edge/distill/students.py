@@ -18,18 +18,17 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.errors import ArtifactError, ConfigError
 from kd_edge.preflight import pick_layers, teacher_configs, teacher_source
-from kd_edge.runfiles import STUDENT_META
+from kd_edge.runfiles import STUDENT_META, RunFiles
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.base import ModelSource
+from kd_edge.tasks.kinds import ModelSource
 from kd_edge.tasks.hub import resolve_model_dir
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from kd_edge.config import Recipe
 
 _SPECIAL = ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "cls_token_id", "sep_token_id",
@@ -39,6 +38,8 @@ _SPECIAL = ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "cls
 def find_layer_list(model: nn.Module, n_layers: int) -> tuple[nn.Module, str]:
     """The (parent module, attribute) holding the model's stack of transformer layers: the first
     ModuleList of exactly ``n_layers`` entries (encoder.layer in BERT, model.layers in Llama...)."""
+    from torch import nn
+
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layers:
             parent_name, _, attr = name.rpartition(".")
@@ -49,6 +50,8 @@ def find_layer_list(model: nn.Module, n_layers: int) -> tuple[nn.Module, str]:
 
 def keep_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     """A deep copy of ``teacher`` keeping only ``layers`` (0-based), config updated to match."""
+    from torch import nn
+
     student = copy.deepcopy(teacher)
     n = student.config.num_hidden_layers
     parent, attr = find_layer_list(student, n)
@@ -89,6 +92,8 @@ def resized_config(teacher_config, cfg):
 def shrink_weights(student: nn.Module, teacher: nn.Module, layer_pick: list[int]) -> None:
     """Copy each teacher tensor into the student's tensor of the same name, cut to the student's shape
     (leading slice in every dimension); student layer j takes teacher layer ``layer_pick[j]``."""
+    import torch
+
     n_teacher = teacher.config.num_hidden_layers
     t_parent, t_attr = find_layer_list(teacher, n_teacher)
     t_prefix = next(n for n, m in teacher.named_modules() if m is getattr(t_parent, t_attr))
@@ -138,6 +143,7 @@ def build(recipe: "Recipe", task, teacher: nn.Module) -> tuple[nn.Module, dict]:
     if s.init == "teacher_layers":
         return keep_layers(teacher, list(s.layers)), {"teacher_layers": list(s.layers)}
     if s.init == "config":
+        import torch
         import transformers
 
         config = resized_config(teacher.config, s)
@@ -152,7 +158,7 @@ def build(recipe: "Recipe", task, teacher: nn.Module) -> tuple[nn.Module, dict]:
     path = resolve_model_dir(s.model, what="student.model")
     student = task.load_model(ModelSource(path, allow_pickle=s.allow_pickle))
     t_labels, s_labels = getattr(teacher.config, "num_labels", None), getattr(student.config, "num_labels", None)
-    if recipe.task == "sequence_classification" and t_labels != s_labels:
+    if task.label_kind == "class" and t_labels != s_labels:
         raise ConfigError(f"student.model has {s_labels} labels, the teacher {t_labels}; they must match")
     return student, {"pretrained": str(path)}
 
@@ -174,5 +180,5 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     meta = {"task": recipe.task, "init": recipe.student.init, "teacher": str(primary.path), **origin,
             "pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize,
             "params": sum(p.numel() for p in student.parameters())}
-    with atomic_dir(ctx.run_dir / "student_init") as out:
+    with atomic_dir(RunFiles(ctx.run_dir).student_init) as out:
         save_student(student, tokenizer, meta, out)

@@ -7,27 +7,38 @@ sentiment probes (JSON, no pickle) of embedding tasks.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.evaluate.slices import slice_masks, slice_report
-from kd_edge.runfiles import CacheReader, read_jsonl, student_meta
+from kd_edge.runfiles import CacheReader, EvalFiles, RunFiles, read_jsonl, student_meta
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.base import ModelSource
+from kd_edge.tasks.kinds import ModelSource
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
 
-@torch.no_grad()
+def _no_grad(fn):
+    """``torch.no_grad()`` as a decorator, importing torch only when the stage runs."""
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return inner
+
+
+@_no_grad
 def predict(task, model, cache: CacheReader, split: str, meta: dict, batch_size: int, progress: bool) -> np.ndarray:
     """Example-level outputs (pooled embedding or logits) of ``model`` on a split."""
     out = None
-    key = "pooled" if task.name == "sentence_embedding" else "logits"
+    key = task.kind.output_field
     for batch in task.batches(cache.ids(split), batch_size, cache.meta["pad_id"], desc=f"student {split}",
                               progress=progress):
         y = task.forward(model, batch, meta=meta)[key].float().numpy()
@@ -54,10 +65,10 @@ def _embedding(recipe, task, model, cache, meta, ctx, files) -> dict:
     for name, emb in candidates:
         probe = fit_probe(emb["train"][labelled], train_labels[labelled], c=cfg.probe_c, seed=recipe.seed) if use_probe else None
         if probe is not None:
-            files[f"probe_{name}.json"] = probe
+            files[EvalFiles.probe_name(name)] = probe
             correct[name] = probe_predict(probe, emb["test"]) == test_labels
         models[name] = embedding_metrics(emb["test"], teacher_test, test_labels, probe, cfg.knn_k)
-    files["student_test.npy"] = student["test"]
+    files[EvalFiles.STUDENT_TEST] = student["test"]
     if use_probe:
         files["_scores"] = {"kind": "accuracy", "teacher": correct["teacher"], "student": correct["student"],
                             "valid": test_labels >= 0}
@@ -70,7 +81,7 @@ def _classification(recipe, task, model, cache, meta, ctx, files) -> dict:
     labels = cache.labels("test")
     teacher = np.asarray(cache.field(0, "test", "logits"))
     student = predict(task, model, cache, "test", meta, recipe.evaluate.batch_size, ctx.progress)
-    files["student_test.npy"] = student
+    files[EvalFiles.STUDENT_TEST] = student
     models = {(f"teacher_{i}" if i else "teacher"): classification_metrics(np.asarray(cache.field(i, "test", "logits")),
                                                                            teacher, labels)
               for i in range(cache.n_teachers())}
@@ -84,7 +95,7 @@ def _classification(recipe, task, model, cache, meta, ctx, files) -> dict:
 def class_names(run_dir, model) -> list[str] | None:
     """Names of the classes in id order: as the data named them (data.label_names, or name labels),
     else the model's id2label unless those are transformers' placeholders (LABEL_0, ...)."""
-    meta = run_dir / "data" / "meta.json"
+    meta = RunFiles(run_dir).data.meta
     names = read_json(meta).get("label_names") if meta.is_file() else None
     if names:
         return list(names)
@@ -95,8 +106,10 @@ def class_names(run_dir, model) -> list[str] | None:
     return None
 
 
-@torch.no_grad()
+@_no_grad
 def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
+    import torch
+
     from kd_edge.data.packed import length_batches
     from kd_edge.distill.losses import kl
 
@@ -160,7 +173,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write eval/metrics.json and what verify needs."""
     task = TASKS.get(recipe.task)()
     cache = CacheReader(ctx.run_dir)
-    sdir = ctx.run_dir / "student"
+    run_files = RunFiles(ctx.run_dir)
+    sdir = run_files.student
     meta = student_meta(sdir)
     model = task.load_model(ModelSource(sdir))
     files: dict = {}
@@ -172,16 +186,16 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     scores, classes = files.pop("_scores", None), files.pop("_per_class", None)
     slices = None
     if recipe.evaluate.slices and scores is not None:
-        rows = read_jsonl(ctx.run_dir / "data" / "test.jsonl")
+        rows = read_jsonl(run_files.data.test)
         slices = slice_report(slice_masks(rows, recipe.evaluate.slices), scores,
                               recipe.evaluate.slice_gap_threshold, recipe.evaluate.min_slice_size)
-    with atomic_dir(ctx.run_dir / "eval") as out:
+    with atomic_dir(run_files.eval.path) as out:
         for name, value in files.items():
             if name.endswith(".npy"):
                 np.save(out / name, value)
             else:
                 write_json(out / name, value)
-        write_json(out / "metrics.json", {"task": recipe.task, "quality_metric": task.quality_metric,
+        write_json(EvalFiles(out).metrics, {"task": recipe.task, "quality_metric": task.quality_metric,
                                           "higher_is_better": task.higher_is_better, "knn_k": recipe.evaluate.knn_k,
                                           "n_test": len(cache.ids("test")), "n_test_labelled": int((labels >= 0).sum()),
                                           "models": models, "per_class": classes, "slices": slices})

@@ -11,7 +11,6 @@ signatures, fusions, fallback) so that verify, bench and report need no other so
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -22,9 +21,10 @@ import numpy as np
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.export import EXPORTERS, onnx_files
 from kd_edge.quantize import QUANTIZERS
-from kd_edge.runfiles import student_meta
+from kd_edge.runfiles import ArtifactFiles, RunFiles, student_meta
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.base import ModelSource
+from kd_edge.tasks.hub import read_config
+from kd_edge.tasks.kinds import ModelSource, task_kind
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -111,7 +111,7 @@ class Fallback:
     def drop(self, fmt: str, base: Path, base_info: dict, path: Path, info: dict) -> tuple[float, str]:
         from kd_edge.verify.run import metric_drop
 
-        if self.recipe.task == "causal_lm":
+        if task_kind(self.recipe.task).is_lm:
             return self._perplexity(path, info) / self._perplexity(base, base_info) - 1, "perplexity"
         checker = self.checker(fmt, base, base_info)
         record = checker.measure(path, info)
@@ -163,9 +163,10 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, input_names: t
         return fused[fmt]
 
     sidecars = []
+    files = ArtifactFiles(out)
     for spec in cfg.artifacts:
         src, info = base[spec.format]
-        path = out / spec.name
+        path = files.file(spec.name)
         t0 = time.perf_counter()
         if spec.precision == "fp32":
             graph, extra = float_graph(spec.format)
@@ -181,7 +182,7 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, input_names: t
         info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
         size = onnx_files.size(path) if spec.format == "onnx" else path.stat().st_size
         sidecar = {"name": spec.name, "precision": spec.precision, **info, "size_bytes": size}
-        write_json(out / f"{spec.name}.json", sidecar)
+        write_json(files.sidecar(spec.name), sidecar)
         sidecars.append(sidecar)
     for leftover in out.glob("_*"):
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
@@ -192,15 +193,16 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write artifacts/student.<precision>.<format> and their sidecars."""
     cfg = recipe.export
     task = TASKS.get(recipe.task)()
-    sdir = ctx.run_dir / "student"
+    run_files = RunFiles(ctx.run_dir)
+    sdir = run_files.student
     meta = student_meta(sdir)
     model = task.load_model(ModelSource(sdir), eager=True)
     common = {"task": recipe.task, "params": sum(p.numel() for p in model.parameters()),
               "pooling": meta.get("pooling"), "normalize": meta.get("normalize"), "source": "student/"}
-    with atomic_dir(ctx.run_dir / "artifacts") as out:
-        make_artifacts(task.export_module(model, meta), json.loads((sdir / "config.json").read_text()), cfg, out,
+    with atomic_dir(run_files.artifacts.path) as out:
+        make_artifacts(task.export_module(model, meta), read_config(sdir), cfg, out,
                        input_names=task.input_names, output_name=task.output_name, common=common,
-                       logs=ctx.run_dir / "logs", fp32_tolerance=recipe.verify.fp32_atol, seed=recipe.seed,
+                       logs=run_files.logs, fp32_tolerance=recipe.verify.fp32_atol, seed=recipe.seed,
                        calibration=lambda: _calibration(ctx.run_dir, recipe, task.input_names),
                        fallback=Fallback(recipe, ctx.run_dir),
                        budget=recipe.verify.int8_max_metric_drop)

@@ -115,7 +115,7 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
     """Export ``model_dir`` to every ``cfg.artifacts`` file in ``out`` and check each; return the records."""
     from kd_edge.export.run import make_artifacts
     from kd_edge.tasks import TASKS
-    from kd_edge.tasks.base import ModelSource
+    from kd_edge.tasks.kinds import ModelSource
     from kd_edge.tasks.hub import sentence_transformers_pooling
 
     config_path = model_dir / "config.json"

@@ -8,6 +8,8 @@ from typing import Any
 
 from kd_edge import __version__
 from kd_edge.artifacts import read_json
+from kd_edge.runfiles import RunFiles
+from kd_edge.tasks.kinds import task_kind
 
 SCHEMA = "kd-edge.report/1"
 
@@ -45,9 +47,10 @@ def _stored_as(recipe: dict, name: str, run_dir: Path) -> str:
         return f"gguf {quant.group(1).upper() if quant else ''}".strip()
     from kd_edge.tasks.hub import stored_dtype
 
-    folder = run_dir / "student" if name == "student" else Path((recipe.get("teacher") or {}).get("model", ""))
+    files = RunFiles(run_dir)
+    folder = files.student if name == "student" else Path((recipe.get("teacher") or {}).get("model", ""))
     if name != "student" and (recipe["teacher"].get("prepare_head") or not folder.is_dir()):
-        folder = run_dir / "teacher" if recipe["teacher"].get("prepare_head") else _resolved(recipe)
+        folder = files.prepared_teacher if recipe["teacher"].get("prepare_head") else _resolved(recipe)
     return f"safetensors {stored_dtype(folder) or 'fp32'}" if folder is not None else "safetensors fp32"
 
 
@@ -63,25 +66,27 @@ def _resolved(recipe: dict) -> Path | None:
 
 def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
     """The report document of a run folder (every file it reads is optional but eval/metrics.json)."""
-    evaluation = read_json(run_dir / "eval" / "metrics.json")
+    files = RunFiles(run_dir)
+    is_lm = task_kind(recipe["task"]).is_lm
+    evaluation = read_json(files.eval.metrics)
     bench = {}
-    for f in sorted((run_dir / "bench").glob("*@*.json")) if (run_dir / "bench").is_dir() else []:
+    for f in files.bench.records():
         doc = read_json(f)
         bench[doc["name"]] = doc
-    machine_file = run_dir / "bench" / "machine.json"
+    machine_file = files.bench.machine
     bench_machine = read_json(machine_file) if machine_file.is_file() else None
-    macs_file = run_dir / "bench" / "macs.json"
+    macs_file = files.bench.macs
     macs = read_json(macs_file)["macs"] if macs_file.is_file() else {}
     models = evaluation["models"]
     metric = evaluation.get("quality_metric", "probe_accuracy")
     higher = evaluation.get("higher_is_better", True)
     rows: list[dict[str, Any]] = []
     skip = {"params"}
-    student_verify = run_dir / "verify" / "student.json"
-    student_lm = read_json(student_verify) if student_verify.is_file() and recipe["task"] == "causal_lm" else {}
+    student_verify = files.verify.student
+    student_lm = read_json(student_verify) if student_verify.is_file() and is_lm else {}
     for name, values in models.items():
         kind = "student" if name == "student" else "teacher"
-        size = _weights_mb(run_dir / "student") if name == "student" else \
+        size = _weights_mb(files.student) if name == "student" else \
             (bench.get(name, {}).get("file_size_bytes", 0) / 1e6 or None)  # a teacher's size is what the runner measured
         extra = {"generation_tokens_per_s": student_lm.get("generation_tokens_per_s"),
                  "greedy_agreement": 1.0} if name == "student" and student_lm else {}
@@ -90,9 +95,9 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
                      "stored_as": _stored_as(recipe, name, run_dir),
                      **{k: v for k, v in values.items() if k not in skip}, **extra, **_bench_fields(bench.get(name))})
     rows.sort(key=lambda r: (r["kind"] != "teacher", r["name"]))
-    for sidecar in sorted((run_dir / "artifacts").glob("*.json")) if (run_dir / "artifacts").is_dir() else []:
+    for sidecar in files.artifacts.sidecars():
         info = read_json(sidecar)
-        ver_path = run_dir / "verify" / f"{info['name']}.json"
+        ver_path = files.verify.record(info["name"])
         ver = read_json(ver_path) if ver_path.is_file() else {}
         quality = {k: v for k, v in ver.items()
                    if k not in ("name", "format", "precision", "runtime", "passed", "reason", "fallback")}
@@ -112,7 +117,7 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
     for row in rows:
         if base.get("latency_p50_ms") and row.get("latency_p50_ms"):
             row["speedup_p50"] = base["latency_p50_ms"] / row["latency_p50_ms"]
-        if recipe["task"] == "causal_lm" and row.get("throughput_per_s"):
+        if is_lm and row.get("throughput_per_s"):
             row["prefill_tokens_per_s"] = row["throughput_per_s"] * seq  # one forward pass over the prompt
         if base.get("params") and row.get("params"):
             row["params_ratio"] = row["params"] / base["params"]
@@ -125,13 +130,13 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
             row["size_ratio"] = row["file_size_mb"] / base["file_size_mb"]
     environment = next((d["environment"] for d in bench.values() if "environment" in d), None)
     curve = []
-    metrics_file = run_dir / "train" / "metrics.jsonl"
+    metrics_file = files.train.metrics
     if metrics_file.is_file():
         import json
 
         curve = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    summary = run_dir / "train" / "summary.json"
-    data_meta = run_dir / "data" / "meta.json"
+    summary = files.train.summary
+    data_meta = files.data.meta
     any_bench = next((d for d in bench.values() if "error" not in d), {})
     return {
         "schema": SCHEMA, "kd_edge_version": __version__,

@@ -74,23 +74,22 @@ LM_SPEED: list[tuple[str, str, Fmt]] = [
     ("prefill_tokens_per_s", "prompt tok/s", _num(0)),
     ("generation_tokens_per_s", "generate tok/s", _num(0)),
 ]
-QUALITY: dict[str, list[tuple[str, str, Fmt]]] = {
-    "sentence_embedding": [("probe_accuracy", "probe acc", _pct), ("cosine_to_teacher", "cos→teacher", _num(4)),
-                           ("knn_agreement", "kNN agree", _pct)],
-    "sequence_classification": [("accuracy", "accuracy", _pct), ("agreement_with_teacher", "agree w/ teacher", _pct),
-                                ("kl_from_teacher", "KL from teacher", _num(4)), ("jsd_from_teacher", "JSD", _num(4)),
-                                ("ece", "ECE", _num(3))],
-    "causal_lm": [("perplexity", "perplexity", _num(2)), ("top1_agreement_with_teacher", "top-1 agree", _pct),
-                  ("kl_from_teacher", "KL from teacher", _num(4)),
-                  ("greedy_agreement", "greedy agree w/ student", _pct)],
-}
+# how a task kind's report columns (tasks/kinds.py: ``report_columns``) are shown
+SHOWN_AS: dict[str, Fmt] = {"pct": _pct, "num2": _num(2), "num3": _num(3), "num4": _num(4)}
 PARITY: list[tuple[str, str, Fmt]] = [("max_abs_diff", "max |Δ|", _sci),
                                       ("agreement_with_student", "same as student", _pct)]
 
 
+def _kind(report: dict):
+    """The task kind of a report (a report of an unknown task renders as an embedding's)."""
+    from kd_edge.tasks.kinds import KINDS
+
+    return KINDS.get(report.get("task"), KINDS["sentence_embedding"])
+
+
 def speed_columns(report: dict) -> list[tuple[str, str, Fmt]]:
     """The speed-and-size table's columns (tokens per second instead of items for a causal LM)."""
-    if report.get("task") == "causal_lm":
+    if _kind(report).is_lm:
         at = next(i for i, c in enumerate(SPEED) if c[0] == "throughput_per_s")
         return SPEED[:at] + LM_SPEED + SPEED[at + 1:]
     return SPEED
@@ -98,7 +97,7 @@ def speed_columns(report: dict) -> list[tuple[str, str, Fmt]]:
 
 def quality_columns(report: dict) -> list[tuple[str, str, Fmt]]:
     """The quality table's columns for the report's task, with parity."""
-    return QUALITY.get(report.get("task"), QUALITY["sentence_embedding"]) + PARITY
+    return [(c.key, c.heading, SHOWN_AS[c.shown_as]) for c in _kind(report).report_columns] + PARITY
 
 
 def _label(row: dict) -> str:
@@ -132,7 +131,7 @@ def headline(report: dict) -> list[str]:
     timed = sorted((r for r in report["rows"] if r.get("speedup_p50")), key=lambda r: -r["speedup_p50"])
     fastest = timed[0] if timed else None
     if fastest and fastest["name"] != "teacher":
-        lm = report.get("task") == "causal_lm" and fastest.get("generation_tokens_per_s")
+        lm = _kind(report).is_lm and fastest.get("generation_tokens_per_s")
         lines.append(f"Fastest: {fastest['name']} at {_num(2)(fastest['latency_p50_ms'])} ms p50, "
                      f"{fastest['speedup_p50']:.1f}× the teacher's PyTorch p50, "
                      f"{_num(1)(fastest.get('file_size_mb'))} MB"
@@ -141,7 +140,7 @@ def headline(report: dict) -> list[str]:
                         if len(timed) > 1 and timed[1]["name"] != "teacher" and _overlaps(fastest, timed[1]) else "")
                      + ".")
     files = [r for r in report["rows"] if r["kind"] == "artifact" and r.get("greedy_agreement") is not None]
-    if report.get("task") == "causal_lm" and files:
+    if _kind(report).is_lm and files:
         student_tps = s.get("generation_tokens_per_s")
         lines.append("Generating: " + ", ".join(
             f"{r['name']} {_num(0)(r.get('generation_tokens_per_s'))} tokens/s, {_pct(r['greedy_agreement'])} greedy agreement"
@@ -179,7 +178,7 @@ def _settings(report: dict) -> str:
             f"{b.get('timed_runs')} timed runs{rounds} on `{b.get('target')}` "
             f"({machine}, {env.get('cpu_count')} cores{load}). Quality on {report['evaluation']['n_test']} held-out texts"
             + (f" ({report['evaluation'].get('n_test_labelled')} labelled)" if report['evaluation'].get('n_test_labelled') else "")
-            + (f"; neighbours: top-{report['evaluation']['knn_k']}." if report.get("task", "sentence_embedding") == "sentence_embedding" else ".")
+            + (f"; neighbours: top-{report['evaluation']['knn_k']}." if _kind(report).output_field == "pooled" else ".")
             + sizes)
 
 

@@ -11,6 +11,7 @@ from kd_edge.gate import evaluate_budgets
 from kd_edge.report.build import build_report
 from kd_edge.report.render import to_html, to_markdown
 from kd_edge.report.schema import validate
+from kd_edge.runfiles import RunFiles, report_file
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
@@ -22,9 +23,10 @@ def render_run(run_dir: Path, recipe: "Recipe") -> dict:
     if recipe.gate.budgets and not recipe.gate.baseline:
         report["gate"] = evaluate_budgets(report, recipe.gate.budgets)
     validate(report)  # a report that breaks its own schema is a kd-edge bug: fail loudly
-    write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", to_markdown(report))
-    write_text(run_dir / "report.html", to_html(report))
+    files = RunFiles(run_dir)
+    write_json(files.report_json, report)
+    write_text(files.report_md, to_markdown(report))
+    write_text(files.report_html, to_html(report))
     return report
 
 
@@ -35,5 +37,4 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
 
 def load_report(path: Path) -> dict:
     """A report.json, from a run folder or the file itself."""
-    path = Path(path)
-    return json.loads((path / "report.json" if path.is_dir() else path).read_text())
+    return json.loads(report_file(Path(path)).read_text())

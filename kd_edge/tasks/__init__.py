@@ -1,17 +1,13 @@
-"""Task adapters: what a task loads, distills, measures and exports. Chosen by ``recipe.task``."""
+"""Task adapters: what a task loads, distills, measures and exports. Chosen by ``recipe.task``.
+
+The registry is made from the kinds (``tasks/kinds.py``): one list of tasks.
+"""
 
 from __future__ import annotations
 
 from kd_edge.registry import Registry
+from kd_edge.tasks.kinds import KINDS
 
 TASKS: Registry = Registry("task")
-_T = ("torch", "transformers")
-TASKS.declare("sentence_embedding", "kd_edge.tasks.embedding:SentenceEmbeddingTask", requires=_T,
-              summary="Sentence embeddings (pooled encoder output), compared by cosine, neighbours and a probe.",
-              labels=None, metric="probe_accuracy")
-TASKS.declare("sequence_classification", "kd_edge.tasks.classification:SequenceClassificationTask", requires=_T,
-              summary="Text classification: class logits, accuracy and agreement with the teacher.",
-              labels="class", metric="accuracy")
-TASKS.declare("causal_lm", "kd_edge.tasks.causal_lm:CausalLMTask", requires=_T,
-              summary="Causal language model: next-token logits (top-k cached), perplexity.",
-              labels="token", metric="perplexity")
+for _kind in KINDS.values():
+    TASKS.declare(_kind.name, _kind.adapter, requires=("torch", "transformers"), summary=_kind.summary, kind=_kind)

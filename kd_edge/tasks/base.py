@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,25 +19,7 @@ from torch import nn
 
 from kd_edge.data.packed import Packed, length_batches, pad
 from kd_edge.errors import ArtifactError
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model's files are and how to read them."""
-
-    path: Path
-    gguf_file: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False  # load pytorch_model.bin when there are no safetensors (runs the pickle)
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    """What the teacher stage stores per split."""
-
-    hidden_layers: tuple[int, ...] = ()
-    top_k: int = 0  # causal LM: keep the k largest logits per position (0 = task default)
-    temperatures: tuple[float, ...] = (1.0,)  # causal LM: log-normalisers kept for these temperatures
+from kd_edge.tasks.kinds import CacheSpec, ModelSource, TaskKind  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -75,13 +57,15 @@ def _plain_from_gguf(model: nn.Module) -> nn.Module:
 class Task(abc.ABC):
     """Base of the task adapters."""
 
-    name = ""
-    auto_class = "AutoModel"
+    kind: TaskKind  # the torch-free half: names, metrics, what the task's outputs are
     input_names = ("input_ids", "attention_mask")
-    output_name = "output"
-    quality_metric = ""
-    higher_is_better = True
-    label_kind: str | None = None  # "class" | "token" | None
+
+    name = property(lambda self: self.kind.name)
+    auto_class = property(lambda self: self.kind.auto_class)
+    output_name = property(lambda self: self.kind.output_name)
+    quality_metric = property(lambda self: self.kind.quality_metric)
+    higher_is_better = property(lambda self: self.kind.higher_is_better)
+    label_kind = property(lambda self: self.kind.label_kind)
 
     # -- loading -----------------------------------------------------------------------------------
     def load_model(self, source: ModelSource | Path, *, eager: bool = False) -> nn.Module:
@@ -163,6 +147,15 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def export_module(self, model: nn.Module, meta: dict) -> nn.Module:
         """The module whose (input_ids, attention_mask) -> output function is exported."""
+
+    @abc.abstractmethod
+    def dev_score(self, out: dict[str, Any], batch: Batch, teacher: Callable[[], torch.Tensor]) -> tuple[float, float]:
+        """(sum, weight) of this batch's dev metric; ``teacher()`` gives the teacher's output field when
+        the metric compares with it. ``dev_value`` turns the totals into the metric."""
+
+    def dev_value(self, mean: float) -> float:
+        """The dev metric from the weighted mean of ``dev_score``."""
+        return mean
 
     def teacher_targets(self, cached: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The teacher's outputs, for the losses, from a batch of cached fields."""

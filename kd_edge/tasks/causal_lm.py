@@ -5,6 +5,8 @@ Metric: perplexity on held-out text (lower is better), top-1 agreement with the 
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from transformers.cache_utils import Cache
 
 from kd_edge.data.packed import Packed, pad
 from kd_edge.tasks.base import Batch, CacheSpec, Task
+from kd_edge.tasks.kinds import KINDS
 
 DEFAULT_TOP_K = 64
 
@@ -199,12 +202,7 @@ class CausalLMStaticStep(nn.Module):
 class CausalLMTask(Task):
     """Adapter for `task: causal_lm`."""
 
-    name = "causal_lm"
-    auto_class = "AutoModelForCausalLM"
-    output_name = "logits"
-    quality_metric = "perplexity"
-    higher_is_better = False
-    label_kind = "token"
+    kind = KINDS["causal_lm"]
 
     def make_batch(self, ids: Packed, idx: np.ndarray, pad_id: int, labels: np.ndarray | None = None,
                    weights: Packed | None = None) -> Batch:
@@ -243,6 +241,16 @@ class CausalLMTask(Task):
         for layer, h in out.get("hidden", {}).items():
             fields[f"hidden_{layer}"] = ("token", h.half())
         return fields
+
+    def dev_score(self, out, batch, teacher) -> tuple[float, float]:
+        """Summed negative log-likelihood of the weighted next tokens (perplexity once averaged)."""
+        nll = nn.functional.cross_entropy(out["logits"].float().transpose(1, 2), batch["labels"].clamp(min=0),
+                                          reduction="none")
+        w = (batch["token_weights"] > 0).float()
+        return float((nll * w).sum()), float(w.sum())
+
+    def dev_value(self, mean: float) -> float:
+        return math.exp(mean)
 
     def teacher_targets(self, cached: dict[str, torch.Tensor]) -> dict[str, Any]:
         out = super().teacher_targets({k: v for k, v in cached.items() if not k.startswith("lse_t")})

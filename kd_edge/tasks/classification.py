@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kd_edge.tasks.base import Batch, CacheSpec, Task
+from kd_edge.tasks.kinds import KINDS
 
 
 class LogitsModule(nn.Module):
@@ -26,11 +27,7 @@ class LogitsModule(nn.Module):
 class SequenceClassificationTask(Task):
     """Adapter for `task: sequence_classification`."""
 
-    name = "sequence_classification"
-    auto_class = "AutoModelForSequenceClassification"
-    output_name = "logits"
-    quality_metric = "accuracy"
-    label_kind = "class"
+    kind = KINDS["sequence_classification"]
 
     def forward(self, model: nn.Module, batch: Batch, *, meta: dict, hidden_layers: tuple[int, ...] = (),
                 attentions: bool = False) -> dict[str, Any]:
@@ -43,6 +40,11 @@ class SequenceClassificationTask(Task):
         for layer, h in out.get("hidden", {}).items():
             fields[f"hidden_{layer}"] = ("token", h.half())
         return fields
+
+    def dev_score(self, out, batch, teacher) -> tuple[float, float]:
+        """Accuracy on the labelled rows."""
+        keep = batch["labels"] >= 0
+        return float((out["logits"].argmax(-1)[keep] == batch["labels"][keep]).sum()), float(keep.sum())
 
     def export_module(self, model: nn.Module, meta: dict) -> nn.Module:
         return LogitsModule(model).eval()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kd_edge.tasks.base import Batch, CacheSpec, Task
+from kd_edge.tasks.kinds import KINDS
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
@@ -41,10 +42,7 @@ class EmbeddingModule(nn.Module):
 class SentenceEmbeddingTask(Task):
     """Adapter for `task: sentence_embedding`."""
 
-    name = "sentence_embedding"
-    auto_class = "AutoModel"
-    output_name = "sentence_embedding"
-    quality_metric = "probe_accuracy"
+    kind = KINDS["sentence_embedding"]
 
     def forward(self, model: nn.Module, batch: Batch, *, meta: dict, hidden_layers: tuple[int, ...] = (),
                 attentions: bool = False) -> dict[str, Any]:
@@ -59,6 +57,10 @@ class SentenceEmbeddingTask(Task):
         for layer, h in out.get("hidden", {}).items():
             fields[f"hidden_{layer}"] = ("token", h.half())
         return fields
+
+    def dev_score(self, out, batch, teacher) -> tuple[float, float]:
+        """Cosine to the teacher's embedding."""
+        return float(nn.functional.cosine_similarity(out["pooled"], teacher(), dim=-1).sum()), float(len(batch.idx))
 
     def export_module(self, model: nn.Module, meta: dict) -> nn.Module:
         return EmbeddingModule(model, meta["pooling"], meta["normalize"]).eval()

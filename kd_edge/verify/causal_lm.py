@@ -19,7 +19,7 @@ import numpy as np
 
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.errors import ExportError
-from kd_edge.runfiles import CacheReader
+from kd_edge.runfiles import CacheReader, RunFiles, VerifyFiles
 from kd_edge.verify.reference import REFERENCE, Parity, in_float64
 
 if TYPE_CHECKING:
@@ -291,20 +291,22 @@ class LMChecker:
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """verify/<artifact>.json for every exported LM file, and verify/student.json."""
     from kd_edge.tasks import TASKS
-    from kd_edge.tasks.base import ModelSource
+    from kd_edge.tasks.kinds import ModelSource
 
     ids_all = CacheReader(ctx.run_dir).ids("test")
     texts = [np.asarray(ids_all[i], np.int64) for i in range(len(ids_all)) if len(ids_all[i]) > 1]
     if recipe.verify.max_examples:
         texts = texts[:recipe.verify.max_examples]
-    model = TASKS.get("causal_lm")().load_model(ModelSource(ctx.run_dir / "student"), eager=True).eval()
+    files = RunFiles(ctx.run_dir)
+    model = TASKS.get(recipe.task)().load_model(ModelSource(files.student), eager=True).eval()
     checker = LMChecker(model, texts, recipe.bench.threads)
-    with atomic_dir(ctx.run_dir / "verify") as out:
-        for sidecar in sorted((ctx.run_dir / "artifacts").glob("*.json")):
+    with atomic_dir(files.verify.path) as folder:
+        out = VerifyFiles(folder)
+        for sidecar in files.artifacts.sidecars():
             info = read_json(sidecar)
-            record = checker.measure(ctx.run_dir / "artifacts" / info["name"], info, recipe.verify)
+            record = checker.measure(files.artifacts.file(info["name"]), info, recipe.verify)
             if info.get("fallback"):
                 record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
                                       "nodes_in_float": len(info["fallback"].get("nodes", []))}
-            write_json(out / f"{info['name']}.json", record)
-        write_json(out / "student.json", {"name": "student", **checker.student})
+            write_json(out.record(info["name"]), record)
+        write_json(out.student, {"name": "student", **checker.student})

@@ -18,9 +18,8 @@ from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.data.packed import Packed, length_batches, pad
 from kd_edge.errors import ExportError
 from kd_edge.export.capture import captured
-from kd_edge.runfiles import CacheReader, need
-from kd_edge.tasks.embedding_metrics import embedding_metrics, probe_predict
-from kd_edge.tasks.logit_metrics import classification_metrics
+from kd_edge.runfiles import CacheReader, RunFiles, VerifyFiles, need
+from kd_edge.tasks.kinds import task_kind
 from kd_edge.verify.reference import Parity, exact_outputs, fp32_reason
 
 if TYPE_CHECKING:
@@ -113,24 +112,6 @@ def metric_drop(reference: dict, record: dict, metric: str) -> float:
     return reference[metric] - record[metric]
 
 
-def _metrics(task_name: str, outputs: np.ndarray, teacher: np.ndarray, labels: np.ndarray, probe, k: int) -> dict:
-    if task_name == "sentence_embedding":
-        return embedding_metrics(outputs, teacher, labels, probe, k)
-    return classification_metrics(outputs, teacher, labels)
-
-
-def _agreement(task_name: str, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, probe) -> float:
-    """Share of held-out texts where the artifact predicts what the PyTorch student predicts (the
-    student's probe for embeddings; the argmax class for classifiers)."""
-    if task_name == "sentence_embedding":
-        if probe is None:
-            cos = np.sum(outputs * reference, 1) / (np.linalg.norm(outputs, axis=1) * np.linalg.norm(reference, axis=1))
-            return float(np.mean(cos > 0.99))
-        keep = labels >= 0
-        return float(np.mean(probe_predict(probe, outputs[keep]) == probe_predict(probe, reference[keep])))
-    return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
-
-
 class Checker:
     """Measures exported files against the PyTorch student on one split of the run's data.
 
@@ -141,46 +122,46 @@ class Checker:
     computed in float64 (see verify/reference.py)."""
 
     def __init__(self, recipe: "Recipe", run_dir: Path, split: str = "test", limit: int | None = None):
-        self.run_dir, self.task_name = run_dir, recipe.task
+        self.run_dir, self.kind, self.files = run_dir, task_kind(recipe.task), RunFiles(run_dir)
         cache = CacheReader(run_dir)
-        field = "pooled" if self.task_name == "sentence_embedding" else "logits"
+        field = self.kind.output_field
         ids, labels = cache.ids(split), cache.labels(split)
         teacher = cache.field(0, split, field)
         n = min(len(ids), limit) if limit else len(ids)
         self.ids = Packed(ids.values, ids.offsets[:n + 1]) if n < len(ids) else ids
         self.labels, self.teacher = labels[:n], np.asarray(teacher[:n])
-        probe_path = run_dir / "eval" / "probe_student.json"
+        probe_path = self.files.eval.probe("student")
         self.probe = read_json(probe_path) if probe_path.is_file() else None
-        evaluation = read_json(run_dir / "eval" / "metrics.json")
+        evaluation = read_json(self.files.eval.metrics)
         self.metric, self.knn_k = evaluation["quality_metric"], evaluation["knn_k"]
         self.threads, self.pad_id, self.cfg = recipe.bench.threads, cache.meta["pad_id"], recipe.verify
         self.exact: np.ndarray | None = None
+        self.tflite_log = self.files.log("verify-tflite")
         if split == "test":
-            self.use_reference(np.load(need(run_dir / "eval" / "student_test.npy", "run the evaluate stage first"))[:n])
+            self.use_reference(np.load(need(self.files.eval.student_test, "run the evaluate stage first"))[:n])
             self.exact = self._exact(recipe)
             self.student["pytorch_fp32_max_abs_diff"] = float(np.abs(self.reference - self.exact).max())
 
     def _exact(self, recipe: "Recipe") -> np.ndarray:
         from kd_edge.runfiles import student_meta
         from kd_edge.tasks import TASKS
-        from kd_edge.tasks.base import ModelSource
+        from kd_edge.tasks.kinds import ModelSource
 
         task = TASKS.get(recipe.task)()
-        folder = self.run_dir / "student"
+        folder = self.files.student
         module = task.export_module(task.load_model(ModelSource(folder)), student_meta(folder))
         return exact_outputs(module, self.ids)
 
     def use_reference(self, reference: np.ndarray) -> None:
         """Compare artifacts with these outputs (one row per text of the split)."""
         self.reference = reference
-        self.student = _metrics(self.task_name, reference, self.teacher, self.labels, self.probe, self.knn_k)
+        self.student = self.kind.verify_metrics(reference, self.teacher, self.labels, self.probe, self.knn_k)
 
     def outputs(self, path: Path, info: dict) -> np.ndarray:
         """The file's outputs on every text of the split, through its own runtime."""
         if info["runtime"] == "onnxruntime":
             return run_onnx(path, self.ids, self.pad_id, self.threads)
-        return run_tflite(path, self.ids, self.pad_id, self.threads, info["signatures"],
-                          self.run_dir / "logs" / "verify-tflite.log")
+        return run_tflite(path, self.ids, self.pad_id, self.threads, info["signatures"], self.tflite_log)
 
     def measure(self, path: Path, info: dict) -> dict:
         """|Δ| against the reference, task metrics, agreement, and the verdict."""
@@ -194,12 +175,11 @@ class Checker:
                   "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                   **({} if self.exact is None else
                      {"max_abs_diff_vs_pytorch_fp32": float(np.abs(outputs - self.reference).max())}),
-                  "agreement_with_student": _agreement(self.task_name, outputs, self.reference, self.labels, self.probe),
-                  **_metrics(self.task_name, outputs, self.teacher, self.labels, self.probe, self.knn_k)}
+                  "agreement_with_student": self.kind.agreement(outputs, self.reference, self.labels, self.probe),
+                  **self.kind.verify_metrics(outputs, self.teacher, self.labels, self.probe, self.knn_k)}
         if info["runtime"] == "tflite" and len(info.get("signatures", [])) > 1:
             record["signature_max_abs_diff"] = signature_diffs(
-                path, self.ids, self.pad_id, self.threads, info["signatures"], exact,
-                self.run_dir / "logs" / "verify-tflite.log", parity=parity)
+                path, self.ids, self.pad_id, self.threads, info["signatures"], exact, self.tflite_log, parity=parity)
         record.update(parity.record())
         record["passed"], record["reason"] = verdict(info, record, self.student, self.metric, self.cfg)
         return record
@@ -207,22 +187,24 @@ class Checker:
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write verify/<artifact>.json for every artifact."""
-    sidecars = sorted((ctx.run_dir / "artifacts").glob("*.json"))
+    files = RunFiles(ctx.run_dir)
+    sidecars = files.artifacts.sidecars()
     if not sidecars:
-        with atomic_dir(ctx.run_dir / "verify") as out:
-            write_json(out / "student.json", {"name": "student", "note": "no exported files to verify"})
+        with atomic_dir(files.verify.path) as out:
+            write_json(VerifyFiles(out).student, {"name": "student", "note": "no exported files to verify"})
         return
-    if recipe.task == "causal_lm":
+    if task_kind(recipe.task).is_lm:  # token by token over the KV cache: verify/causal_lm.py
         from kd_edge.verify import causal_lm
 
         return causal_lm.run(recipe, ctx)
     checker = Checker(recipe, ctx.run_dir, limit=recipe.verify.max_examples)
-    with atomic_dir(ctx.run_dir / "verify") as out:
+    with atomic_dir(files.verify.path) as folder:
+        out = VerifyFiles(folder)
         for sidecar in sidecars:
             info = read_json(sidecar)
-            record = checker.measure(ctx.run_dir / "artifacts" / info["name"], info)
+            record = checker.measure(files.artifacts.file(info["name"]), info)
             if info.get("fallback"):
                 record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
                                       "nodes_in_float": len(info["fallback"].get("nodes", []))}
-            write_json(out / f"{info['name']}.json", record)
-        write_json(out / "student.json", {"name": "student", **checker.student})
+            write_json(out.record(info["name"]), record)
+        write_json(out.student, {"name": "student", **checker.student})
