@@ -51,7 +51,7 @@ def doctor_command(as_json: Annotated[bool, typer.Option("--json", help="Print J
 
     from kd_edge import __version__
     from kd_edge.device_runner import fingerprint
-    from kd_edge.pipeline import library_versions
+    from kd_edge.manifest import library_versions
 
     env = fingerprint(None)
     report = {

@@ -38,13 +38,13 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
     out = output_dir(out or Path("runs") / recipe.name, "--out")
     recipe = resolve(recipe)
     if check:
-        from kd_edge.pipeline import STAGES
+        from kd_edge.stages import STAGES
 
-        names = [st.name for st in STAGES if st.enabled is None or st.enabled(recipe)]
+        names = [st.name for st in STAGES if st.is_enabled(recipe)]
         typer.echo(f"recipe {source} is valid: {recipe.task}, teacher {recipe.teacher.model}, data {recipe.data.source}, "
                    f"{len(recipe.export.artifacts)} exported file(s); stages: {', '.join(names)}; would write {out}")
         return 0
-    from kd_edge.pipeline import distributed_rank
+    from kd_edge.follower import distributed_rank
 
     if distributed_rank()[0] > 0:  # accelerate launch: only the first process talks
         run_pipeline(recipe, out, resume=resume, force=force, stop_after=stop_after, only=only, progress=False)
