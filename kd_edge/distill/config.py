@@ -121,8 +121,8 @@ class LossConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    name: str = Field(description="A registered loss: kl, reverse_kl, jsd, logit_mse, ce, embedding_cosine, "
-                                  "embedding_mse, hidden_mse, hidden_cosine, attention_kl, attention_mse.")
+    name: str = Field(description="A registered loss; `kd-edge list losses` shows each, what it reads and its "
+                                  "parameters.")
     weight: float = Field(1.0, ge=0, description="Multiplier of this term in the total loss.")
     teacher: int | None = Field(
         None, description="Ensembles: only this teacher (0 = `teacher`, 1.. = ensemble.teachers); "

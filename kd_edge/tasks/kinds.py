@@ -86,11 +86,11 @@ class TaskKind:
     def check_loss(self, loss_name: str, needs: str) -> None:
         """Refuse a loss whose input this task's models do not produce."""
         if needs == "pooled" and self.output_field != "pooled":
-            raise ConfigError(f"loss {loss_name} compares sentence embeddings; task {self.name} has logits: use kl, "
-                              "reverse_kl, jsd, logit_mse or ce")
+            raise ConfigError(f"loss {loss_name} compares sentence embeddings; task {self.name} has logits: use "
+                              f"{_losses_reading('logits', 'labels')}")
         if needs in ("logits", "labels") and self.output_field != "logits":
             raise ConfigError(f"loss {loss_name} needs logits; task {self.name} has embeddings: use "
-                              "embedding_cosine or embedding_mse")
+                              f"{_losses_reading('pooled')}")
 
     def check_recipe(self, recipe: "Recipe", teachers: list[Any], student: Any) -> None:
         """Task-specific checks of a recipe against its teachers' and student's shapes (preflight)."""
@@ -126,6 +126,14 @@ class TaskKind:
     def starter_teacher_extra(self, own_teacher: bool) -> str:
         """Teacher keys `kd-edge init` writes for this task."""
         return ""
+
+
+def _losses_reading(*needs: str) -> str:
+    """The registered losses that read ``needs`` ("kl, reverse_kl or ce")."""
+    from kd_edge.distill import LOSSES
+
+    names = [n for n in LOSSES.names() if LOSSES.meta(n)["needs"] in needs]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 class SentenceEmbeddingKind(TaskKind):
