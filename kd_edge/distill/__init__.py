@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from kd_edge.distill.params import BETA, HEADS, LAYER_MAP, TEMPERATURE
+from kd_edge.distill.params import BETA, HEADS, LAYER_MAP, TEMPERATURE, Param
 from kd_edge.registry import Registry
 
 LOSSES: Registry = Registry("loss")
@@ -20,6 +20,9 @@ _T = ("torch",)
 for _name, _needs, _params, _summary in (
     ("embedding_cosine", "pooled", (), "1 - cosine(student pooled, teacher pooled) (Reimers & Gurevych 2020)."),
     ("embedding_mse", "pooled", (), "MSE between pooled embeddings."),
+    ("cosine_margin", "pooled", (Param("margin", float, 0.2, "Cosine below which the teacher's embeddings of the batch's "
+                                       "other texts stop pushing the student's away.", ge=-1, le=1),),
+     "Cosine to the teacher plus a margin hinge against the batch's other texts (Hadsell et al. 2006)."),
     ("kl", "logits", (TEMPERATURE,), "Forward KL at temperature T, scaled by T^2 (Hinton et al. 2015)."),
     ("reverse_kl", "logits", (TEMPERATURE,), "Reverse KL(student || teacher), mode-seeking (MiniLLM, Gu et al. 2024)."),
     ("jsd", "logits", (TEMPERATURE, BETA), "Generalised Jensen-Shannon divergence with beta (GKD, Agarwal et al. 2024)."),

@@ -74,6 +74,23 @@ def embedding_mse(student_out: dict, teacher_out: dict, batch: dict, **_: object
     return F.mse_loss(student_out["pooled"], teacher_out["pooled"])
 
 
+def cosine_margin(student_out: dict, teacher_out: dict, batch: dict, *, margin: float = 0.2, **_: object) -> torch.Tensor:
+    """L = mean_b (1 - cos(s_b, t_b)) + mean_{b != c} max(0, cos(s_b, t_c) - m): pull each student
+    embedding to its teacher's and push it below cosine ``margin`` m from the teacher's embeddings of the
+    batch's other texts (the hinge of Hadsell et al. 2006, as in torch's CosineEmbeddingLoss, with the
+    teacher's in-batch embeddings as negatives). It keeps neighbours apart that embedding_cosine alone
+    lets a small student collapse together; a batch of one text has no negatives (plain embedding_cosine)."""
+    s = F.normalize(student_out["pooled"].float(), dim=-1)
+    t = F.normalize(teacher_out["pooled"].float(), dim=-1)
+    cos = s @ t.T  # [B, B]: student b against teacher c
+    positive = (1 - cos.diagonal()).mean()
+    n = cos.shape[0]
+    if n < 2:
+        return positive
+    off = ~torch.eye(n, dtype=torch.bool, device=cos.device)
+    return positive + (cos[off] - margin).clamp(min=0).mean()
+
+
 # -- logits ---------------------------------------------------------------------------------------------------
 def kl(student_out: dict, teacher_out: dict, batch: dict, *, temperature: float = 1.0, **_: object) -> torch.Tensor:
     """Forward KL, L = T^2 · KL(softmax(z_t / T) || softmax(z_s / T)) (Hinton et al. 2015); the T^2

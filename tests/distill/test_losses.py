@@ -169,3 +169,34 @@ def test_attention_losses_zero_for_identical_and_heads_averaged_when_counts_diff
     with pytest.raises(ValueError, match="attention heads differ"):
         LOSSES.get("attention_kl")(a, four, _batch(), layer_map=[(1, 1)], heads="match")
     assert LOSSES.get("attention_kl")(a, four, _batch(), layer_map=[(1, 1)], heads="mean").item() > 0
+
+
+def test_cosine_margin_is_cosine_embedding_loss_with_the_teachers_other_texts_as_negatives():
+    s, t = _outs(0, b=4), _outs(1, b=4)
+    fn = LOSSES.get("cosine_margin")
+    b = s["pooled"].shape[0]
+    # torch's CosineEmbeddingLoss over every (student b, teacher c) pair: y = 1 on the diagonal, -1 off it
+    a = s["pooled"].repeat_interleave(b, 0)
+    c = t["pooled"].repeat(b, 1)
+    y = torch.where(torch.eye(b, dtype=torch.bool).flatten(), 1, -1)
+    per = torch.nn.functional.cosine_embedding_loss(a, c, y, margin=0.3, reduction="none")
+    expected = per[y == 1].mean() + per[y == -1].mean()
+    assert fn(s, t, {}, margin=0.3).item() == pytest.approx(expected.item(), rel=1e-5)
+    # negatives below the margin push nothing: with margin 1 only the positive term is left
+    assert fn(s, t, {}, margin=1.0).item() == pytest.approx(LOSSES.get("embedding_cosine")(s, t, {}).item(), rel=1e-5)
+    assert fn(s, t, {}, margin=-1.0).item() > fn(s, t, {}, margin=0.0).item()
+
+
+def test_cosine_margin_declares_its_margin_and_a_recipe_is_checked_against_it():
+    from kd_edge.config import recipe_from_dict
+    from kd_edge.errors import ConfigError
+
+    base = {"name": "r", "teacher": {"model": "t"}}
+    recipe = recipe_from_dict({**base, "distill": {"losses": [{"name": "cosine_margin", "margin": 0.1}]}}, "r")
+    assert recipe.distill.losses[0].params == {"margin": 0.1}
+    assert recipe_from_dict({**base, "distill": {"losses": [{"name": "cosine_margin"}]}}, "r").distill.losses[0].params \
+        == {"margin": 0.2}
+    with pytest.raises(ConfigError, match=r"loss cosine_margin: margin: Input should be less than or equal to 1"):
+        recipe_from_dict({**base, "distill": {"losses": [{"name": "cosine_margin", "margin": 3}]}}, "r")
+    with pytest.raises(ConfigError, match=r"loss kl has no parameter 'margin'"):
+        recipe_from_dict({**base, "distill": {"losses": [{"name": "kl", "margin": 0.1}]}}, "r")
