@@ -8,9 +8,16 @@ from __future__ import annotations
 
 
 class KdEdgeError(Exception):
-    """Base of every expected failure; ``str(err)`` is the one line shown to the user."""
+    """Base of every expected failure; ``str(err)`` is the one line shown to the user.
+
+    ``keys`` are the recipe keys the message names (``bench.host``): the library speaks in recipe keys,
+    and the command line adds the flag that sets each one for the command that ran."""
 
     exit_code = 2
+
+    def __init__(self, *args: object, keys: tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.keys = tuple(keys)
 
 
 class ConfigError(KdEdgeError):

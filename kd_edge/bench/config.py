@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kd_edge.bench import profile_names
+
 
 class BenchConfig(BaseModel):
     """Benchmark settings; every model runs in a fresh process on the target."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: str = Field("local", description="Where to run: local, a profile (rpi4, rpi5, android-arm64, "
-                        "rpi5-emulated, ci), a profile .yaml, user@host[:port], or adb[:serial].")
+    target: str = Field("local", description=f"Where to run: a profile ({', '.join(profile_names())}), a profile "
+                        ".yaml, user@host[:port], or adb[:serial].")
     host: str | None = Field(None, description="user@host[:port] for a profile reached over SSH.")
     serial: str | None = Field(None, description="adb serial for an Android profile.")
     key_file: str | None = Field(None, description="SSH: the private key to log in with (default: the SSH agent "

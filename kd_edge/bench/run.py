@@ -81,7 +81,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     target = make_target(profile)
     threads = cfg.threads or profile.threads
     models = models_to_bench(recipe, ctx.run_dir)
-    if profile.kind != "local":
+    if profile.kind != "local":  # a device
         # PyTorch models are the baselines of this machine; the device runs the exported files
         models = [m for m in models if m["runtime"] != "torch"]
     vocab_size = load_cache(ctx.run_dir)[0]["vocab_size"]

@@ -82,7 +82,7 @@ def main() -> None:
     except KdEdgeError as e:
         if _debug():
             raise
-        _fail(str(e), e.exit_code)
+        _fail(with_flags(e), e.exit_code)
     except KeyboardInterrupt:
         _interrupted()
     except OSError as e:
@@ -97,6 +97,25 @@ def main() -> None:
     if seen.get("signal") is not None and code in (130, 143):  # Typer turned Ctrl-C into exit 130
         _interrupted(code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def with_flags(err) -> str:
+    """The error's line, with the flags of the command that ran for the recipe keys it names."""
+    from kd_edge.cli.options import RECIPE_FLAGS
+
+    keys = getattr(err, "keys", ())
+    name = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    command = getattr(typer.main.get_command(app), "commands", {}).get(name) if keys else None
+    if command is None:
+        return str(err)
+    opts = {o for p in command.params for o in getattr(p, "opts", [])}
+    flags = []
+    for key in keys:
+        if RECIPE_FLAGS.get(key) in opts:
+            flags.append(RECIPE_FLAGS[key])
+        elif "--set" in opts:
+            flags.append(f"--set {key}=...")
+    return f"{err} (on the command line: {', '.join(flags)})" if flags else str(err)
 
 
 def _debug() -> bool:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from kd_edge.bench import profile_names
 from kd_edge.cli import app
 from kd_edge.cli.options import QuietOpt, SetOpt
 
@@ -31,8 +32,8 @@ def bench_command(
     paths: Annotated[list[Path], typer.Argument(help="A run folder, or .onnx / .tflite files and model folders.",
                                                 show_default=False)],
     target: Annotated[Optional[str], typer.Option(
-        "--target", "-t", help="local, a profile (rpi4, rpi5, rpi5-emulated, android-arm64, ci), PROFILE.yaml, "
-        "user@host[:port] or adb[:serial].", show_default=False)] = None,
+        "--target", "-t", help=f"A profile ({', '.join(profile_names())}), PROFILE.yaml, user@host[:port] or "
+        "adb[:serial].", show_default=False)] = None,
     host: Annotated[Optional[str], typer.Option(help="user@host[:port] for an SSH profile.", show_default=False)] = None,
     key: Annotated[Optional[Path], typer.Option(
         "--key", help="SSH: the private key to log in with (default: the SSH agent and ~/.ssh keys).",
@@ -123,7 +124,7 @@ def bench_command(
     device = make_target(profile)
     if thread_list == [None] and profile.threads:
         thread_list = [profile.threads]
-    typer.echo(f"kd-edge bench: {len(paths)} file(s) on {device.name} ({profile.description or profile.kind}), "
+    typer.echo(f"kd-edge bench: {len(paths)} file(s) on {device.name} ({profile.description or profile.label}), "
                f"{rounds} round(s)")
     try:
         results = bench_files(paths, device, threads_list=thread_list, batch=batch, seq=seq, runs=runs, warmup=warmup,

@@ -18,3 +18,10 @@ ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Reuse a folder holding another run's stages where they are still valid.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo every stage, replacing what the folder holds.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+# The flags that set a recipe key for the commands that have them: the library's errors name the key
+# (``bench.host``), and the command line adds the flag (``--host``), or ``--set`` where a command has that.
+RECIPE_FLAGS = {"bench.target": "--target", "bench.host": "--host", "bench.serial": "--serial",
+                "bench.key_file": "--key", "bench.known_hosts": "--known-hosts", "bench.python": "--python",
+                "bench.batch_size": "--batch", "bench.seq_len": "--seq", "bench.rounds": "--rounds",
+                "bench.runs": "--runs"}

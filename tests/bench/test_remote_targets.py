@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kd_edge.bench.profiles import TargetProfile, make_target, resolve_target
+from kd_edge.bench.profiles import make_target, resolve_target, target_profile
 from kd_edge.bench.targets.remote import RemoteTarget
 from kd_edge.errors import TargetError
 from kd_edge.export import EXPORTERS
@@ -29,12 +29,12 @@ def sshd(tmp_path_factory):
     server.process.wait(timeout=10)
 
 
-def ssh_profile(sshd, **over) -> TargetProfile:
+def ssh_profile(sshd, **over):
     data = {"name": "pi-on-loopback", "kind": "ssh", "host": sshd.address, "key_file": str(sshd.client_key),
             "known_hosts": str(sshd.known_hosts), "python": sys.executable, "connect_timeout_s": 5,
             "workdir": str(sshd.folder / "device")}
     data.update(over)
-    return TargetProfile(**data)
+    return target_profile(data)
 
 
 class CountingTransport:
@@ -126,8 +126,9 @@ def test_no_key_at_all_says_which_flag_gives_one(sshd, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh keys
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # no agent
     profile = ssh_profile(sshd, key_file=None)
-    with pytest.raises(TargetError, match=r"no SSH key to log in to .* pass --key FILE \(bench.key_file"):
+    with pytest.raises(TargetError, match=r"no SSH key to log in to .* name one in bench.key_file") as err:
         make_target(profile)
+    assert err.value.keys == ("bench.key_file",)  # the command line adds its flag (--key)
 
 
 def test_a_key_with_a_passphrase_and_a_garbled_known_hosts_are_one_line_each(sshd, tmp_path):
@@ -165,7 +166,7 @@ def test_unreachable_host(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(TargetError, match=r"cannot reach root@127.0.0.1:\d+|did not answer"):
-        make_target(TargetProfile(name="x", kind="ssh", host=f"root@127.0.0.1:{port}", connect_timeout_s=2))
+        make_target(target_profile({"name": "x", "kind": "ssh", "host": f"root@127.0.0.1:{port}", "connect_timeout_s": 2}))
 
 
 def test_host_that_does_not_answer_times_out():
@@ -173,7 +174,7 @@ def test_host_that_does_not_answer_times_out():
 
     t0 = time.perf_counter()
     with pytest.raises(TargetError, match="did not answer within 1 s|cannot reach"):
-        make_target(TargetProfile(name="x", kind="ssh", host="root@10.255.255.1", connect_timeout_s=1))
+        make_target(target_profile({"name": "x", "kind": "ssh", "host": "root@10.255.255.1", "connect_timeout_s": 1}))
     assert time.perf_counter() - t0 < 10
 
 
@@ -320,7 +321,7 @@ def test_target_names_resolve():
     assert resolve_target("pi@10.0.0.2:2222").kind == "ssh"
     from kd_edge.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="target rpi4 is reached over SSH; give the address: --host"):
+    with pytest.raises(ConfigError, match="target rpi4 is reached over SSH; give the address in bench.host"):
         resolve_target("rpi4")
     with pytest.raises(ConfigError, match="unknown target 'rpi6'; did you mean 'rpi5'"):
         resolve_target("rpi6")

@@ -271,7 +271,11 @@ CASES: list[Case] = [
     ("bench-ssh-key-missing", lambda w, d: [R, w.recipe(d, bench={"target": "pi@host", "key_file": str(d / "id_none")})],
      "does not exist"),
     ("bench-profile-file-missing", lambda w, d: [R, w.recipe(d, bench={"target": str(d / "board.yaml")})], "does not exist"),
-    ("bench-profile-no-host", lambda w, d: [R, w.recipe(d, bench={"target": "rpi5"})], "--host user@host"),
+    # the library names the recipe key; `kd-edge run` has no --host, so the command line offers --set
+    ("bench-profile-no-host", lambda w, d: [R, w.recipe(d, bench={"target": "rpi5"})],
+     "give the address in bench.host (user@host) (on the command line: --set bench.host=...)"),
+    ("bench-files-profile-no-host", lambda w, d: ["bench", w.onnx, "--target", "rpi5"],
+     "give the address in bench.host (user@host) (on the command line: --host)"),
     ("recipe-gate-unknown-row", lambda w, d: [R, w.recipe(d, gate={"budgets": [{"artifact": "student.int4.onnx", "metric": "file_size_mb", "max": 1}]})],
      "will not be a row"),
     ("recipe-gate-baseline-missing", lambda w, d: [R, w.recipe(d, gate={"baseline": str(d / "old"), "budgets": []})], "has no report.json"),

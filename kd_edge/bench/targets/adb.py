@@ -6,8 +6,24 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kd_edge.bench.targets.remote import quote
+from typing import Literal
+
+from pydantic import Field
+
+from kd_edge.bench.targets.remote import RemoteTargetConfig, quote
 from kd_edge.errors import TargetError
+
+
+class AdbTargetConfig(RemoteTargetConfig):
+    """An Android device over adb, running the device's Python (Termux) or TFLite's benchmark_model."""
+
+    label = "adb"
+    kind: Literal["adb"] = "adb"
+    serial: str | None = Field(None, description="The device's serial (default: the only device).")
+    adb: str = Field("adb", description="The adb program.")
+
+    def transport(self) -> "AdbTransport":
+        return AdbTransport(self.serial, self.adb)
 
 
 class AdbTransport:
@@ -17,7 +33,8 @@ class AdbTransport:
         path = shutil.which(adb)
         if path is None:
             raise TargetError(f"'{adb}' not found; install Android platform tools (apt install adb) or name the adb "
-                              "program in a target profile (adb: /path/to/adb) and pass --target PROFILE.yaml")
+                              "program in a target profile (adb: /path/to/adb) and name that file in bench.target",
+                              keys=("bench.target",))
         self.adb, self.serial = path, serial
         self.name = f"adb:{serial}" if serial else "adb"
         rc, out, err = self._adb(["get-state"], timeout)

@@ -10,7 +10,23 @@ import sys
 import time
 from pathlib import Path
 
+from typing import Literal
+
+from pydantic import Field
+
+from kd_edge.bench.targets.config import TargetConfig
 from kd_edge.errors import TargetError
+
+
+class LocalTargetConfig(TargetConfig):
+    """This machine: a fresh subprocess per model."""
+
+    label = "local"
+    kind: Literal["local"] = "local"
+    cpus: list[int] | None = Field(None, description="Pin the benchmark to these CPU cores.")
+
+    def connect(self) -> "LocalTarget":
+        return LocalTarget(name=self.name, cpus=self.cpus)
 
 
 def parse_runner_output(stdout: str, where: str) -> dict:
@@ -29,8 +45,8 @@ PHASE_FIXES = {
     "import": "install the runtime there (pip install onnxruntime, or ai-edge-litert for .tflite)",
     "load": "the file may be truncated, or made by a newer converter than this runtime reads; export it again "
             "(kd-edge export) or update the runtime",
-    "run": "the runtime loaded the file but cannot run it at this input; check --batch/--seq (bench.batch_size, "
-           "bench.seq_len) against the shapes the file was exported for",
+    "run": "the runtime loaded the file but cannot run it at this input; check bench.batch_size and "
+           "bench.seq_len against the shapes the file was exported for",
 }
 
 
@@ -38,7 +54,8 @@ def runner_failure(model: str, where: str, doc: dict) -> TargetError:
     """The one-line error for a runner that reported a failure: what failed, in which phase, the fix."""
     phase = doc.get("phase") or "run"
     return TargetError(f"{model} on {where} failed at {phase}: {doc['error']}; "
-                       f"{PHASE_FIXES.get(phase, 'run the device runner by hand to see why')}")
+                       f"{PHASE_FIXES.get(phase, 'run the device runner by hand to see why')}",
+                       keys=("bench.batch_size", "bench.seq_len") if phase == "run" else ())
 
 
 class LocalTarget:

@@ -13,7 +13,27 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from typing import Literal
+
+from pydantic import Field
+
+from kd_edge.bench.targets.remote import RemoteTargetConfig
 from kd_edge.errors import TargetError
+
+
+class QemuTargetConfig(RemoteTargetConfig):
+    """An arm64 root file system run under qemu-user: the ARM code path, with emulated timings."""
+
+    label = "qemu"
+    kind: Literal["qemu"] = "qemu"
+    root: str | None = Field(None, description="The arm64 root file system.")
+    cpu: str | None = Field(None, description="QEMU_CPU, e.g. cortex-a72 (Pi 4) or cortex-a76 (Pi 5).")
+    emulated = True
+
+    def transport(self) -> "ChrootTransport":
+        if not self.root:
+            raise TargetError(f"target {self.name} names no root file system (root:)")
+        return ChrootTransport(self.root, self.cpu)
 
 
 class ChrootTransport:

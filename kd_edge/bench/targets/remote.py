@@ -13,10 +13,32 @@ import hashlib
 import json
 import shlex
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
+from pydantic import Field
+
+from kd_edge.bench.targets.config import TargetConfig
 from kd_edge.bench.targets.local import runner_failure
 from kd_edge.errors import TargetError
+
+
+class RemoteTargetConfig(TargetConfig):
+    """What every target reached through a transport says: its Python, its folder, its TFLite benchmark."""
+
+    emulated: ClassVar[bool] = False  # timings are not the device's (software emulation)
+
+    python: str = Field("python3", description="The device's Python interpreter.")
+    workdir: str = Field("/tmp/kd-edge-bench", description="Where files go on the device.")
+    tflite_benchmark_model: str | None = Field(
+        None, description="Path of TFLite's benchmark_model binary on the device: .tflite files run with it (no Python).")
+
+    def transport(self) -> "Transport":
+        """The connection to the device."""
+        raise NotImplementedError
+
+    def connect(self) -> "RemoteTarget":
+        return RemoteTarget(self.transport(), python=self.python, workdir=self.workdir, emulated=self.emulated,
+                            name=self.name, tflite_benchmark_model=self.tflite_benchmark_model)
 
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "tflite": "ai-edge-litert (or tflite-runtime)", "torch": "torch transformers"}
 
@@ -75,14 +97,14 @@ class RemoteTarget:
                 raise TargetError(f"{self.name}: {self.python} has no numpy; install it on the device: "
                                   f"{self.python} -m pip install numpy")
             raise TargetError(f"{self.name}: cannot run '{self.python}' ({(err or out).strip().splitlines()[-1:] or 'no output'}); "
-                              "install Python 3 on the device or name its interpreter with --python (bench.python, "
-                              "python: in a profile)")
+                              "install Python 3 on the device or name its interpreter in bench.python (python: in "
+                              "a profile)", keys=("bench.python",))
         if module:
             rc, _, err = self._sh([self.python, "-c", f"import {module}"])
             if rc != 0:
                 raise TargetError(f"{self.name}: the {runtime} runtime is not installed for {self.python}; install it on "
                                   f"the device ({self.python} -m pip install {RUNTIME_PACKAGES[runtime]}) or name the "
-                                  "Python that has it with --python")
+                                  "Python that has it in bench.python", keys=("bench.python",))
         else:
             probe = ("import importlib.util as u, sys; sys.exit(0 if any(u.find_spec(m) for m in "
                      "('ai_edge_litert', 'tflite_runtime', 'tensorflow')) else 1)")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from kd_edge.bench.targets.remote import quote
-from kd_edge.errors import DependencyError, TargetError
+from typing import Literal
+
+from pydantic import Field
+
+from kd_edge.bench.targets.remote import RemoteTargetConfig, quote
+from kd_edge.errors import ConfigError, DependencyError, TargetError
 
 
 def parse_address(text: str) -> tuple[str | None, str, int]:
@@ -20,6 +24,33 @@ def parse_address(text: str) -> tuple[str | None, str, int]:
         return (user or None), host, int(port) if port else 22
     except ValueError:
         raise TargetError(f"'{text}': port '{port}' is not a number; write user@host:PORT, e.g. pi@10.0.0.7:2222") from None
+
+
+class SshTargetConfig(RemoteTargetConfig):
+    """A machine over SSH (a Raspberry Pi, a board, a server)."""
+
+    label = "SSH"
+    kind: Literal["ssh"] = "ssh"
+    host: str | None = Field(None, description="user@host[:port].")
+    key_file: str | None = Field(None, description="Private key (default: the SSH agent and ~/.ssh keys).")
+    known_hosts: str | None = Field(None, description="A known_hosts file besides ~/.ssh/known_hosts.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Give up connecting after this long.")
+
+    def check(self) -> None:
+        if not self.host:
+            raise ConfigError(f"target {self.name} is reached over SSH; give the address in bench.host (user@host)",
+                              keys=("bench.host",))
+        parse_address(self.host)
+        for what, value, key in (("key", self.key_file, "bench.key_file"),
+                                 ("known_hosts file", self.known_hosts, "bench.known_hosts")):
+            if value and not Path(value).expanduser().is_file():
+                raise ConfigError(f"the SSH {what} '{value}' does not exist; name an existing file in {key}",
+                                  keys=(key,))
+
+    def transport(self) -> "SshTransport":
+        self.check()
+        return SshTransport(self.host, key_file=self.key_file, known_hosts=self.known_hosts,
+                            connect_timeout=self.connect_timeout_s)
 
 
 class SshTransport:
@@ -50,7 +81,7 @@ class SshTransport:
                            allow_agent=key_file is None, look_for_keys=key_file is None)
         except paramiko.PasswordRequiredException:
             raise TargetError(f"the key {key_file} is protected by a passphrase; load it into the SSH agent "
-                              f"(ssh-add {key_file}) and leave --key out") from None
+                              f"(ssh-add {key_file}) and leave bench.key_file unset", keys=("bench.key_file",)) from None
         except paramiko.BadHostKeyException:
             raise TargetError(
                 f"the host key of {host_id} is not the one in known_hosts: refusing to connect (this can be an attack); "
@@ -59,23 +90,23 @@ class SshTransport:
         except paramiko.AuthenticationException:
             raise TargetError(f"{self.name} refused the key{' ' + key_file if key_file else 's'}; install the public key "
                               f"on the device (ssh-copy-id -p {self.port} {self.name.split(':')[0]}) or name the right "
-                              "one with --key (bench.key_file in a recipe, key_file: in a profile)") from None
+                              "one in bench.key_file (key_file: in a profile)", keys=("bench.key_file",)) from None
         except paramiko.SSHException as e:
             if "No authentication methods available" in str(e):
-                raise TargetError(f"no SSH key to log in to {self.name} with: the SSH agent and ~/.ssh hold none; pass "
-                                  "--key FILE (bench.key_file in a recipe, key_file: in a profile)") from None
+                raise TargetError(f"no SSH key to log in to {self.name} with: the SSH agent and ~/.ssh hold none; name "
+                                  "one in bench.key_file (key_file: in a profile)", keys=("bench.key_file",)) from None
             if "not found in known_hosts" in str(e):
                 raise TargetError(f"{host_id} is not in known_hosts; check its fingerprint, then add it: "
-                                  f"ssh-keyscan -p {self.port} {self.host} >> ~/.ssh/known_hosts, or pass a file that "
-                                  "holds it with --known-hosts (bench.known_hosts in a recipe)") from None
+                                  f"ssh-keyscan -p {self.port} {self.host} >> ~/.ssh/known_hosts, or name a file that "
+                                  "holds it in bench.known_hosts", keys=("bench.known_hosts",)) from None
             if "banner" in str(e):
                 raise TargetError(f"{self.name} did not answer within {connect_timeout:g} s (no SSH greeting); check the "
                                   "address, that the device is on and sshd runs, and the network") from None
             if key_file and ("private key" in str(e) or "key" in str(e).lower() and "invalid" in str(e).lower()):
-                raise TargetError(f"'{key_file}' is not a private key paramiko can read ({e}); pass an OpenSSH "
-                                  "private key with --key") from None
-            raise TargetError(f"SSH to {self.name} failed ({e}); check the address, the key (--key) and that the "
-                              "device's sshd runs") from None
+                raise TargetError(f"'{key_file}' is not a private key paramiko can read ({e}); name an OpenSSH "
+                                  "private key in bench.key_file", keys=("bench.key_file",)) from None
+            raise TargetError(f"SSH to {self.name} failed ({e}); check the address, the key (bench.key_file) and that "
+                              "the device's sshd runs", keys=("bench.key_file",)) from None
         except (socket.timeout, TimeoutError):
             raise TargetError(f"{self.name} did not answer within {connect_timeout:g} s; check the address, that the "
                               "device is on and sshd runs, and the network") from None
