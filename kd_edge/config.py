@@ -20,6 +20,7 @@ from kd_edge.evaluate.config import EvaluateConfig
 from kd_edge.export.config import ExportConfig
 from kd_edge.gate import GateConfig
 from kd_edge.registry import closest
+from kd_edge.tasks.kinds import KINDS
 from kd_edge.report.config import ReportConfig
 from kd_edge.verify.config import VerifyConfig
 
@@ -34,7 +35,7 @@ class Recipe(BaseModel):
 
     name: str = Field(description="Run name; the default output folder is runs/<name>.")
     task: str = Field("sentence_embedding",
-                      description="Task adapter: sentence_embedding, sequence_classification or causal_lm.")
+                      description=f"Task adapter: {', '.join(KINDS)} (`kd-edge list tasks`).")
     seed: int = Field(0, description="Seed for splits, initialisation and data order.")
     teacher: TeacherConfig
     ensemble: EnsembleConfig | None = Field(None, description="More teachers, distilled from together.")

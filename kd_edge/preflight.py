@@ -264,8 +264,9 @@ def _check_gate(recipe: Recipe) -> None:
                               f"not be a row of the report (rows: {', '.join(rows)}); fix the budget or add the file "
                               "to export.artifacts")
     if recipe.gate.baseline:
-        base = Path(recipe.gate.baseline).expanduser()
-        if not (base / "report.json" if base.is_dir() else base).is_file():
+        from kd_edge.runfiles import report_file
+
+        if not report_file(Path(recipe.gate.baseline).expanduser()).is_file():
             raise ArtifactError(f"gate.baseline '{recipe.gate.baseline}' has no report.json; point it at a baseline "
                                 "run folder or its report.json")
 

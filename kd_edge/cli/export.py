@@ -104,7 +104,7 @@ def export_command(
     if set_:
         raise ConfigError("--set is for run folders; on a model folder use --format, --precision, --shapes")
     from kd_edge.export.config import ArtifactSpec, ExportConfig
-    from kd_edge.export.standalone import export_model_dir
+    from kd_edge.cli.export_folder import export_model_dir
 
     formats = _split(format_, FORMATS, "--format") or ["onnx"]
     precisions = _split(precision, PRECISIONS, "--precision") or ["fp32", "int8"]
@@ -173,7 +173,7 @@ def quantize_command(
 
       kd-edge quantize model.tflite -p fp16
     """
-    from kd_edge.export.standalone import quantize_file
+    from kd_edge.cli.quantize_file import quantize_file
     from kd_edge.paths import input_dir, input_file
 
     input_file(path, "FILE", "pass an exported .onnx or .tflite file")

@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from kd_edge.cli import app
+from kd_edge.tasks.kinds import KINDS
 
 
 @app.command("init")
 def init_command(
     path: Annotated[Path, typer.Argument(help="Where to write the recipe.")] = Path("recipe.yaml"),
     task: Annotated[str, typer.Option(
-        help="sentence_embedding, sequence_classification or causal_lm.")] = "sentence_embedding",
+        help=f"One of: {', '.join(KINDS)}.")] = "sentence_embedding",
     teacher: Annotated[Optional[str], typer.Option(help="Teacher folder or hub id to put in the recipe.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Data file (.jsonl/.csv/.tsv/.txt) or save_to_disk folder; "
                                                      "its columns are read to fill the recipe in.")] = None,

@@ -166,6 +166,7 @@ def _position_mask(ids, weights) -> np.ndarray:
     return mask
 
 
+# how each task kind is evaluated (one entry per kind in tasks/kinds.py)
 EVALUATORS = {"sentence_embedding": _embedding, "sequence_classification": _classification, "causal_lm": _causal_lm}
 
 

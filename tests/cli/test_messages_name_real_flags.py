@@ -26,7 +26,8 @@ FOREIGN = {
     "--seq": "device_runner.py", "--warmup": "device_runner.py", "--runs": "device_runner.py",
     "--seed": "device_runner.py", "--vocab-size": "device_runner.py", "--threads": "device_runner.py",
     "--pooling": "device_runner.py", "--normalize": "device_runner.py", "--task": "device_runner.py",
-    "--gguf-file": "device_runner.py", "--allow-pickle": "device_runner.py", "--help": "every command",
+    "--gguf-file": "device_runner.py", "--allow-pickle": "device_runner.py", "--head": "device_runner.py",
+    "--auto-class": "device_runner.py", "--help": "every command",
 }
 
 
