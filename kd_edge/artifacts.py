@@ -19,6 +19,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 _CHUNK = 1 << 20
+FULL_BELOW = 1 << 20  # a disk with less free space than this (or than 1 % of it) is full
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the disk holding ``path`` (or its nearest existing parent) is full, whatever a library
+    that failed on it said."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return False
+    return usage.free < min(FULL_BELOW, usage.total // 100)
 
 
 def sha256_file(path: Path) -> str:
@@ -162,7 +176,6 @@ def _discard(tmp: Path, path: Path, err: BaseException, remove) -> None:
     not an OSError already (a library that hit ENOSPC and said so its own way, as torch.save's
     "unexpected pos ..."), say so as the operating system would: the disk is looked at before the
     partial output is removed, which frees it."""
-    from kd_edge.diskspace import disk_full
 
     full = isinstance(err, Exception) and not isinstance(err, OSError) and disk_full(tmp)
     remove()

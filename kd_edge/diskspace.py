@@ -82,20 +82,6 @@ def _export(recipe: "Recipe", run_dir: Path) -> int:
 ESTIMATES: dict[str, Callable[["Recipe", Path], int]] = {"teacher": _teacher, "distill": _distill, "export": _export}
 
 
-FULL_BELOW = 1 << 20  # a disk with less free space than this (or than 1 % of it) is full
-
-
-def disk_full(path: Path) -> bool:
-    """Whether the disk holding ``path`` (or its nearest existing parent) is full, whatever a library
-    that failed on it said."""
-    path = Path(path)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        usage = shutil.disk_usage(path)
-    except OSError:
-        return False
-    return usage.free < min(FULL_BELOW, usage.total // 100)
 
 
 def check_free_space(stage: str, recipe: "Recipe", run_dir: Path) -> None:
