@@ -296,6 +296,7 @@ CASES: list[Case] = [
     ("distill-unknown-recipe-name", lambda w, d: ["distill", "minilm-l7"], "does not exist"),
     ("distill-bad-recipe", lambda w, d: ["distill", w.recipe(d, student={"layers": 9})], "more layers"),
     # -- init -------------------------------------------------------------------------------------------------
+    ("list-unknown-kind", lambda w, d: ["list", "lossez"], "did you mean 'losses'"),
     ("init-exists", lambda w, d: ["init", w.data_file(d, "r.yaml", "name: x\n")], "already exists"),
     ("init-onto-folder", lambda w, d: ["init", d], "is a folder"),
     ("init-missing-folder", lambda w, d: ["init", d / "no" / "r.yaml"], "does not exist"),
@@ -464,7 +465,7 @@ def test_the_table_covers_every_command_and_more_than_120_inputs(world, tmp_path
         folder = tmp_path / str(i)
         folder.mkdir()
         commands.add(str(build(world, folder)[0]))
-    assert {"run", "init", "export", "quantize", "bench", "report", "gate", "distill", "doctor"} <= commands, commands
+    assert {"run", "init", "export", "quantize", "bench", "report", "gate", "distill", "doctor", "list"} <= commands, commands
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

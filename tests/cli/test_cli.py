@@ -217,3 +217,15 @@ def test_report_compare(tmp_path):
     assert "| student | latency_p50_ms | 5 | 4 | -20.0 % | better |" in p.stdout
     assert (tmp_path / "changes.md").read_text() == p.stdout.rstrip("\n") + "\n"
     assert_one_line_error(kd_edge("report", "--compare", a, tmp_path / "none.json"), "no report at")
+
+
+def test_list_reads_the_registries_with_each_losss_needs_and_parameters():
+    p = kd_edge("list", "losses")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("cosine_margin "))
+    assert "reads pooled; parameters: margin=0.2" in lines[at + 1]
+    jsd = next(i for i, line in enumerate(lines) if line.startswith("jsd "))
+    assert "temperature=1.0, beta=0.5" in lines[jsd + 1]
+    targets = kd_edge("list", "targets").stdout
+    assert all(kind in targets for kind in ("local ", "ssh ", "adb ", "qemu "))
