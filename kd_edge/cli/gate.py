@@ -37,7 +37,7 @@ def gate_command(
     budget: Annotated[Optional[Path], typer.Option(
         "--budget", "-b", help="YAML file with `budgets:` (default: the run's recipe gate).", show_default=False)] = None,
     check: Annotated[Optional[list[str]], typer.Option(
-        "--check", "-c", help="A budget on the command line: ROW[@TARGET]:METRIC<=X, >=X or regress<=5% "
+        "--check", "-c", help="A budget on the command line: ROW\\[@TARGET]:METRIC<=X, >=X or regress<=5% "
         "(repeatable; added to --budget).", show_default=False)] = None,
     baseline: Annotated[Optional[Path], typer.Option(
         "--baseline", help="Baseline run folder or report.json for `max_regression` / regress budgets.",
