@@ -99,3 +99,23 @@ def test_configuration_modules_are_not_code_but_stage_modules_are():
     assert "kd_edge.evaluate.run" in modules and "kd_edge.tasks.kinds" in modules
     assert not any(m == "kd_edge.config" or m.endswith(".config") for m in modules)
     assert "kd_edge.errors" not in modules and "kd_edge.bench.run" not in modules
+
+
+def test_a_run_made_before_stage_keys_recorded_code_is_refused_then_redone_with_resume(finished_run, tmp_path):
+    import json
+
+    from kd_edge.errors import ConfigError
+
+    recipe_path, run, _ = finished_run
+    run = _copy(run, tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["key_format"]  # as kd-edge wrote it before: keys of the version and every field
+    for record in manifest["stages"].values():
+        record["key"] = "0" * 64
+        record.pop("code", None)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="made by an older kd-edge .* pass --resume to redo them there"):
+        run_pipeline(_recipe(recipe_path), run, progress=False)
+    result = run_pipeline(_recipe(recipe_path), run, resume=True, stop_after="data", progress=False)
+    assert result.ran == ["data"]
+    assert json.loads((run / "manifest.json").read_text())["key_format"] == 2

@@ -50,6 +50,11 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
         run_pipeline(recipe, out, resume=resume, force=force, stop_after=stop_after, only=only, progress=False)
         return 0
     typer.echo(f"kd-edge: recipe {source} -> {out}")
+    from kd_edge.manifest import older_key_format
+
+    if resume and older_key_format(out):
+        typer.echo("note: this run was made by an older kd-edge, whose stage keys did not record each stage's "
+                   "code: its stages are redone once; from then on a new kd-edge redoes only the stages it changed")
     result = run_pipeline(recipe, out, resume=resume, force=force, stop_after=stop_after, only=only,
                           progress=not quiet, on_event=stage_printer())
     if not result.ran:
