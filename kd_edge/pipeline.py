@@ -24,7 +24,8 @@ from kd_edge.diskspace import check_free_space
 from kd_edge.errors import ArtifactError, KdEdgeError, from_os_error
 from kd_edge.follower import distributed_rank, follow_distill
 from kd_edge.manifest import RunDir, check_out_dir, library_versions
-from kd_edge.stagekeys import code_digest, recipe_parts, stale_defaults
+from kd_edge import stagekeys
+from kd_edge.stagekeys import code_digest, code_modules, recipe_parts, stale_defaults
 from kd_edge.stages import STAGE_NAMES, STAGES, Stage
 
 KEY_FORMAT = 2  # 1: kd-edge version + every recipe field; 2: stage code + non-default fields (stagekeys.py)
@@ -108,6 +109,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
         m["machine"] = fingerprint(None)
         m.setdefault("stages", {})
         m.setdefault("external", {})
+        stagekeys.PARSED.update(m.get("parsed_code") or {})
         write_text(run.files.resolved_recipe, recipe_to_yaml(recipe))
         run.save()
         for index, st in enumerate(active):
@@ -156,6 +158,9 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
             run.save()
             result.ran.append(st.name)
             emit(StageEvent(st, index, len(active), "done", seconds))
+        used = {f"{name}:" for st in active for name in code_modules(st.code)}
+        m["parsed_code"] = {k: v for k, v in stagekeys.PARSED.items() if k.split(":")[0] + ":" in used}
+        run.save()
         gate_file = run.files.gate
         if stop_after is None and gate_file.is_file():
             result.gate = read_json(gate_file)
