@@ -101,7 +101,7 @@ def check_out_dir(run: RunDir, recipe_digest: str, *, resume: bool, force: bool)
             return  # a damaged manifest of ours: --force starts it again
         raise ConfigError(f"--out {path} is not empty and holds no kd-edge run ({run.manifest_path.name} missing); "
                           "choose a new or empty folder")
-    if run.manifest.get("key_format") is None and not (resume or force):
+    if run.manifest.get("key_format") is None and run.manifest.get("stages") and not (resume or force):
         raise ConfigError(f"--out {path} holds a run made by an older kd-edge ('{run.manifest.get('name')}'), whose "
                           "stage keys did not record each stage's code, so none of its stages can be trusted as "
                           "up to date; pass --resume to redo them there (once), or choose another --out")
