@@ -37,7 +37,7 @@ def _text_bytes(run_dir: Path) -> int:
 
 def _teacher(recipe: "Recipe", run_dir: Path) -> int:
     """Cached hidden states (fp16) of every token: about one token per 5 bytes of JSONL text."""
-    from kd_edge.preflight import hidden_layers_needed, teacher_configs
+    from kd_edge.teachers import hidden_layers_needed, teacher_configs
     from kd_edge.tasks.kinds import task_kind
 
     kind = task_kind(recipe.task)
@@ -52,7 +52,7 @@ def _teacher(recipe: "Recipe", run_dir: Path) -> int:
 
 
 def _width(recipe: "Recipe", index: int) -> int:
-    from kd_edge.preflight import resolve_teacher, teacher_configs
+    from kd_edge.teachers import resolve_teacher, teacher_configs
     from kd_edge.tasks.hub import hidden_size, read_config
 
     cfg = teacher_configs(recipe)[index]

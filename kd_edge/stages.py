@@ -28,13 +28,13 @@ from kd_edge.verify import run as verify
 
 
 def _teachers(recipe: Recipe) -> dict[str, Path]:
-    from kd_edge.preflight import resolve_teacher, teacher_configs
+    from kd_edge.teachers import resolve_teacher, teacher_configs
 
     return {f"teacher{i}": resolve_teacher(cfg) for i, cfg in enumerate(teacher_configs(recipe))}
 
 
 def _primary_teacher(recipe: Recipe) -> dict[str, Path]:
-    from kd_edge.preflight import resolve_teacher
+    from kd_edge.teachers import resolve_teacher
 
     return {"teacher0": resolve_teacher(recipe.teacher)}
 
@@ -50,7 +50,7 @@ def _bench_inputs(recipe: Recipe) -> dict[str, Path]:
 
 
 def _cached(recipe: Recipe) -> dict[str, Any]:
-    from kd_edge.preflight import hidden_layers_needed, logit_temperatures, teacher_configs
+    from kd_edge.teachers import hidden_layers_needed, logit_temperatures, teacher_configs
     from kd_edge.tasks.kinds import task_kind
 
     return {"teacher_hidden_layers": [hidden_layers_needed(recipe, i)[1] for i in range(len(teacher_configs(recipe)))],

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.bench import RUNNER_PATH
-from kd_edge.preflight import teacher_source
+from kd_edge.teachers import teacher_source
 from kd_edge.runfiles import BenchFiles, RunFiles, load_cache
 from kd_edge.tasks.kinds import task_kind
 

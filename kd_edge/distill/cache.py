@@ -21,7 +21,7 @@ import numpy as np
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError
-from kd_edge.preflight import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
+from kd_edge.teachers import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
 from kd_edge.runfiles import CacheFiles, RunFiles, read_jsonl, training_rows
 from kd_edge.tasks import TASKS
 from kd_edge.tasks.kinds import task_kind

@@ -131,7 +131,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write generated/train.jsonl and generated/meta.json."""
     import torch
 
-    from kd_edge.preflight import teacher_source
+    from kd_edge.teachers import teacher_source
     from kd_edge.tasks import TASKS
 
     d = recipe.distill

@@ -17,7 +17,7 @@ from torch import nn
 
 from kd_edge.distill import LOSSES, needs_of
 from kd_edge.errors import ConfigError
-from kd_edge.preflight import layers_needed
+from kd_edge.teachers import layers_needed
 from kd_edge.runfiles import CacheReader
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.errors import ArtifactError
-from kd_edge.preflight import resolve_teacher
+from kd_edge.teachers import resolve_teacher
 from kd_edge.runfiles import PREPARE_META, RunFiles, read_jsonl
 from kd_edge.tasks import TASKS
 from kd_edge.tasks.kinds import ModelSource

@@ -16,7 +16,7 @@ import numpy as np
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.distill import needs_attention_maps
 from kd_edge.errors import ArtifactError
-from kd_edge.preflight import teacher_configs, teacher_source
+from kd_edge.teachers import teacher_configs, teacher_source
 from kd_edge.runfiles import CacheReader, RunFiles, student_meta
 from kd_edge.tasks import TASKS
 from kd_edge.tasks.kinds import ModelSource

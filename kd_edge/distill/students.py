@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.errors import ArtifactError, ConfigError
-from kd_edge.preflight import pick_layers, teacher_configs, teacher_source
+from kd_edge.teachers import pick_layers, teacher_configs, teacher_source
 from kd_edge.runfiles import STUDENT_META, RunFiles
 from kd_edge.tasks import TASKS
 from kd_edge.tasks.kinds import ModelSource
