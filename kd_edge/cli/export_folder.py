@@ -2,7 +2,7 @@
 
 It writes the same files (and sidecars) as a run's export stage (``export/run.py: make_artifacts``),
 then checks each against the PyTorch model on real sentences (the bundled VADER test texts, or
-``--texts``): max and mean |Δ| (against the model computed in float64, see verify/reference.py),
+``--texts``): max and mean |Δ| (against the model computed in float64, see checks/reference.py),
 agreement (same class, or embedding cosine > 0.99) and a verdict by precision. A causal LM gets the
 verify stage's checks: logits as a prompt and token by token over its cache, perplexity, greedy
 generation. Nothing in the output folder is replaced unless ``--force`` is given.
@@ -22,7 +22,7 @@ from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError, ConfigError
 from kd_edge.export.capture import captured
 from kd_edge.verify.config import VerifyConfig
-from kd_edge.verify.reference import REFERENCE, Parity, exact_outputs, fp32_reason, outputs
+from kd_edge.checks.reference import REFERENCE, Parity, exact_outputs, fp32_reason, outputs
 
 if TYPE_CHECKING:
     from kd_edge.tasks.kinds import TaskKind
@@ -72,7 +72,7 @@ def tokenize(model_dir: Path, texts: list[str], max_length: int) -> Packed:
 
 
 def _outputs(path: Path, info: dict, ids: Packed, pad_id: int, log: Path) -> np.ndarray:
-    from kd_edge.verify.run import run_onnx, run_tflite
+    from kd_edge.checks.encoder import run_onnx, run_tflite
 
     if info["runtime"] == "onnxruntime":
         return run_onnx(path, ids, pad_id, None)
@@ -175,7 +175,7 @@ def _lm_export_config(cfg):
 def _encoder_checker(kind: "TaskKind", module, ids: Packed, config: dict, output_name: str, tolerance):
     """A function (file, sidecar, logs) -> record for an encoder (outputs on every text against the
     model in float64, every TFLite signature too; agreement; verdict), and PyTorch's own fp32 |Δ|."""
-    from kd_edge.verify.run import signature_diffs
+    from kd_edge.checks.encoder import signature_diffs
 
     pad_id = config.get("pad_token_id") or 0
     fp32, ref = outputs(module, ids), exact_outputs(module, ids)
@@ -198,7 +198,7 @@ def _lm_checker(model, ids: Packed, cfg):
     """A function (file, sidecar, logs) -> record for a causal LM (the verify stage's checks: logits
     |Δ| as a prompt and token by token, perplexity, greedy generation; verdict by its defaults), and
     PyTorch's own fp32 |Δ|."""
-    from kd_edge.verify.causal_lm import LMChecker
+    from kd_edge.checks.causal_lm import LMChecker
 
     texts = [np.asarray(ids[i], np.int64) for i in range(len(ids)) if len(ids[i]) > 1]
     checker = LMChecker(model, texts)

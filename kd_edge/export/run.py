@@ -90,7 +90,7 @@ class Fallback:
     def _perplexity(self, path: Path, info: dict) -> float:
         """Perplexity of a causal-LM file on training texts, through its own runtime (cached per file)."""
         from kd_edge.runfiles import CacheReader
-        from kd_edge.verify.causal_lm import decoder, perplexity
+        from kd_edge.checks.causal_lm import decoder, perplexity
 
         key = (path, path.stat().st_mtime_ns)
         if key not in self._ppl:
@@ -100,7 +100,7 @@ class Fallback:
         return self._ppl[key]
 
     def checker(self, fmt: str, base: Path, info: dict):
-        from kd_edge.verify.run import Checker
+        from kd_edge.checks.encoder import Checker
 
         if fmt not in self._checkers:
             checker = Checker(self.recipe, self.run_dir, split="train", limit=FALLBACK_TEXTS)
@@ -109,7 +109,7 @@ class Fallback:
         return self._checkers[fmt]
 
     def drop(self, fmt: str, base: Path, base_info: dict, path: Path, info: dict) -> tuple[float, str]:
-        from kd_edge.verify.run import metric_drop
+        from kd_edge.checks.verdicts import metric_drop
 
         if task_kind(self.recipe.task).is_lm:
             return self._perplexity(path, info) / self._perplexity(base, base_info) - 1, "perplexity"

@@ -1,188 +1,25 @@
 """The ``verify`` stage: prove each exported file equal to the PyTorch student.
 
-For every artifact, on the held-out split and through the artifact's own runtime: max and mean |Δ|
-against the student's outputs computed in float64 (verify/reference.py), the task metrics (with the probe fitted on the PyTorch student, as
-deployed), agreement with the student's predictions, and a pass/fail verdict by precision.
+For every artifact, on the held-out split and through the artifact's own runtime (``kd_edge/checks``):
+an encoder's outputs on every text, a causal LM's logits as a prompt and token by token over its cache,
+perplexity and greedy generation; |Δ| against the student in float64, task metrics, agreement, and a
+pass/fail verdict by precision. Writes verify/<artifact>.json and verify/student.json.
 """
 
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kd_edge import device_runner
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
-from kd_edge.data.packed import Packed, length_batches, pad
-from kd_edge.errors import ExportError
-from kd_edge.export.capture import captured
-from kd_edge.runfiles import CacheReader, RunFiles, VerifyFiles, need
+from kd_edge.checks.causal_lm import LMChecker
+from kd_edge.checks.encoder import Checker
+from kd_edge.runfiles import CacheReader, RunFiles, VerifyFiles
 from kd_edge.tasks.kinds import task_kind
-from kd_edge.verify.reference import Parity, exact_outputs, fp32_reason
 
 if TYPE_CHECKING:
     from kd_edge.config import Recipe
-
-ONNX_BATCH = 32
-
-
-def run_onnx(path: Path, ids: Packed, pad_id: int, threads: int | None) -> np.ndarray:
-    """Outputs of an ONNX file on every sequence (dynamic shapes: length-sorted batches)."""
-    backend = device_runner.OrtBackend(str(path), threads)
-    out = None
-    for idx in length_batches(ids.lengths(), ONNX_BATCH):
-        arr, mask = pad([ids[i] for i in idx], pad_id)
-        y = backend.run({"input_ids": arr, "attention_mask": mask})[0]
-        if out is None:
-            out = np.zeros((len(ids), y.shape[1]), np.float32)
-        out[idx] = y
-    return out
-
-
-def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signatures: list[dict],
-               log_path: Path) -> np.ndarray:
-    """Outputs of a TFLite file: each sequence padded to the smallest batch-1 bucket that holds it."""
-    buckets = sorted((s["seq"], s["name"]) for s in signatures if s["batch"] == 1)
-    if not buckets:
-        raise ExportError(f"{path.name} has no batch-1 signature to verify with; add (1, N) to export.tflite_shapes")
-    backend = device_runner.TfliteBackend(str(path), threads)
-    out = None
-    for i in range(len(ids)):
-        seq = ids[i]
-        fit = [b for b in buckets if b[0] >= len(seq)]
-        if not fit:
-            raise ExportError(f"a test text has {len(seq)} tokens, longer than every TFLite bucket "
-                              f"({', '.join(n for _, n in buckets)}); add a longer shape (export.tflite_shapes in a recipe, "
-                              "--shapes on the command line)")
-        length, name = fit[0]
-        arr, mask = pad([seq], pad_id, length=length)
-        with captured(log_path) if i == 0 else contextlib.nullcontext():  # XNNPACK announces itself from C++
-            y = backend.run({"input_ids": arr, "attention_mask": mask}, signature=name)[0]
-        if out is None:
-            out = np.zeros((len(ids), y.shape[1]), np.float32)
-        out[i] = y[0]
-    return out
-
-
-def signature_diffs(path: Path, ids: Packed, pad_id: int, threads: int | None, signatures: list[dict],
-                    reference: np.ndarray, log_path: Path, batches: int = 4,
-                    parity: Parity | None = None) -> dict[str, float]:
-    """max |Δ| of every TFLite signature against the reference, on up to ``batches`` full batches of
-    texts that fit its sequence length (each padded to it); each comparison also counts in ``parity``."""
-    backend = device_runner.TfliteBackend(str(path), threads)
-    diffs = {}
-    lengths = ids.lengths()
-    for sig in signatures:
-        fit = [i for i in range(len(ids)) if lengths[i] <= sig["seq"]][:sig["batch"] * batches]
-        worst = 0.0
-        for start in range(0, len(fit) - sig["batch"] + 1, sig["batch"]):
-            idx = fit[start:start + sig["batch"]]
-            arr, mask = pad([ids[i] for i in idx], pad_id, length=sig["seq"])
-            with captured(log_path):
-                y = backend.run({"input_ids": arr, "attention_mask": mask}, signature=sig["name"])[0]
-            worst = max(worst, parity.add(y, reference[idx]) if parity is not None
-                        else float(np.abs(y - reference[idx]).max()))
-        diffs[sig["name"]] = worst
-    return diffs
-
-
-def verdict(info: dict, record: dict, student: dict, metric: str, cfg) -> tuple[bool, str]:
-    """Pass/fail of one artifact, and why: fp32 by max |Δ|, lower precisions (fp16, int8) by the drop
-    of the task metric against the PyTorch student (or, without labels, by agreement with it)."""
-    if info["precision"] == "fp32":
-        return fp32_reason(record, student.get("pytorch_fp32_max_abs_diff"))
-    if metric in record and metric in student:
-        drop = metric_drop(student, record, metric)
-        ok = drop <= cfg.int8_max_metric_drop
-        if metric == "perplexity":  # a relative increase
-            return ok, f"perplexity {drop * 100:+.2f} % {'≤' if ok else '>'} +{cfg.int8_max_metric_drop * 100:.1f} %"
-        name = metric.replace("_", " ")
-        return ok, f"{name} drop {drop * 100:+.2f} pt {'≤' if ok else '>'} {cfg.int8_max_metric_drop * 100:.1f} pt"
-    ok = record["agreement_with_student"] >= 0.99
-    return ok, f"agreement with student {record['agreement_with_student']:.4f} {'≥' if ok else '<'} 0.99"
-
-
-def metric_drop(reference: dict, record: dict, metric: str) -> float:
-    """How much worse ``record`` is than ``reference`` on ``metric`` (positive = worse; perplexity as a
-    relative increase)."""
-    if metric == "perplexity":
-        return record[metric] / reference[metric] - 1.0
-    return reference[metric] - record[metric]
-
-
-class Checker:
-    """Measures exported files against the PyTorch student on one split of the run's data.
-
-    ``reference`` is what predictions and task metrics are compared with: by default the PyTorch
-    student's outputs on the test split (eval/student_test.npy); export passes the fp32 file's outputs
-    on training texts when it decides whether an int8 file needs the float fallback, so that no choice
-    is made on the test split. On the test split |Δ| is measured against ``exact``, the student
-    computed in float64 (see verify/reference.py)."""
-
-    def __init__(self, recipe: "Recipe", run_dir: Path, split: str = "test", limit: int | None = None):
-        self.run_dir, self.kind, self.files = run_dir, task_kind(recipe.task), RunFiles(run_dir)
-        cache = CacheReader(run_dir)
-        field = self.kind.output_field
-        ids, labels = cache.ids(split), cache.labels(split)
-        teacher = cache.field(0, split, field)
-        n = min(len(ids), limit) if limit else len(ids)
-        self.ids = Packed(ids.values, ids.offsets[:n + 1]) if n < len(ids) else ids
-        self.labels, self.teacher = labels[:n], np.asarray(teacher[:n])
-        probe_path = self.files.eval.probe("student")
-        self.probe = read_json(probe_path) if probe_path.is_file() else None
-        evaluation = read_json(self.files.eval.metrics)
-        self.metric, self.knn_k = evaluation["quality_metric"], evaluation["knn_k"]
-        self.threads, self.pad_id, self.cfg = recipe.bench.threads, cache.meta["pad_id"], recipe.verify
-        self.exact: np.ndarray | None = None
-        self.tflite_log = self.files.log("verify-tflite")
-        if split == "test":
-            self.use_reference(np.load(need(self.files.eval.student_test, "run the evaluate stage first"))[:n])
-            self.exact = self._exact(recipe)
-            self.student["pytorch_fp32_max_abs_diff"] = float(np.abs(self.reference - self.exact).max())
-
-    def _exact(self, recipe: "Recipe") -> np.ndarray:
-        from kd_edge.runfiles import student_meta
-        from kd_edge.tasks import TASKS
-        from kd_edge.tasks.kinds import ModelSource
-
-        task = TASKS.get(recipe.task)()
-        folder = self.files.student
-        module = task.export_module(task.load_model(ModelSource(folder)), student_meta(folder))
-        return exact_outputs(module, self.ids)
-
-    def use_reference(self, reference: np.ndarray) -> None:
-        """Compare artifacts with these outputs (one row per text of the split)."""
-        self.reference = reference
-        self.student = self.kind.verify_metrics(reference, self.teacher, self.labels, self.probe, self.knn_k)
-
-    def outputs(self, path: Path, info: dict) -> np.ndarray:
-        """The file's outputs on every text of the split, through its own runtime."""
-        if info["runtime"] == "onnxruntime":
-            return run_onnx(path, self.ids, self.pad_id, self.threads)
-        return run_tflite(path, self.ids, self.pad_id, self.threads, info["signatures"], self.tflite_log)
-
-    def measure(self, path: Path, info: dict) -> dict:
-        """|Δ| against the reference, task metrics, agreement, and the verdict."""
-        outputs = self.outputs(path, info)
-        exact = self.reference if self.exact is None else self.exact
-        diff = np.abs(outputs - exact)
-        parity = Parity(self.cfg.fp32_atol, self.cfg.fp32_rtol)
-        parity.add(outputs, exact)
-        record = {"name": info["name"], "format": info["format"], "precision": info["precision"],
-                  "runtime": info["runtime"], "n_examples": len(self.ids),
-                  "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                  **({} if self.exact is None else
-                     {"max_abs_diff_vs_pytorch_fp32": float(np.abs(outputs - self.reference).max())}),
-                  "agreement_with_student": self.kind.agreement(outputs, self.reference, self.labels, self.probe),
-                  **self.kind.verify_metrics(outputs, self.teacher, self.labels, self.probe, self.knn_k)}
-        if info["runtime"] == "tflite" and len(info.get("signatures", [])) > 1:
-            record["signature_max_abs_diff"] = signature_diffs(
-                path, self.ids, self.pad_id, self.threads, info["signatures"], exact, self.tflite_log, parity=parity)
-        record.update(parity.record())
-        record["passed"], record["reason"] = verdict(info, record, self.student, self.metric, self.cfg)
-        return record
 
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
@@ -193,16 +30,38 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         with atomic_dir(files.verify.path) as out:
             write_json(VerifyFiles(out).student, {"name": "student", "note": "no exported files to verify"})
         return
-    if task_kind(recipe.task).is_lm:  # token by token over the KV cache: verify/causal_lm.py
-        from kd_edge.verify import causal_lm
-
-        return causal_lm.run(recipe, ctx)
+    if task_kind(recipe.task).is_lm:  # token by token over the KV cache
+        return _run_lm(recipe, ctx)
     checker = Checker(recipe, ctx.run_dir, limit=recipe.verify.max_examples)
     with atomic_dir(files.verify.path) as folder:
         out = VerifyFiles(folder)
         for sidecar in sidecars:
             info = read_json(sidecar)
             record = checker.measure(files.artifacts.file(info["name"]), info)
+            if info.get("fallback"):
+                record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
+                                      "nodes_in_float": len(info["fallback"].get("nodes", []))}
+            write_json(out.record(info["name"]), record)
+        write_json(out.student, {"name": "student", **checker.student})
+
+
+def _run_lm(recipe: "Recipe", ctx: StageContext) -> None:
+    """verify/<artifact>.json for every exported LM file, and verify/student.json."""
+    from kd_edge.tasks import TASKS
+    from kd_edge.tasks.kinds import ModelSource
+
+    ids_all = CacheReader(ctx.run_dir).ids("test")
+    texts = [np.asarray(ids_all[i], np.int64) for i in range(len(ids_all)) if len(ids_all[i]) > 1]
+    if recipe.verify.max_examples:
+        texts = texts[:recipe.verify.max_examples]
+    files = RunFiles(ctx.run_dir)
+    model = TASKS.get(recipe.task)().load_model(ModelSource(files.student), eager=True).eval()
+    checker = LMChecker(model, texts, recipe.bench.threads)
+    with atomic_dir(files.verify.path) as folder:
+        out = VerifyFiles(folder)
+        for sidecar in files.artifacts.sidecars():
+            info = read_json(sidecar)
+            record = checker.measure(files.artifacts.file(info["name"]), info, recipe.verify)
             if info.get("fallback"):
                 record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
                                       "nodes_in_float": len(info["fallback"].get("nodes", []))}

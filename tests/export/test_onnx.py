@@ -95,7 +95,7 @@ def test_tied_embeddings_are_stored_once_and_the_kv_step_matches(tmp_path):
 
 def test_the_exact_reference_is_float64_and_leaves_the_model_as_it_was(module):
     from kd_edge.data.packed import Packed
-    from kd_edge.verify.reference import exact_outputs
+    from kd_edge.checks.reference import exact_outputs
 
     before = {k: v.clone() for k, v in module.state_dict().items()}
     rows = [np.arange(5, 5 + n) for n in (4, 9, 17)]

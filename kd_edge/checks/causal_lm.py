@@ -13,17 +13,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
+from kd_edge.checks.reference import REFERENCE, Parity, in_float64
+from kd_edge.checks.verdicts import metric_drop, verdict
 from kd_edge.errors import ExportError
-from kd_edge.runfiles import CacheReader, RunFiles, VerifyFiles
-from kd_edge.verify.reference import REFERENCE, Parity, in_float64
-
-if TYPE_CHECKING:
-    from kd_edge.config import Recipe
 
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 5, 8, 32
 DECODE_TEXTS = 20  # texts whose second half is also run through the one-token decode step
@@ -223,8 +218,6 @@ class LMChecker:
 
     def measure(self, path: Path, info: dict, cfg) -> dict:
         """The record of one file, with its verdict under ``cfg`` (a VerifyConfig)."""
-        from kd_edge.verify.run import metric_drop, verdict
-
         dec = decoder(path, info, self.threads)
         tflite = isinstance(dec, TfliteDecoder)
         parity = Parity(cfg.fp32_atol, cfg.fp32_rtol)
@@ -286,27 +279,3 @@ class LMChecker:
                                  f"give the student's {NEW_TOKENS} tokens)")
         record["perplexity_increase"] = metric_drop(self.student, record, "perplexity")
         return record
-
-
-def run(recipe: "Recipe", ctx: StageContext) -> None:
-    """verify/<artifact>.json for every exported LM file, and verify/student.json."""
-    from kd_edge.tasks import TASKS
-    from kd_edge.tasks.kinds import ModelSource
-
-    ids_all = CacheReader(ctx.run_dir).ids("test")
-    texts = [np.asarray(ids_all[i], np.int64) for i in range(len(ids_all)) if len(ids_all[i]) > 1]
-    if recipe.verify.max_examples:
-        texts = texts[:recipe.verify.max_examples]
-    files = RunFiles(ctx.run_dir)
-    model = TASKS.get(recipe.task)().load_model(ModelSource(files.student), eager=True).eval()
-    checker = LMChecker(model, texts, recipe.bench.threads)
-    with atomic_dir(files.verify.path) as folder:
-        out = VerifyFiles(folder)
-        for sidecar in files.artifacts.sidecars():
-            info = read_json(sidecar)
-            record = checker.measure(files.artifacts.file(info["name"]), info, recipe.verify)
-            if info.get("fallback"):
-                record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
-                                      "nodes_in_float": len(info["fallback"].get("nodes", []))}
-            write_json(out.record(info["name"]), record)
-        write_json(out.student, {"name": "student", **checker.student})
