@@ -81,6 +81,11 @@ class RunDir:
         return {k: v["sha256"] for k, v in now.items()} == {k: v["sha256"] for k, v in recorded.items()}
 
 
+def predates_key_format(manifest: dict) -> bool:
+    """True for the manifest of a run whose stage keys did not record code (kd-edge before key format 2)."""
+    return bool(manifest.get("stages")) and manifest.get("key_format") is None
+
+
 def older_key_format(path: Path) -> bool:
     """True when ``path`` holds a run whose manifest predates stage key format 2 (its stages are redone once)."""
     files = RunFiles(path)
@@ -88,7 +93,7 @@ def older_key_format(path: Path) -> bool:
         manifest = read_json(files.manifest) if files.manifest.is_file() else None
     except (ValueError, UnicodeDecodeError, OSError):
         return False
-    return isinstance(manifest, dict) and bool(manifest.get("stages")) and manifest.get("key_format") is None
+    return isinstance(manifest, dict) and predates_key_format(manifest)
 
 
 def check_out_dir(run: RunDir, recipe_digest: str, *, resume: bool, force: bool) -> None:
@@ -101,7 +106,7 @@ def check_out_dir(run: RunDir, recipe_digest: str, *, resume: bool, force: bool)
             return  # a damaged manifest of ours: --force starts it again
         raise ConfigError(f"--out {path} is not empty and holds no kd-edge run ({run.manifest_path.name} missing); "
                           "choose a new or empty folder")
-    if run.manifest.get("key_format") is None and run.manifest.get("stages") and not (resume or force):
+    if predates_key_format(run.manifest) and not (resume or force):
         raise ConfigError(f"--out {path} holds a run made by an older kd-edge ('{run.manifest.get('name')}'), whose "
                           "stage keys did not record each stage's code, so none of its stages can be trusted as "
                           "up to date; pass --resume to redo them there (once), or choose another --out")

@@ -25,7 +25,7 @@ from kd_edge.errors import ArtifactError, KdEdgeError, from_os_error
 from kd_edge.follower import distributed_rank, follow_distill
 from kd_edge.manifest import RunDir, check_out_dir, library_versions
 from kd_edge import stagekeys
-from kd_edge.stagekeys import code_digest, code_modules, recipe_parts, stale_defaults
+from kd_edge.stagekeys import RecipeFields, code_modules, digest_of, stale_defaults
 from kd_edge.stages import STAGE_NAMES, STAGES, Stage
 
 KEY_FORMAT = 2  # 1: kd-edge version + every recipe field; 2: stage code + non-default fields (stagekeys.py)
@@ -53,9 +53,10 @@ class RunResult:
     gate: dict | None = None
 
 
-def stage_key(run: RunDir, st: Stage, recipe: Recipe, active: set[str]) -> tuple[str, dict]:
-    """The key of stage ``st`` in this run, and its parts as the manifest records them: the stage's code
-    digest, its non-default recipe fields, the defaults it runs with, the digests of what it reads."""
+def stage_key(run: RunDir, st: Stage, recipe: Recipe, fields: RecipeFields, active: set[str]) -> tuple[str, dict, dict]:
+    """The key of stage ``st`` in this run; its parts as the manifest records them (the stage's code
+    digest, its non-default recipe fields, the defaults it runs with, the digests of what it reads); and
+    the modules its code digest covers."""
     m = run.manifest
     inputs: dict[str, str] = {}
     upstream: dict[str, str] = {}
@@ -70,12 +71,13 @@ def stage_key(run: RunDir, st: Stage, recipe: Recipe, active: set[str]) -> tuple
                                 "run `kd-edge run` on the recipe first")
         inputs[up] = digest_records(up_record["outputs"])
         upstream[up] = up_record["key"]
-    config, defaults = recipe_parts(recipe, st.sections)
+    config, defaults = fields.parts(st.sections)
     if st.derived:
         config.update(st.derived(recipe))
-    code = code_digest(st.code)
+    modules = code_modules(st.code)
+    code = digest_of(modules)
     key = sha256_json({"stage": st.name, "code": code, "config": config, "inputs": inputs, "upstream": upstream})
-    return key, {"code": code, "config": config, "defaults": defaults, "inputs": inputs, "upstream": upstream}
+    return key, {"code": code, "config": config, "defaults": defaults, "inputs": inputs, "upstream": upstream}, modules
 
 
 def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: bool = False,
@@ -92,7 +94,8 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
         ran, skipped = follow_distill(recipe, out_dir, progress=progress, force=force)
         return RunResult(out_dir, ran=ran, skipped=skipped)
     run = RunDir(out_dir, fresh=force)
-    recipe_digest = sha256_json(recipe.model_dump(mode="json", exclude_defaults=True))
+    fields = RecipeFields(recipe)
+    recipe_digest = sha256_json(fields.explicit)
     check_out_dir(run, recipe_digest, resume=resume, force=force)
     last = STAGE_NAMES.index(stop_after) if stop_after else len(STAGES) - 1
     active = [st for st in STAGES[:last + 1] if st.is_enabled(recipe)]
@@ -112,9 +115,11 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
         stagekeys.PARSED.update(m.get("parsed_code") or {})
         write_text(run.files.resolved_recipe, recipe_to_yaml(recipe))
         run.save()
+        used: set[str] = set()  # the modules the stages' code digests cover (their parses are kept)
         for index, st in enumerate(active):
             record = run.stage_record(st.name)
-            key, parts = stage_key(run, st, recipe, active_names)
+            key, parts, modules = stage_key(run, st, recipe, fields, active_names)
+            used.update(modules)
             selected = only is None or st.name in only
             done = (record and record.get("status") == "done" and record.get("key") == key
                     and not stale_defaults(record.get("defaults"), parts["defaults"])
@@ -158,8 +163,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
             run.save()
             result.ran.append(st.name)
             emit(StageEvent(st, index, len(active), "done", seconds))
-        used = {f"{name}:" for st in active for name in code_modules(st.code)}
-        m["parsed_code"] = {k: v for k, v in stagekeys.PARSED.items() if k.split(":")[0] + ":" in used}
+        m["parsed_code"] = {k: v for k, v in stagekeys.PARSED.items() if k.split(":")[0] in used}
         run.save()
         gate_file = run.files.gate
         if stop_after is None and gate_file.is_file():

@@ -113,7 +113,12 @@ def code_modules(modules: Iterable[str], root: Path | None = None) -> dict[str, 
 
 def code_digest(modules: Iterable[str], root: Path | None = None) -> str:
     """One digest of the code ``modules`` run (see ``code_modules``)."""
-    return hashlib.sha256(repr(sorted(code_modules(modules, root).items())).encode()).hexdigest()
+    return digest_of(code_modules(modules, root))
+
+
+def digest_of(modules: dict[str, str]) -> str:
+    """One digest of ``code_modules``'s answer."""
+    return hashlib.sha256(repr(sorted(modules.items())).encode()).hexdigest()
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -137,16 +142,21 @@ def _under(key: str, sections: Iterable[str]) -> bool:
     return any(key == s or key.startswith(s + ".") for s in sections)
 
 
-def recipe_parts(recipe, sections: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the stage's sections with only their non-default fields, {dotted field: default} of the fields
-    of those sections that the recipe leaves to their defaults)."""
-    explicit = recipe.model_dump(mode="json", exclude_defaults=True)
-    full = recipe.model_dump(mode="json")
-    config = {s: section(explicit, s) for s in sections}
-    set_leaves = _leaves(explicit)
-    defaults = {k: v for k, v in _leaves(full).items()
-                if _under(k, sections) and k not in set_leaves and not any(k.startswith(s + ".") for s in set_leaves)}
-    return config, defaults
+class RecipeFields:
+    """A recipe split once into what it sets and what it leaves to defaults, for every stage's key."""
+
+    def __init__(self, recipe):
+        self.explicit = recipe.model_dump(mode="json", exclude_defaults=True)
+        set_leaves = _leaves(self.explicit)
+        self.defaulted = {k: v for k, v in _leaves(recipe.model_dump(mode="json")).items()
+                          if k not in set_leaves and not any(k.startswith(s + ".") for s in set_leaves)}
+
+    def parts(self, sections: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the sections with only their non-default fields, {dotted field: default} of the fields of those
+        sections that the recipe leaves to their defaults)."""
+        config = {s: section(self.explicit, s) for s in sections}
+        return config, {k: v for k, v in self.defaulted.items() if _under(k, sections)}
+
 
 
 def stale_defaults(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:

@@ -25,7 +25,7 @@ from kd_edge.verify.config import VerifyConfig
 from kd_edge.checks.reference import REFERENCE, Parity, exact_outputs, fp32_reason, outputs
 
 if TYPE_CHECKING:
-    from kd_edge.tasks.kinds import TaskKind
+    from kd_edge.tasks.kinds import EncoderKind
 
 TEXTS = 200  # sentences to verify on
 
@@ -79,20 +79,15 @@ def _outputs(path: Path, info: dict, ids: Packed, pad_id: int, log: Path) -> np.
     return run_tflite(path, ids, pad_id, None, info["signatures"], log)
 
 
-def compare(kind: "TaskKind", got: np.ndarray, ref: np.ndarray, precision: str, parity: Parity,
+def compare(kind: "EncoderKind", got: np.ndarray, ref: np.ndarray, precision: str, parity: Parity,
             pytorch_fp32: float | None = None) -> dict:
     """|Δ|, agreement and the verdict of an artifact's outputs against the reference outputs (the
     model in float64, whose fp32 PyTorch run is ``pytorch_fp32`` from it); ``parity`` may already
     hold other comparisons of the file (its other TFLite signatures)."""
     diff = np.abs(got - ref)
     parity.add(got, ref)
-    if kind.label_kind == "class":
-        agreement = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
-        what = "same class as the model"
-    else:
-        cos = np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
-        agreement = float(np.mean(cos > 0.99))
-        what = "embeddings with cosine > 0.99 to the model's"
+    agreement = kind.agreement(got, ref, None, None)  # no labels here: the class, or embedding cosine > 0.99
+    what = "same class as the model" if kind.label_kind == "class" else "embeddings with cosine > 0.99 to the model's"
     record = {**parity.record(), "mean_abs_diff": float(diff.mean()), "agreement": agreement}
     if precision == "fp32":
         ok, reason = fp32_reason(record, pytorch_fp32)
@@ -172,7 +167,7 @@ def _lm_export_config(cfg):
     return cfg
 
 
-def _encoder_checker(kind: "TaskKind", module, ids: Packed, config: dict, output_name: str, tolerance):
+def _encoder_checker(kind: "EncoderKind", module, ids: Packed, config: dict, output_name: str, tolerance):
     """A function (file, sidecar, logs) -> record for an encoder (outputs on every text against the
     model in float64, every TFLite signature too; agreement; verdict), and PyTorch's own fp32 |Δ|."""
     from kd_edge.checks.encoder import signature_diffs

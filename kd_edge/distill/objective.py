@@ -56,6 +56,10 @@ class Objective(nn.Module):
         self.teacher_weights = [t["weight"] for t in cache.meta["teachers"]]
         self.n_teachers = len(self.teacher_weights)
         self.terms = [(c, LOSSES.get(c.name), needs_of(c.name)) for c in recipe.distill.losses]
+        # what each term is called with: its parameters (the recipe's over the loss's defaults, resolved
+        # once, not every step), and the learned projections for intermediate hidden-state losses
+        self.term_kwargs = [{**c.params, **({"project": self._project(n)} if needs == "hidden" else {})}
+                            for n, (c, _, needs) in enumerate(self.terms)]
         self.student_hidden = tuple(sorted({s for t in range(self.n_teachers) for s in layers_needed(recipe, "hidden", t)[0]}))
         self.teacher_hidden = [tuple(layers_needed(recipe, "hidden", t)[1]) for t in range(self.n_teachers)]
         self.attentions = any(needs == "attentions" for _, _, needs in self.terms)
@@ -102,7 +106,7 @@ class Objective(nn.Module):
         if combine == "per_teacher":
             total = sum(self.teacher_weights)
             return [(w / total, o) for w, o in zip(self.teacher_weights, outs)]
-        return [(1.0, average_targets(outs, self.teacher_weights, needs, cfg.params.get("temperature", 1.0)))]
+        return [(1.0, average_targets(outs, self.teacher_weights, needs, cfg.param("temperature") or 1.0))]
 
     # -- the loss ----------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -115,11 +119,10 @@ class Objective(nn.Module):
         detached = [{k: (v.detach() if torch.is_tensor(v) else v) for k, v in o.items()} for o in outs]
         total = torch.zeros((), device=device)
         logs: dict[str, float] = {}
-        extra = [{"project": self._project(n)} if needs == "hidden" else {} for n, (_, _, needs) in enumerate(self.terms)]
         for n, (cfg, fn, needs) in enumerate(self.terms):
             value = torch.zeros((), device=device)
             for scale, target in self._targets(cfg, needs, detached):
-                value = value + scale * fn(student_out, target, batch.tensors, **cfg.params, **extra[n])
+                value = value + scale * fn(student_out, target, batch.tensors, **self.term_kwargs[n])
             logs[f"loss_{cfg.name}" if f"loss_{cfg.name}" not in logs else f"loss_{cfg.name}_{n}"] = float(value.detach())
             total = total + cfg.weight * value
         if self.mode == "mutual":

@@ -12,6 +12,7 @@ Adding a task: a kind here, its adapter in its own module, its registry line in 
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,11 +79,6 @@ class TaskKind:
         """True for a causal language model (token labels, generation, perplexity)."""
         return self.label_kind == "token"
 
-    @property
-    def losses_read(self) -> str:
-        """What this task's models give the output losses: "pooled" or "logits"."""
-        return self.output_field
-
     def check_loss(self, loss_name: str, needs: str) -> None:
         """Refuse a loss whose input this task's models do not produce."""
         if needs == "pooled" and self.output_field != "pooled":
@@ -113,19 +109,25 @@ class TaskKind:
         """In live/mutual mode, whether the cheap per-example outputs of the train split are still cached."""
         return True
 
-    def verify_metrics(self, outputs: np.ndarray, teacher: np.ndarray, labels: np.ndarray, probe, k: int) -> dict:
-        """Task metrics of an exported file's outputs (numpy only)."""
-        raise NotImplementedError
-
-    def agreement(self, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, probe) -> float:
-        """Share of texts where the file predicts what the PyTorch student predicts."""
-        import numpy as np
-
-        return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
-
     def starter_teacher_extra(self, own_teacher: bool) -> str:
         """Teacher keys `kd-edge init` writes for this task."""
         return ""
+
+
+class EncoderKind(TaskKind, abc.ABC):
+    """A task whose model gives one output per text (an embedding, class logits): its exported files are
+    checked on every text at once (``checks/encoder.py: Checker``). Causal LMs are checked token by
+    token instead (``checks/causal_lm.py``)."""
+
+    @abc.abstractmethod
+    def verify_metrics(self, outputs: np.ndarray, teacher: np.ndarray, labels: np.ndarray, probe, k: int) -> dict:
+        """Task metrics of an exported file's outputs (numpy only)."""
+
+    def agreement(self, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, probe) -> float:
+        """Share of texts where the file predicts what the PyTorch student predicts (the argmax class)."""
+        import numpy as np
+
+        return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
 
 
 def _losses_reading(*needs: str) -> str:
@@ -136,7 +138,7 @@ def _losses_reading(*needs: str) -> str:
     return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
-class SentenceEmbeddingKind(TaskKind):
+class SentenceEmbeddingKind(EncoderKind):
     name = "sentence_embedding"
     adapter = "kd_edge.tasks.embedding:SentenceEmbeddingTask"
     summary = "Sentence embeddings (pooled encoder output), compared by cosine, neighbours and a probe."
@@ -162,13 +164,14 @@ class SentenceEmbeddingKind(TaskKind):
         return embedding_metrics(outputs, teacher, labels, probe, k)
 
     def agreement(self, outputs, reference, labels, probe) -> float:
-        """The student's probe's predictions (cosine > 0.99 without a probe)."""
+        """The student's probe's predictions (cosine > 0.99 without a probe or labels)."""
         import numpy as np
 
         from kd_edge.tasks.embedding_metrics import probe_predict
 
-        if probe is None:
-            cos = np.sum(outputs * reference, 1) / (np.linalg.norm(outputs, axis=1) * np.linalg.norm(reference, axis=1))
+        if probe is None or labels is None:
+            cos = np.sum(outputs * reference, 1) / (np.linalg.norm(outputs, axis=1) * np.linalg.norm(reference, axis=1)
+                                                    + 1e-12)
             return float(np.mean(cos > 0.99))
         keep = labels >= 0
         return float(np.mean(probe_predict(probe, outputs[keep]) == probe_predict(probe, reference[keep])))
@@ -178,7 +181,7 @@ class SentenceEmbeddingKind(TaskKind):
                 "  normalize: null                 # null: as the sentence-transformers config says (else true)\n")
 
 
-class SequenceClassificationKind(TaskKind):
+class SequenceClassificationKind(EncoderKind):
     name = "sequence_classification"
     adapter = "kd_edge.tasks.classification:SequenceClassificationTask"
     summary = "Text classification: class logits, accuracy and agreement with the teacher."

@@ -4,12 +4,13 @@ kind; ``bench/profiles.py`` reads a profile into the class its ``kind`` names.""
 
 from __future__ import annotations
 
+import abc
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class TargetConfig(BaseModel):
+class TargetConfig(BaseModel, abc.ABC):
     """A device class and how it is reached: a target profile (``targets/*.yaml`` in the repository)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -22,6 +23,6 @@ class TargetConfig(BaseModel):
     def check(self) -> None:
         """What can be checked without connecting (preflight): raises ConfigError naming the recipe key."""
 
+    @abc.abstractmethod
     def connect(self):
         """The target object (``name``, ``run(runner, model, args, threads=, timeout_s=)``, ``close()``)."""
-        raise NotImplementedError

@@ -9,6 +9,7 @@ failure is a one-line ``TargetError`` that says what to do: no Python or no runt
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import shlex
@@ -32,9 +33,9 @@ class RemoteTargetConfig(TargetConfig):
     tflite_benchmark_model: str | None = Field(
         None, description="Path of TFLite's benchmark_model binary on the device: .tflite files run with it (no Python).")
 
+    @abc.abstractmethod
     def transport(self) -> "Transport":
-        """The connection to the device."""
-        raise NotImplementedError
+        """The connection to the device (each kind's own: SSH, adb, a chroot)."""
 
     def connect(self) -> "RemoteTarget":
         return RemoteTarget(self.transport(), python=self.python, workdir=self.workdir, emulated=self.emulated,
