@@ -38,8 +38,11 @@ def _adapter() -> TypeAdapter:
 
 
 def target_profile(data: dict[str, Any]):
-    """A profile's fields as the config class of its kind (pydantic's ValidationError on bad fields)."""
-    return _adapter().validate_python(data)
+    """A profile's fields as the config class of its kind (pydantic's ValidationError on bad fields). A
+    known kind is validated by its own class, so an error names the profile's key ('formats'), not the
+    union's branch ('ssh.formats'); the union answers for a missing or unknown kind, naming the kinds."""
+    cls = target_classes().get(data.get("kind")) if isinstance(data, dict) else None
+    return cls.model_validate(data) if cls is not None else _adapter().validate_python(data)
 
 
 def _load_file(path: Path):

@@ -71,7 +71,7 @@ def validate_params(loss: str, given: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"loss {loss}: {where}: {first['msg']} (got {first.get('input')!r})") from None
+        raise ValueError(f"loss {loss}: {where}: {first['msg']}") from None  # the recipe's message shows the entry
     return {k: getattr(checked, k) for k in given}
 
 
