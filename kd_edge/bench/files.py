@@ -10,23 +10,22 @@ from kd_edge.errors import ArtifactError
 from kd_edge.tasks.hub import read_config
 from kd_edge.tasks.kinds import kind_of_config
 
-RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
 
 
 def runtime_of(path: Path) -> str:
-    """The runtime that runs a file: by suffix; a folder is a Hugging Face model for PyTorch."""
+    """The runtime that runs a file: its format's (kd_edge/formats/, by suffix); a folder is a Hugging
+    Face model for PyTorch."""
+    from kd_edge.formats import FORMATS, format_of
+
+    suffixes = " / ".join(f.suffix for f in FORMATS.values())
     if not path.exists():
-        raise ArtifactError(f"'{path}' does not exist; pass .onnx or .tflite files or a model folder")
+        raise ArtifactError(f"'{path}' does not exist; pass {suffixes} files or a model folder")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ArtifactError(f"'{path}' is not a kd-edge run folder (no manifest.json) nor a model folder (no "
-                                "config.json); pass a run folder, a model folder, or .onnx / .tflite files")
+                                f"config.json); pass a run folder, a model folder, or {suffixes} files")
         return "torch"
-    runtime = RUNTIME_BY_SUFFIX.get(path.suffix)
-    if runtime is None:
-        raise ArtifactError(f"'{path.name}': cannot tell its runtime from '{path.suffix}'; kd-edge benchmarks .onnx, "
-                            ".tflite and model folders")
-    return runtime
+    return format_of(path).runtime
 
 
 def bench_files(paths: list[Path], target, *, threads_list: list[int | None], batch: int, seq: int, runs: int,

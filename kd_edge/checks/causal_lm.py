@@ -173,8 +173,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def decoder(path: Path, info: dict, threads: int | None):
-    """The decoder that drives an exported LM file in its own runtime."""
-    return (OrtDecoder if info["runtime"] == "onnxruntime" else TfliteDecoder)(path, info, threads)
+    """The decoder that drives an exported LM file in its own runtime, as its format declares."""
+    from kd_edge.formats import format_named, load
+
+    fmt = format_named(info["format"])
+    if fmt.lm_decoder is None:
+        raise ExportError(f"{path.name}: {fmt.name} files hold encoders; a causal LM cannot be checked in one")
+    return load(fmt.lm_decoder)(path, info, threads)
 
 
 def perplexity(dec, texts: list[np.ndarray]) -> float:
@@ -219,21 +224,21 @@ class LMChecker:
     def measure(self, path: Path, info: dict, cfg) -> dict:
         """The record of one file, with its verdict under ``cfg`` (a VerifyConfig)."""
         dec = decoder(path, info, self.threads)
-        tflite = isinstance(dec, TfliteDecoder)
+        buckets = getattr(dec, "prefill", None)  # TFLite: (length, signature) of every prefill
         parity = Parity(cfg.fp32_atol, cfg.fp32_rtol)
         worst: dict[str, float] = {}  # max |Δ| by the signature (TFLite) or step kind (ONNX) that gave it
         sum_diff, count, vs_fp32, nll_sum, agree = 0.0, 0, 0.0, 0.0, 0
         for t, ref, ex, pred in zip(self.texts, self.reference, self.exact, self.predictions):
             z = dec.logits_of(t)
             diff = np.abs(z - ex)
-            key = dec.prefill_name(len(t)) if tflite else "prompt"
+            key = dec.prefill_name(len(t)) if buckets else "prompt"
             worst[key] = max(worst.get(key, 0.0), parity.add(z, ex))
             sum_diff, count = sum_diff + float(diff.sum()), count + diff.size
             vs_fp32 = max(vs_fp32, float(np.abs(z - ref).max()))
             nll, _, p = _nll(z, t)
             nll_sum, agree = nll_sum + nll, agree + int((p == pred).sum())
-        if tflite:  # every prefill signature, not only the nearest of each text
-            for length, name in dec.prefill:
+        if buckets:  # every prefill signature, not only the nearest of each text
+            for length, name in buckets:
                 fit = [i for i, t in enumerate(self.texts) if len(t) <= length and dec.prefill_name(len(t)) != name]
                 for i in fit[:SIGNATURE_TEXTS]:
                     z = dec.logits_of(self.texts[i], name)
@@ -254,7 +259,7 @@ class LMChecker:
                   "runtime": info["runtime"], "n_examples": len(self.texts), "max_abs_diff": max(worst.values()),
                   "mean_abs_diff": sum_diff / count, "decode_max_abs_diff": worst.get("decode"),
                   "decode_texts": len(self.decode_texts), "max_abs_diff_vs_pytorch_fp32": vs_fp32,
-                  **({"signature_max_abs_diff": worst} if tflite else {}),
+                  **({"signature_max_abs_diff": worst} if buckets else {}),
                   "perplexity": math.exp(nll_sum / self.tokens), "agreement_with_student": agree / self.tokens,
                   "greedy_prompts": len(self.prompts), "greedy_new_tokens": NEW_TOKENS,
                   "greedy_same_as_pytorch": sum(same),

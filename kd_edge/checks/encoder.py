@@ -66,6 +66,26 @@ def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signat
     return out
 
 
+def onnx_outputs(path: Path, info: dict, ids: Packed, pad_id: int, threads: int | None, log_path: Path) -> np.ndarray:
+    """The ONNX format's feeder (kd_edge/formats/onnx.py)."""
+    return run_onnx(path, ids, pad_id, threads)
+
+
+def tflite_outputs(path: Path, info: dict, ids: Packed, pad_id: int, threads: int | None, log_path: Path) -> np.ndarray:
+    """The TFLite format's feeder (kd_edge/formats/tflite.py)."""
+    return run_tflite(path, ids, pad_id, threads, info["signatures"], log_path)
+
+
+def file_outputs(path: Path, info: dict, ids: Packed, pad_id: int, threads: int | None, log_path: Path) -> np.ndarray:
+    """An encoder file's outputs on every text, through the feeder its format declares."""
+    from kd_edge.formats import format_named, load
+
+    fmt = format_named(info["format"])
+    if fmt.encoder_outputs is None:
+        raise ExportError(f"{path.name}: {fmt.name} files hold causal LMs; an encoder cannot be checked in one")
+    return load(fmt.encoder_outputs)(path, info, ids, pad_id, threads, log_path)
+
+
 def signature_diffs(path: Path, ids: Packed, pad_id: int, threads: int | None, signatures: list[dict],
                     reference: np.ndarray, log_path: Path, batches: int = 4,
                     parity: Parity | None = None) -> dict[str, float]:
@@ -135,9 +155,7 @@ class Checker:
 
     def outputs(self, path: Path, info: dict) -> np.ndarray:
         """The file's outputs on every text of the split, through its own runtime."""
-        if info["runtime"] == "onnxruntime":
-            return run_onnx(path, self.ids, self.pad_id, self.threads)
-        return run_tflite(path, self.ids, self.pad_id, self.threads, info["signatures"], self.tflite_log)
+        return file_outputs(path, info, self.ids, self.pad_id, self.threads, self.tflite_log)
 
     def measure(self, path: Path, info: dict) -> dict:
         """|Δ| against the reference, task metrics, agreement, and the verdict."""
@@ -153,7 +171,7 @@ class Checker:
                      {"max_abs_diff_vs_pytorch_fp32": float(np.abs(outputs - self.reference).max())}),
                   "agreement_with_student": self.kind.agreement(outputs, self.reference, self.labels, self.probe),
                   **self.kind.verify_metrics(outputs, self.teacher, self.labels, self.probe, self.knn_k)}
-        if info["runtime"] == "tflite" and len(info.get("signatures", [])) > 1:
+        if len(info.get("signatures", [])) > 1:  # a fixed-shape file: every signature, batched ones too
             record["signature_max_abs_diff"] = signature_diffs(
                 path, self.ids, self.pad_id, self.threads, info["signatures"], exact, self.tflite_log, parity=parity)
         record.update(parity.record())

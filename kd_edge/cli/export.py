@@ -10,8 +10,13 @@ import typer
 from kd_edge.cli import app
 from kd_edge.cli.options import QuietOpt, SetOpt
 
-FORMATS = ("onnx", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8", "int8-static", "int8-weights", "int4")
+from kd_edge.formats import FORMATS as _FORMATS
+
+FORMATS = tuple(_FORMATS)
+PRECISIONS = tuple(dict.fromkeys(p for f in _FORMATS.values() for p in f.precision_names))
+_PRECISION_HELP = "; ".join(f"{f.name}: {', '.join(f.precision_names)}" for f in _FORMATS.values())
+_QUANTIZE_HELP = "; ".join(f"{f.name}: {', '.join(p.name for p in f.precisions if p.make)}"
+                           for f in _FORMATS.values() if f.file_quantize)
 
 
 def _split(value: str | None, allowed: tuple[str, ...], option: str) -> list[str]:
@@ -44,10 +49,11 @@ def export_command(
     path: Annotated[Path, typer.Argument(help="A run folder (re-export its student) or any Hugging Face model "
                                               "folder.", show_default=False)],
     format_: Annotated[Optional[str], typer.Option(
-        "--format", "-f", help="Model folder: formats, comma separated: onnx, tflite.", show_default="onnx")] = None,
+        "--format", "-f", help=f"Model folder: formats, comma separated: {', '.join(FORMATS)}.",
+        show_default="onnx")] = None,
     precision: Annotated[Optional[str], typer.Option(
-        "--precision", "-p", help="Model folder: precisions, comma separated: fp32, fp16, int8, int8-static (onnx), "
-        "int4 (onnx), int8-weights (tflite).", show_default="fp32,int8")] = None,
+        "--precision", "-p", help=f"Model folder: precisions, comma separated ({_PRECISION_HELP}); each format gets "
+        "those it takes.", show_default="fp32,int8")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model folder: where the files go.",
                                                 show_default="exports/<model folder name>")] = None,
     task: Annotated[Optional[str], typer.Option(help="Model folder: sentence_embedding, sequence_classification or "
@@ -108,15 +114,10 @@ def export_command(
 
     formats = _split(format_, FORMATS, "--format") or ["onnx"]
     precisions = _split(precision, PRECISIONS, "--precision") or ["fp32", "int8"]
-    specs = []
-    for fmt in formats:
-        for prec in precisions:
-            if (prec in ("int8-static", "int4") and fmt != "onnx") or (prec == "int8-weights" and fmt != "tflite"):
-                continue  # a precision of the other format
-            specs.append(ArtifactSpec(format=fmt, precision=prec))
+    specs = [ArtifactSpec(format=fmt, precision=prec) for fmt in formats for prec in precisions
+             if prec in _FORMATS[fmt].precision_names]  # each format gets the precisions it takes
     if not specs:
-        raise ConfigError(f"no precision of {', '.join(precisions)} exists for {', '.join(formats)}; int8-static and "
-                          "int4 are ONNX only, int8-weights TFLite only")
+        raise ConfigError(f"no precision of {', '.join(precisions)} exists for {', '.join(formats)}; {_PRECISION_HELP}")
     cfg = ExportConfig(artifacts=specs, **({"tflite_shapes": _shapes(shapes)} if shapes else {}))
     out = output_dir(out or Path("exports") / path.name, "--out")
     if texts is not None:
@@ -142,8 +143,7 @@ def export_command(
 @app.command("quantize")
 def quantize_command(
     path: Annotated[Path, typer.Argument(help="An fp32 .onnx or .tflite file.", show_default=False)],
-    precision: Annotated[str, typer.Option("--precision", "-p", help="onnx: int8, int8-static, int4, fp16; tflite: "
-                                                                     "int8, int8-weights, fp16.")] = "int8",
+    precision: Annotated[str, typer.Option("--precision", "-p", help=_QUANTIZE_HELP + ".")] = "int8",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The new file.",
                                                 show_default="FILE.<precision>.onnx beside FILE")] = None,
     calibration: Annotated[Optional[Path], typer.Option(

@@ -10,7 +10,6 @@ generation. Nothing in the output folder is replaced unless ``--force`` is given
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,14 +70,6 @@ def tokenize(model_dir: Path, texts: list[str], max_length: int) -> Packed:
                              dtype=np.int64)
 
 
-def _outputs(path: Path, info: dict, ids: Packed, pad_id: int, log: Path) -> np.ndarray:
-    from kd_edge.checks.encoder import run_onnx, run_tflite
-
-    if info["runtime"] == "onnxruntime":
-        return run_onnx(path, ids, pad_id, None)
-    return run_tflite(path, ids, pad_id, None, info["signatures"], log)
-
-
 def compare(kind: "EncoderKind", got: np.ndarray, ref: np.ndarray, precision: str, parity: Parity,
             pytorch_fp32: float | None = None) -> dict:
     """|Δ|, agreement and the verdict of an artifact's outputs against the reference outputs (the
@@ -102,6 +93,7 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
                      allow_pickle: bool = False) -> list[dict]:
     """Export ``model_dir`` to every ``cfg.artifacts`` file in ``out`` and check each; return the records."""
     from kd_edge.export.run import make_artifacts
+    from kd_edge.formats import check_export, precision_of
     from kd_edge.runfiles import ArtifactFiles
     from kd_edge.tasks import TASKS
     from kd_edge.tasks.hub import read_config, sentence_transformers_pooling
@@ -118,6 +110,8 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
     max_length = min(max_length, config.get("max_position_embeddings") or max_length)
     if kind.is_lm:
         cfg = _lm_export_config(cfg)
+    check_export(kind, cfg)
+    if kind.is_lm:
         if any(a.format == "tflite" for a in cfg.artifacts):  # every text must fit a prefill signature
             max_length = min(max_length, max(s for _, s in cfg.tflite_shapes))
     adapter = TASKS.get(task)()
@@ -136,17 +130,16 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
                            else _encoder_checker(kind, module, ids, config, adapter.output_name, tolerance))
     records = []
     with atomic_dir(out) as tmp:
-        sidecars = make_artifacts(module, config, cfg, tmp, input_names=adapter.input_names,
+        sidecars = make_artifacts(module, config, cfg, tmp, source_dir=model_dir, input_names=adapter.input_names,
                                   output_name=adapter.output_name, common=common, logs=tmp / "logs",
                                   fp32_tolerance=tolerance.fp32_atol, calibration=calibration)
         for side in sidecars:
             record = {"name": side["name"], "format": side["format"], "precision": side["precision"],
                       "runtime": side["runtime"], "size_mb": side["size_bytes"] / 1e6,
                       **check(ArtifactFiles(tmp).file(side["name"]), side, tmp / "logs")}
-            if not record["passed"] and side["precision"] == "int8":  # what a run's int8 fallback would do
-                record["reason"] += ("; try --precision int8-weights (int8 weights, float activations)"
-                                     if side["format"] == "tflite" else
-                                     "; try `kd-edge quantize` on the fp32 .onnx with `-p int8 --keep-float 2` (edge layers in float)")
+            hint = precision_of(side).hint  # what a run's fallback would do
+            if not record["passed"] and hint:
+                record["reason"] += f"; {hint}"
             records.append(record)
         write_json(tmp / "verify.json", {"model": str(model_dir), "task": task, "reference": REFERENCE,
                                          "pytorch_fp32_max_abs_diff": pytorch_fp32, "artifacts": records})
@@ -154,32 +147,26 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
 
 
 def _lm_export_config(cfg):
-    """The export settings a causal LM can take, or a one-line error."""
-    if any(a.precision == "int8-static" for a in cfg.artifacts):
-        raise ConfigError("--precision int8-static is for encoders; a causal LM takes fp32, fp16, int8 or int4 (onnx)")
+    """A causal LM's export settings with room to generate after the longest TFLite prefill."""
     longest = max(s for _, s in cfg.tflite_shapes)
-    if any(a.format == "tflite" for a in cfg.artifacts):
-        if any(b != 1 for b, _ in cfg.tflite_shapes):
-            raise ConfigError("--shapes: a causal LM's TFLite file takes batch 1 (1xT, one prefill signature per "
-                              "length T)")
-        if longest >= cfg.kv_cache_size:  # room to generate after the longest prompt
-            cfg = cfg.model_copy(update={"kv_cache_size": 2 * longest})
+    if any(a.format == "tflite" for a in cfg.artifacts) and longest >= cfg.kv_cache_size:
+        cfg = cfg.model_copy(update={"kv_cache_size": 2 * longest})
     return cfg
 
 
 def _encoder_checker(kind: "EncoderKind", module, ids: Packed, config: dict, output_name: str, tolerance):
     """A function (file, sidecar, logs) -> record for an encoder (outputs on every text against the
     model in float64, every TFLite signature too; agreement; verdict), and PyTorch's own fp32 |Δ|."""
-    from kd_edge.checks.encoder import signature_diffs
+    from kd_edge.checks.encoder import file_outputs, signature_diffs
 
     pad_id = config.get("pad_token_id") or 0
     fp32, ref = outputs(module, ids), exact_outputs(module, ids)
     pytorch_fp32 = float(np.abs(fp32 - ref).max())
 
     def check(path: Path, side: dict, logs: Path) -> dict:
-        got = _outputs(path, side, ids, pad_id, logs / "verify-tflite.log")
+        got = file_outputs(path, side, ids, pad_id, None, logs / "verify-tflite.log")
         sig, parity = {}, Parity(tolerance.fp32_atol, tolerance.fp32_rtol)
-        if side["runtime"] == "tflite" and len(side["signatures"]) > 1:  # every signature, batched ones too
+        if len(side.get("signatures", [])) > 1:  # a fixed-shape file: every signature, batched ones too
             sig = signature_diffs(path, ids, pad_id, None, side["signatures"], ref, logs / "verify-tflite.log",
                                   parity=parity)
         record = {"n_texts": len(ids), "outputs_compared": [output_name],
@@ -200,8 +187,8 @@ def _lm_checker(model, ids: Packed, cfg):
     skip = ("name", "format", "precision", "runtime")
 
     def check(path: Path, side: dict, logs: Path) -> dict:
-        with captured(logs / "verify-tflite.log") if side["runtime"] == "tflite" else contextlib.nullcontext():
-            record = checker.measure(path, side, cfg)  # (XNNPACK announces itself from C++)
+        with captured(logs / f"verify-{side['format']}.log"):  # runtimes announce themselves from C++ (XNNPACK)
+            record = checker.measure(path, side, cfg)
         return {"n_texts": len(texts), "outputs_compared": ["logits"], "model_perplexity": checker.student["perplexity"],
                 **{k: v for k, v in record.items() if k not in skip}}
 

@@ -13,7 +13,6 @@ from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError, ConfigError, QuantizeError
 from kd_edge.export.capture import captured
 
-QUANTIZE_PRECISIONS = {".onnx": ("fp16", "int8", "int8-static", "int4"), ".tflite": ("fp16", "int8", "int8-weights")}
 
 
 def named_outputs(path: Path, runtime: str, ids: Packed, log: Path) -> dict[str, list[np.ndarray]]:
@@ -89,12 +88,19 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
     from kd_edge.bench.files import runtime_of
     from kd_edge.quantize import QUANTIZERS
 
+    from kd_edge.formats import format_of
+
     runtime = runtime_of(src)
     if runtime == "torch":
         raise ArtifactError(f"'{src}' is a model folder; quantize an exported .onnx or .tflite file, or use "
                             "`kd-edge export MODEL_DIR --precision ...`")
+    fmt = format_of(src)
+    if not fmt.file_quantize:
+        raise ConfigError(f"kd-edge quantize compares the outputs of .onnx and .tflite files; a {fmt.name} file's "
+                          f"precisions are made by export: kd-edge export MODEL_DIR --format {fmt.name} --precision "
+                          f"{','.join(p.name for p in fmt.precisions if p.make)}")
     proto = _readable_model(src)  # an ONNX file is parsed once, here (weights left on disk)
-    allowed = QUANTIZE_PRECISIONS[src.suffix]
+    allowed = tuple(p.name for p in fmt.precisions if p.make)
     if precision not in allowed:
         raise ConfigError(f"--precision {precision} is not made from {src.suffix} files; choose one of "
                           f"{', '.join(allowed)}")
@@ -137,7 +143,7 @@ def quantize_file(src: Path, precision: str, dst: Path | None, *, texts: Path | 
 
         exclude = sensitive_nodes(src, fallback_level)
     with atomic_file(dst) as tmp:  # in place only once it runs and compares
-        info = QUANTIZERS.get(f"{src.suffix[1:]}:{precision}")(
+        info = QUANTIZERS.get(f"{fmt.name}:{precision}")(
             src, tmp, per_channel=True, calibration=calibration, exclude=exclude, log_path=log)
         try:
             got = named_outputs(tmp, runtime, ids, log)
@@ -162,12 +168,9 @@ def _readable_model(path: Path):
         except Exception as e:  # protobuf's DecodeError, an unreadable file
             raise ArtifactError(f"'{path}' is not a complete ONNX model ({type(e).__name__}); the file may be truncated: "
                                 "export it again") from None
-    elif path.suffix == ".tflite":
-        with open(path, "rb") as f:
-            head = f.read(8)
-        if head[4:8] != b"TFL3":
-            raise ArtifactError(f"'{path}' is not a TFLite model (no TFL3 identifier); the file may be truncated or "
-                                "renamed: export it again")
+    from kd_edge.formats import format_of
+
+    format_of(path).check_file(path)  # its identifier
     return None
 
 

@@ -6,33 +6,41 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kd_edge.formats import FORMATS
+
+
+FormatName = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
+PrecisionName = Literal[tuple(dict.fromkeys(p.name for f in FORMATS.values() for p in f.precisions))]  # type: ignore[valid-type]
+
+
+def _precision_help() -> str:
+    return "; ".join(f"{f.name}: {', '.join(f.precision_names)}" for f in FORMATS.values())
+
 
 class ArtifactSpec(BaseModel):
-    """One file to produce: a format at a precision."""
+    """One file to produce: a format at a precision (kd_edge/formats/ declares which exist)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["onnx", "tflite"] = Field(description="File format.")
-    precision: Literal["fp32", "fp16", "int8", "int8-static", "int8-weights", "int4"] = Field(
-        "fp32", description="fp32; fp16 (weights and compute in half precision, float inputs and outputs kept); "
-        "int8: dynamic (int8 weights, activations quantized at run time); int8-static (ONNX only: QDQ, "
-        "activations calibrated on recipe data); int8-weights (TFLite only: int8 weights, float compute); "
-        "int4 (ONNX only: MatMul weights int4 in blocks, embedding tables int8).")
+    format: FormatName = Field(description="File format: " + ", ".join(
+        f"{f.name} ({f.summary.rstrip('.')})" for f in FORMATS.values()) + ".")
+    precision: PrecisionName = Field(
+        "fp32", description="fp32, or a precision made from it by the format's quantizer; each format takes its own: "
+        + _precision_help() + " (`kd-edge list quantizers` says what each does).")
 
     @model_validator(mode="after")
     def _supported(self) -> "ArtifactSpec":
-        if self.precision == "int8-static" and self.format != "onnx":
-            raise ValueError("int8-static is an ONNX precision; for tflite use int8 (dynamic range) or int8-weights")
-        if self.precision == "int4" and self.format != "onnx":
-            raise ValueError("int4 is an ONNX precision (MatMulNBits); for tflite use int8-weights")
-        if self.precision == "int8-weights" and self.format != "tflite":
-            raise ValueError("int8-weights is a TFLite precision; for onnx use int8 (dynamic) or int8-static")
+        fmt = FORMATS[self.format]
+        if self.precision not in fmt.precision_names:
+            others = [f.name for f in FORMATS.values() if self.precision in f.precision_names]
+            raise ValueError(f"{self.format} files take no {self.precision} ({self.precision} is a precision of "
+                             f"{', '.join(others)}); {self.format} takes {', '.join(fmt.precision_names)}")
         return self
 
     @property
     def name(self) -> str:
         """The artifact's file name, e.g. ``student.int8.onnx``."""
-        return f"student.{self.precision}.{self.format}"
+        return FORMATS[self.format].file_name("student", self.precision)
 
 
 class ExportConfig(BaseModel):

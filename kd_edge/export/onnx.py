@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -117,3 +118,49 @@ def tie_embeddings(path: Path, external: bool) -> list[list[str]]:
     if tied:
         onnx_files.save(model, path, external)
     return tied
+
+
+FUSION_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "distilbert": "bert", "xlm-roberta": "bert"}
+
+
+def sample_feeds(vocab_size: int, seed: int = 0) -> dict:
+    """Two token sequences (one padded) to compare graphs on."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, max(6, min(vocab_size, 30000)), (2, 48)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 30:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def fused_graph(base: Path, out: Path, config: dict, tolerance: float, sample: Callable[[], dict] | None = None, *,
+                seed: int = 0) -> tuple[Path, dict]:
+    """ONNX Runtime's fusions of ``base`` written to ``out`` if the fused graph matches the base within
+    ``tolerance`` on sample inputs (``sample()``, by default two sequences of random ids); returns the
+    graph to use and what the sidecar says about it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from kd_edge.quantize.onnx_precisions import fuse
+
+    model_type = FUSION_MODEL_TYPES.get(config.get("model_type", ""))
+    if model_type is None:
+        return base, {"fusions": None, "fusions_note": f"no ONNX Runtime fusions for model_type "
+                                                        f"'{config.get('model_type')}'"}
+    try:
+        counts = fuse(base, out, model_type=model_type, num_heads=config["num_attention_heads"],
+                      hidden_size=config["hidden_size"])
+        feeds = sample() if sample else sample_feeds(config.get("vocab_size", 1000), seed)
+        opts = {"providers": ["CPUExecutionProvider"]}
+        a = ort.InferenceSession(str(base), **opts).run(None, feeds)[0]
+        b = ort.InferenceSession(str(out), **opts).run(None, feeds)[0]
+        diff = float(np.abs(a - b).max())
+    except Exception as e:  # fusion is an optimisation: the unfused graph is always a valid answer
+        onnx_files.remove(out)
+        return base, {"fusions": None, "fusions_note": f"fusion failed ({type(e).__name__}); kept the unfused graph"}
+    if diff > tolerance:
+        onnx_files.remove(out)
+        return base, {"fusions": None, "fusions_note": f"fused graph differed by {diff:.1e} > {tolerance:.0e}; "
+                                                        "kept the unfused graph"}
+    return out, {"fusions": counts, "fusions_max_abs_diff": diff}

@@ -96,6 +96,9 @@ class TaskKind:
         if not self.generates_text and (d.generate or d.rationale):
             raise ConfigError("distill.generate and distill.rationale are for task causal_lm; encoders learn from "
                               "teacher-labelled text with distill.augment")
+        from kd_edge.formats import check_export
+
+        check_export(self, recipe.export)
 
     def labelled(self, recipe: "Recipe") -> bool:
         """True when the training data carries labels (a label column, or the next token)."""
@@ -238,20 +241,6 @@ class CausalLMKind(TaskKind):
     report_columns = (Column("perplexity", "perplexity", "num2"), Column("top1_agreement_with_teacher", "top-1 agree", "pct"),
                       Column("kl_from_teacher", "KL from teacher", "num4"),
                       Column("greedy_agreement", "greedy agree w/ student", "pct"))
-
-    def check_recipe(self, recipe, teachers, student) -> None:
-        super().check_recipe(recipe, teachers, student)
-        export = recipe.export
-        for spec in export.artifacts:
-            if spec.format == "tflite" and any(b != 1 for b, _ in export.tflite_shapes):
-                raise ConfigError("export.tflite_shapes: causal-LM TFLite files take batch 1; write [[1, T], ...], "
-                                  "one prefill signature per prompt length T")
-            if spec.format == "tflite" and max(s for _, s in export.tflite_shapes) >= export.kv_cache_size:
-                raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
-                                  "export.tflite_shapes (room for the generated tokens)")
-            if spec.precision == "int8-static":
-                raise ConfigError("export: int8-static is for encoders; causal LMs take fp32, fp16, int8 or int4 "
-                                  "(onnx) and fp32, fp16, int8 or int8-weights (tflite)")
 
     def cached_bytes_per_token(self, top_k: int) -> float:
         return top_k * 6.0  # as estimated before: a kept logit and its index, per entry

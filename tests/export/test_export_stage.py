@@ -97,8 +97,10 @@ def test_int8_within_budget_is_left_alone(tmp_path, tiny_classifier, tiny_data, 
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"format": "tflite", "precision": "int8-static"}, "int8-static is an ONNX precision"),
-    ({"format": "onnx", "precision": "int8-weights"}, "int8-weights is a TFLite precision"),
+    ({"format": "tflite", "precision": "int8-static"}, r"tflite files take no int8-static \(int8-static is a precision "
+                                                       r"of onnx\); tflite takes fp32, fp16, int8, int8-weights"),
+    ({"format": "onnx", "precision": "int8-weights"}, r"int8-weights is a precision of tflite\)"),
+    ({"format": "gguf", "precision": "int8-static"}, r"gguf files take no int8-static"),
 ])
 def test_precision_a_format_does_not_have_is_refused(spec, message):
     from pydantic import ValidationError

@@ -153,7 +153,7 @@ def test_tflite_precisions_through_ai_edge_quantizer(three_layer, tmp_path, prec
 
 
 def test_fusions_are_kept_only_when_they_match(three_layer, tmp_path):
-    from kd_edge.export.run import fused_graph
+    from kd_edge.export.onnx import fused_graph
 
     folder, _, fp32, _ = three_layer
     import json

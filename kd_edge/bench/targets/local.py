@@ -42,7 +42,8 @@ def parse_runner_output(stdout: str, where: str) -> dict:
 
 
 PHASE_FIXES = {
-    "import": "install the runtime there (pip install onnxruntime, or ai-edge-litert for .tflite)",
+    "import": "install the runtime there (pip install onnxruntime for .onnx, ai-edge-litert for .tflite, "
+              "'kd-edge[gguf]' for .gguf)",
     "load": "the file may be truncated, or made by a newer converter than this runtime reads; export it again "
             "(kd-edge export) or update the runtime",
     "run": "the runtime loaded the file but cannot run it at this input; check bench.batch_size and "

@@ -41,7 +41,18 @@ class RemoteTargetConfig(TargetConfig):
         return RemoteTarget(self.transport(), python=self.python, workdir=self.workdir, emulated=self.emulated,
                             name=self.name, tflite_benchmark_model=self.tflite_benchmark_model)
 
-RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "tflite": "ai-edge-litert (or tflite-runtime)", "torch": "torch transformers"}
+TORCH_RUNTIME = (("torch",), "torch transformers")  # a model folder: the modules to find, what to install
+
+
+def runtime_needs(runtime: str) -> tuple[tuple[str, ...], str]:
+    """The modules of which one must import on a device to run ``runtime``, and what to install there
+    (from the format that runs in it, kd_edge/formats/)."""
+    if runtime == "torch":
+        return TORCH_RUNTIME
+    from kd_edge.formats import runtime_format
+
+    fmt = runtime_format(runtime)
+    return fmt.device_modules, fmt.device_package
 
 
 class Transport(Protocol):
@@ -90,7 +101,7 @@ class RemoteTarget:
         """Fail with what to install when the device lacks Python, numpy or the runtime."""
         if runtime in self._checked:
             return
-        module = {"onnxruntime": "onnxruntime", "tflite": None, "torch": "torch"}[runtime]
+        modules, package = runtime_needs(runtime)
         code = "import sys, numpy; print(sys.version_info[:2])"
         rc, out, err = self._sh([self.python, "-c", code])
         if rc != 0:
@@ -100,18 +111,11 @@ class RemoteTarget:
             raise TargetError(f"{self.name}: cannot run '{self.python}' ({(err or out).strip().splitlines()[-1:] or 'no output'}); "
                               "install Python 3 on the device or name its interpreter in bench.python (python: in "
                               "a profile)", keys=("bench.python",))
-        if module:
-            rc, _, err = self._sh([self.python, "-c", f"import {module}"])
-            if rc != 0:
-                raise TargetError(f"{self.name}: the {runtime} runtime is not installed for {self.python}; install it on "
-                                  f"the device ({self.python} -m pip install {RUNTIME_PACKAGES[runtime]}) or name the "
-                                  "Python that has it in bench.python", keys=("bench.python",))
-        else:
-            probe = ("import importlib.util as u, sys; sys.exit(0 if any(u.find_spec(m) for m in "
-                     "('ai_edge_litert', 'tflite_runtime', 'tensorflow')) else 1)")
-            if self._sh([self.python, "-c", probe])[0] != 0:
-                raise TargetError(f"{self.name}: no TFLite interpreter for {self.python}; install one on the device: "
-                                  f"{self.python} -m pip install {RUNTIME_PACKAGES['tflite']}")
+        probe = (f"import importlib.util as u, sys; sys.exit(0 if any(u.find_spec(m) for m in {modules!r}) else 1)")
+        if self._sh([self.python, "-c", probe])[0] != 0:
+            raise TargetError(f"{self.name}: the {runtime} runtime is not installed for {self.python}; install it on "
+                              f"the device ({self.python} -m pip install {package}) or name the Python that has it "
+                              "in bench.python", keys=("bench.python",))
         self._checked.add(runtime)
 
     def _free_bytes(self) -> int | None:
@@ -123,14 +127,18 @@ class RemoteTarget:
 
     def upload(self, local: Path) -> str:
         """The path of ``local`` on the device, uploading it unless a copy with its checksum is there."""
+        from kd_edge.formats import find_format
+
         if local.is_dir():
-            raise TargetError(f"{local.name} is a model folder; on {self.name} benchmark exported files (.onnx, .tflite)")
-        data = local.with_name(local.name + ".data")
-        if local.suffix == ".onnx" and data.is_file():
-            # ONNX over the 2 GB protobuf limit: the graph finds its weights by file name, so both go,
-            # under their own names, into a folder of their own
+            raise TargetError(f"{local.name} is a model folder; on {self.name} benchmark exported files")
+        fmt = find_format(local)  # the runner script has none
+        companions = fmt.companions(local) if fmt else []
+        if companions:
+            # files that find each other by name (ONNX weights over the 2 GB protobuf limit in <file>.data)
+            # go, under their own names, into a folder of their own
             folder = f"{self.workdir}/cache/{local_sha256(local)[:16]}"
-            self._put(data, f"{folder}/{data.name}", local_sha256(data))
+            for other in companions:
+                self._put(other, f"{folder}/{other.name}", local_sha256(other))
             return self._put(local, f"{folder}/{local.name}", local_sha256(local))
         digest = local_sha256(local)
         return self._put(local, f"{self.workdir}/cache/{digest[:16]}-{local.name}", digest)
