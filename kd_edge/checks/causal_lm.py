@@ -267,7 +267,8 @@ class LMChecker:
                   "greedy_tokens_matching": sum(sum(x == y for x, y in zip(a, b))
                                                 for a, b in zip(file_tokens, self.torch_tokens)),
                   "generation_tokens_per_s": file_tps,
-                  "pytorch_generation_tokens_per_s": self.student["generation_tokens_per_s"], **parity.record()}
+                  "pytorch_generation_tokens_per_s": self.student["generation_tokens_per_s"], **parity.record(),
+                  **getattr(dec, "record", {})}  # what the runtime was set to (llama.cpp's KV cache type)
         record["passed"], record["reason"] = verdict(info, record, self.student, "perplexity", cfg)
         if info["precision"] == "fp32" and not all(same):
             record["passed"] = False

@@ -8,7 +8,7 @@ import typer
 
 from kd_edge.cli import app
 
-KINDS = ("tasks", "losses", "exporters", "quantizers", "targets")
+KINDS = ("tasks", "losses", "formats", "exporters", "quantizers", "targets")
 
 
 def _registry(kind: str):
@@ -25,8 +25,21 @@ def _registry(kind: str):
     return registry
 
 
+def _formats() -> list[str]:
+    from kd_edge.formats import FORMATS
+
+    lines = []
+    for fmt in FORMATS.values():
+        holds = " and ".join(w for w, lm in (("encoders", False), ("causal LMs", True)) if fmt.takes(lm))
+        lines.append(f"{fmt.name:<24} {fmt.summary}\n{'':<24} {fmt.suffix} files of {holds}, run in {fmt.runtime}; "
+                     f"precisions: {', '.join(fmt.precision_names)}")
+    return lines
+
+
 def describe(kind: str) -> list[str]:
     """One line per entry of a registry (losses: what each reads and its parameters with their defaults)."""
+    if kind == "formats":
+        return _formats()
     registry = _registry(kind)
     lines = []
     for name in registry.names():
@@ -46,11 +59,13 @@ def describe(kind: str) -> list[str]:
 def list_command(
     what: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)}.", show_default=False)] = "losses",
 ) -> None:
-    """List what a recipe can name: tasks, losses (with their parameters), exporters, quantizers, targets.
+    """List what a recipe can name: tasks, losses (with their parameters), formats, exporters, quantizers, targets.
 
     Examples:
 
       kd-edge list losses
+
+      kd-edge list formats
 
       kd-edge list targets
     """

@@ -60,7 +60,8 @@ def precision_of(info: dict) -> Precision:
 
 def check_export(kind, export) -> None:
     """Refuse export settings a task kind's students cannot take: a format that holds the other kind
-    of model, a precision for encoders only, a format's own rules (a one-line ConfigError)."""
+    of model, a precision for encoders only, a format's own rules (a one-line ConfigError), or a
+    format whose exporter is not installed (a DependencyError saying how to install it)."""
     what = "causal LMs" if kind.is_lm else "encoders"
     for spec in export.artifacts:
         fmt = format_named(spec.format)
@@ -76,6 +77,8 @@ def check_export(kind, export) -> None:
             raise ConfigError(f"export: {spec.precision} is for encoders; {what} take {takes}",
                               keys=("export.artifacts",))
         fmt.check_recipe(kind, export)
+    for name in dict.fromkeys(spec.format for spec in export.artifacts):
+        FORMATS[name].check_installed()
 
 
 __all__ = ["check_export", "find_format", "FORMATS", "FORMAT_MODULES", "Format", "Precision", "format_named", "format_of", "load",

@@ -89,6 +89,18 @@ class Format:
     def check_recipe(self, kind, export) -> None:
         """Rules of this format for a task kind's export settings (a one-line ConfigError)."""
 
+    def check_installed(self) -> None:
+        """Refuse, before anything runs, a format whose exporter is not installed (a one-line
+        DependencyError saying what to install)."""
+        import importlib.util
+
+        from kd_edge.errors import DependencyError
+
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            how = f"pip install 'kd-edge[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
+            raise DependencyError(f"{self.name} export needs {', '.join(missing)}, which is not installed; run: {how}")
+
     # -- files -----------------------------------------------------------------------------------------
     def file_name(self, stem: str, precision: str) -> str:
         return f"{stem}.{precision}{self.suffix}"

@@ -25,7 +25,7 @@ LLAMA_CPP_VERSION = "0.3.36"  # llama-cpp-python; the converter comes from the s
 GGUF_TYPES = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q4_0"}
 # llama_ftype values (llama.h): what llama_model_quantize writes for each precision
 FTYPES = {"fp32": 0, "fp16": 1, "int8": 7, "int4": 2}
-GGML_Q8_0 = 8  # ggml_type of Q8_0 (ggml.h)
+GGML_F32, GGML_Q8_0 = 0, 8  # ggml_type values (ggml.h)
 CONTEXT = 1024  # positions a checker's or benchmark's context holds (logits of every position are kept)
 INSTALL_HINT = (f"run: scripts/install_llama_cpp_tools.sh {sys.executable} (make setup does), or set "
                 "KD_EDGE_LLAMA_CPP to a llama.cpp source tree")
@@ -70,7 +70,7 @@ class GgufExporter:
                               f"see {log_path}, or export to onnx")
         meta = read_metadata(out)
         return {"inputs": [{"name": "tokens", "dtype": "int32", "shape": ["T"]}], "outputs": ["logits"],
-                "gguf_type": "F32", "architecture": meta.get("general.architecture"),
+                "gguf_type": "F32", "stored_as": "gguf F32", "architecture": meta.get("general.architecture"),
                 "context_length": meta.get(f"{meta.get('general.architecture')}.context_length"),
                 "converter": f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {LLAMA_CPP_VERSION} source)"}
 
@@ -121,7 +121,8 @@ def quantize_gguf(src: Path, dst: Path, *, precision: str, log_path: Path | None
     method = f"llama.cpp llama_model_quantize {GGUF_TYPES[precision]}"
     if embeddings_8bit:
         method += ", token embedding and output Q8_0"
-    return {"gguf_type": GGUF_TYPES[precision], "quantization": {"method": method}}
+    return {"gguf_type": GGUF_TYPES[precision], "stored_as": f"gguf {GGUF_TYPES[precision]}",
+            "quantization": {"method": method}}
 
 
 def quantize_fp16(src: Path, dst: Path, **kw: object) -> dict:
@@ -148,14 +149,20 @@ def embeddings_in_8bit(src: Path, path: Path, precision: str, quantize, kw: dict
 
 class GgufDecoder:
     """A GGUF file driven by llama.cpp: a text evaluated as one prompt (the logits of every position),
-    or token by token over llama.cpp's own KV cache."""
+    or token by token over llama.cpp's own KV cache.
+
+    llama.cpp keeps keys and values in F16 by default, which alone moves a model's logits by ~1e-4: an
+    fp32 file is checked with an F32 cache, so that its |Δ| is the file's own; the other precisions run
+    with llama.cpp's default, as they deploy. ``record`` says which."""
 
     def __init__(self, path: Path, info: dict, threads: int | None = None):
         llama_cpp = _llama_cpp()
         n_ctx = min(int(info.get("context_length") or CONTEXT), CONTEXT)
+        cache = {"type_k": GGML_F32, "type_v": GGML_F32} if info.get("precision") == "fp32" else {}
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads or os.cpu_count(),
-                                   logits_all=True, verbose=False)
+                                   logits_all=True, verbose=False, **cache)
         self.size = n_ctx
+        self.record = {"llama_cpp_kv_cache": "F32" if cache else "F16 (llama.cpp's default)"}
 
     def _fits(self, n: int) -> None:
         if n > self.size:
@@ -198,7 +205,17 @@ class GgufDecoder:
         return tokens
 
 
-FORMAT = Format(
+class GgufFormat(Format):
+    def check_installed(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            _llama_cpp()  # says how to install it
+        super().check_installed()
+        llama_cpp_tree()
+
+
+FORMAT = GgufFormat(
     name="gguf", suffix=".gguf", runtime="llama.cpp",
     summary="GGUF for causal LMs by llama.cpp's converter and quantizer, run in llama.cpp (llama-cpp-python).",
     exporter="kd_edge.formats.gguf:GgufExporter", requires=("llama_cpp", "gguf"), extra="gguf",

@@ -103,7 +103,7 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
                    if k not in ("name", "format", "precision", "runtime", "passed", "reason", "fallback")}
         rows.append({"name": info["name"], "kind": "artifact", "format": info["format"], "precision": info["precision"],
                      "runtime": info["runtime"], "params": info["params"], "file_size_mb": info["size_bytes"] / 1e6,
-                     "stored_as": f"{info['format']} {info['precision']}",
+                     "stored_as": info.get("stored_as") or f"{info['format']} {info['precision']}",
                      **quality, "fusions": info.get("fusions"), "fallback": ver.get("fallback"),
                      "external_data_note": info.get("external_data_note"), "parity_passed": ver.get("passed"), "parity_reason": ver.get("reason"),
                      **_bench_fields(bench.get(info["name"]))})

@@ -9,8 +9,15 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "report.schema.json"
 
 
 def schema() -> dict:
-    """The report schema (draft 2020-12)."""
-    return json.loads(SCHEMA_PATH.read_text())
+    """The report schema (draft 2020-12), with the formats and precisions kd_edge/formats/ declares as
+    the enums of a row's ``format`` and ``precision``."""
+    from kd_edge.formats import FORMATS
+
+    doc = json.loads(SCHEMA_PATH.read_text())
+    row = doc["$defs"]["row"]["properties"]
+    row["format"]["enum"] = ["pytorch", *FORMATS]
+    row["precision"]["enum"] = list(dict.fromkeys(p for f in FORMATS.values() for p in f.precision_names))
+    return doc
 
 
 def validate(report: dict) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
 from kd_edge.checks.causal_lm import LMChecker
 from kd_edge.checks.encoder import Checker
+from kd_edge.export.capture import captured
 from kd_edge.runfiles import CacheReader, RunFiles, VerifyFiles
 from kd_edge.tasks.kinds import task_kind
 
@@ -61,7 +62,8 @@ def _run_lm(recipe: "Recipe", ctx: StageContext) -> None:
         out = VerifyFiles(folder)
         for sidecar in files.artifacts.sidecars():
             info = read_json(sidecar)
-            record = checker.measure(files.artifacts.file(info["name"]), info, recipe.verify)
+            with captured(files.log(f"verify-{info['format']}")):  # runtimes announce themselves from C++
+                record = checker.measure(files.artifacts.file(info["name"]), info, recipe.verify)
             if info.get("fallback"):
                 record["fallback"] = {**{k: v for k, v in info["fallback"].items() if k != "nodes"},
                                       "nodes_in_float": len(info["fallback"].get("nodes", []))}
