@@ -351,10 +351,42 @@ class LlamaCppBackend:
             raise RunnerError("run", f"llama.cpp evaluates one sequence at a time; bench at batch 1 (not {ids.shape[0]})")
         self.llm.reset()
         self.llm.eval([int(t) for t in ids[0]])
-        return [np.asarray(self.llm.scores[self.llm.n_tokens - 1])]
+        # the last position's logits (llama-cpp-python keeps no copy without logits_all)
+        return [np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).copy()]
 
 
-BACKENDS = {"onnxruntime": OrtBackend, "tflite": TfliteBackend, "torch": TorchBackend, "llama.cpp": LlamaCppBackend}
+class ExecutorchBackend:
+    """An ExecuTorch .pte program (XNNPACK delegate) in ExecuTorch's runtime; its ``forward`` method
+    takes (input_ids, attention_mask) at batch 1."""
+
+    runtime = "executorch"
+
+    @staticmethod
+    def import_runtime():
+        import executorch
+        import executorch.runtime  # noqa: F401
+
+        return f"executorch {getattr(executorch, '__version__', '?')}"
+
+    def __init__(self, path: str, threads: int | None, **_):
+        import torch
+        from executorch.runtime import Runtime
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.method = Runtime.get().load_program(path).load_method("forward")
+
+    def run(self, feeds: dict, signature: str | None = None) -> list:
+        ids = feeds["input_ids"]
+        if ids.shape[0] != 1:
+            raise RunnerError("run", f"the .pte program takes batch 1; bench at batch 1 (not {ids.shape[0]})")
+        args = [self.torch.from_numpy(feeds[k].astype("int64")) for k in ("input_ids", "attention_mask")]
+        return [t.numpy() for t in self.method.execute(args)]
+
+
+BACKENDS = {"onnxruntime": OrtBackend, "tflite": TfliteBackend, "torch": TorchBackend, "llama.cpp": LlamaCppBackend,
+            "executorch": ExecutorchBackend}
 
 
 # -- measurement ---------------------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""ExecuTorch ``.pte`` for encoders: ``torch.export`` of the export module (batch 1, dynamic sequence),
+lowered to the XNNPACK delegate (``to_edge_transform_and_lower``) and run in ExecuTorch's own runtime
+(``executorch.runtime``). int8 is XNNPACK's dynamic int8: weights int8 per channel, activations
+quantized at run time (pt2e ``XNNPACKQuantizer``), lowered the same way.
+
+An operator the XNNPACK delegate cannot take stays on ExecuTorch's portable kernels; ``export``
+records which (``not_delegated``), and a file whose graph ExecuTorch cannot lower at all is a
+one-line error naming the operator.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kd_edge.errors import DependencyError, ExportError, QuantizeError
+from kd_edge.formats.base import Format, Precision
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from kd_edge.data.packed import Packed
+
+EXECUTORCH_VERSION = "1.5.1"
+MAX_SEQ = 512  # the dynamic sequence dimension's upper bound (XNNPACK plans memory for it)
+
+
+def _executorch():
+    try:
+        import executorch  # noqa: F401
+    except ImportError as e:
+        raise DependencyError(f"the pte format needs ExecuTorch; run: pip install 'kd-edge[executorch]' "
+                              f"(executorch=={EXECUTORCH_VERSION})") from e
+
+
+def _exported(module, seq: int):
+    import torch
+
+    sample = (torch.ones(1, seq, dtype=torch.int64), torch.ones(1, seq, dtype=torch.int64))
+    dim = torch.export.Dim("sequence", min=2, max=MAX_SEQ)
+    return torch.export.export(module, sample, dynamic_shapes=({1: dim}, {1: dim}), strict=False)
+
+
+def _op_name(target) -> str:
+    name = getattr(target, "__name__", str(target))
+    return name.replace("aten.", "").split(".")[0]
+
+
+def _lower(program, out: Path) -> dict:
+    """XNNPACK-lower an exported program, write ``out``; return which operators stayed outside it."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    try:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        left = Counter(_op_name(n.target) for n in edge.exported_program().graph.nodes
+                       if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
+                       and "getitem" not in str(n.target))
+        et = edge.to_executorch()
+    except Exception as e:
+        op = _failing_op(e)
+        raise ExportError(f"ExecuTorch could not lower the model{f' (operator {op})' if op else ''}: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx or "
+                          "tflite instead") from e
+    with open(out, "wb") as f:
+        et.write_to_file(f)
+    delegated = sum(1 for n in edge.exported_program().graph.nodes if "executorch_call_delegate" in str(n.target))
+    return {"delegate": "XnnpackPartitioner", "delegated_subgraphs": delegated,
+            "not_delegated": dict(sorted(left.items()))}
+
+
+def _failing_op(e: Exception) -> str | None:
+    import re
+
+    m = re.search(r"(aten[.:]{1,2}[\w.]+)", str(e))
+    return m.group(1) if m else None
+
+
+class PteExporter:
+    """torch.export (batch 1, sequence 2..512) -> XNNPACK -> .pte."""
+
+    name = "pte"
+    runtime = "executorch"
+    suffix = ".pte"
+
+    def export(self, module, out: Path, *, input_names: tuple[str, ...], output_name: str, **_: object) -> dict:
+        _executorch()
+        if hasattr(module, "onnx_io"):  # a causal LM's KV-cache step
+            raise ExportError("the pte format holds encoders here; export causal LMs to onnx, tflite or gguf")
+        try:
+            program = _exported(module.eval(), 16)
+        except Exception as e:
+            raise ExportError(f"torch.export failed on the model: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx instead") from e
+        info = _lower(program, out)
+        return {"inputs": [{"name": n, "dtype": "int64", "shape": [1, "sequence"]} for n in input_names],
+                "outputs": [output_name], "max_sequence": MAX_SEQ, **info}
+
+
+def quantize_int8(src: Path, dst: Path, *, module=None, calibration=None, **_: object) -> dict:
+    """XNNPACK dynamic int8 of the export module (ExecuTorch quantizes before lowering, so this starts
+    from the module, not from the fp32 .pte: the exporter hands it over as ``module``)."""
+    if module is None:
+        raise QuantizeError("ExecuTorch int8 is made from the PyTorch module, not from a .pte file; export it with "
+                            "kd-edge export (--format pte --precision int8)")
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    try:
+        graph = _exported(module.eval(), 16).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        sample = torch.ones(1, 16, dtype=torch.int64)
+        prepared(sample, sample)
+        converted = convert_pt2e(prepared)
+        dim = torch.export.Dim("sequence", min=2, max=MAX_SEQ)
+        program = torch.export.export(converted, (sample, sample), dynamic_shapes=({1: dim}, {1: dim}), strict=False)
+    except Exception as e:
+        raise QuantizeError(f"ExecuTorch int8 quantization failed: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}; drop this precision") from e
+    info = _lower(program, dst)
+    return {**info, "quantization": {"method": "XNNPACKQuantizer dynamic int8 (weights per channel, activations "
+                                               "quantized at run time), pt2e"}}
+
+
+def pte_outputs(path: Path, info: dict, ids: "Packed", pad_id: int, threads: int | None,
+                log_path: Path) -> "np.ndarray":
+    """An encoder .pte's outputs on every text, one at a time (batch 1, unpadded), in ExecuTorch's runtime."""
+    import numpy as np
+    import torch
+
+    from kd_edge.export.capture import captured
+
+    with captured(log_path):  # the runtime prints cpuinfo lines from C++
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+        rows = []
+        for i in range(len(ids)):
+            x = torch.as_tensor(np.asarray(ids[i], np.int64))[None]
+            if x.shape[1] > MAX_SEQ:
+                raise ExportError(f"a text has {x.shape[1]} tokens; {path.name} takes at most {MAX_SEQ}")
+            rows.append(method.execute([x, torch.ones_like(x)])[0].numpy())
+    return np.concatenate(rows)
+
+
+FORMAT = Format(
+    name="pte", suffix=".pte", runtime="executorch",
+    summary="ExecuTorch .pte lowered to the XNNPACK delegate (batch 1, dynamic sequence), run in ExecuTorch's runtime.",
+    exporter="kd_edge.formats.pte:PteExporter", requires=("executorch", "torch"), extra="executorch",
+    precisions=(
+        Precision("fp32", "XNNPACK fp32", 32),
+        Precision("int8", "XNNPACK dynamic int8: weights int8 per channel, activations quantized at run time", 8,
+                  "kd_edge.formats.pte:quantize_int8", ("executorch",), "executorch"),
+    ),
+    encoder_outputs="kd_edge.formats.pte:pte_outputs",
+    device_modules=("executorch",), device_package=f"executorch=={EXECUTORCH_VERSION}",
+)
