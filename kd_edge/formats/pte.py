@@ -1,7 +1,7 @@
 """ExecuTorch ``.pte`` for encoders: ``torch.export`` of the export module (batch 1, dynamic sequence),
 lowered to the XNNPACK delegate (``to_edge_transform_and_lower``) and run in ExecuTorch's own runtime
-(``executorch.runtime``). int8 is XNNPACK's dynamic int8: weights int8 per channel, activations
-quantized at run time (pt2e ``XNNPACKQuantizer``), lowered the same way.
+(``executorch.runtime``). fp32 only so far: pt2e's ``prepare_pt2e`` (the way to XNNPACK int8) breaks
+the exported graph of transformers' attention-mask indexing ("tensors used as indices must be long").
 
 An operator the XNNPACK delegate cannot take stays on ExecuTorch's portable kernels; ``export``
 records which (``not_delegated``), and a file whose graph ExecuTorch cannot lower at all is a
@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kd_edge.errors import DependencyError, ExportError, QuantizeError
+from kd_edge.errors import DependencyError, ExportError
 from kd_edge.formats.base import Format, Precision
 
 if TYPE_CHECKING:
@@ -34,11 +34,17 @@ def _executorch():
                               f"(executorch=={EXECUTORCH_VERSION})") from e
 
 
+def max_sequence(module) -> int:
+    """The longest sequence the program takes: MAX_SEQ, or the model's positions if fewer."""
+    config = next((m.config for m in module.modules() if hasattr(m, "config")), None)
+    return min(MAX_SEQ, getattr(config, "max_position_embeddings", None) or MAX_SEQ)
+
+
 def _exported(module, seq: int):
     import torch
 
     sample = (torch.ones(1, seq, dtype=torch.int64), torch.ones(1, seq, dtype=torch.int64))
-    dim = torch.export.Dim("sequence", min=2, max=MAX_SEQ)
+    dim = torch.export.Dim("sequence", min=2, max=max_sequence(module))
     return torch.export.export(module, sample, dynamic_shapes=({1: dim}, {1: dim}), strict=False)
 
 
@@ -84,46 +90,25 @@ class PteExporter:
     runtime = "executorch"
     suffix = ".pte"
 
-    def export(self, module, out: Path, *, input_names: tuple[str, ...], output_name: str, **_: object) -> dict:
+    def export(self, module, out: Path, *, input_names: tuple[str, ...], output_name: str, log_path: Path,
+               **_: object) -> dict:
         _executorch()
         if hasattr(module, "onnx_io"):  # a causal LM's KV-cache step
             raise ExportError("the pte format holds encoders here; export causal LMs to onnx, tflite or gguf")
-        try:
-            program = _exported(module.eval(), 16)
-        except Exception as e:
-            raise ExportError(f"torch.export failed on the model: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx instead") from e
-        info = _lower(program, out)
+        import warnings
+
+        from kd_edge.export.capture import captured
+
+        with warnings.catch_warnings(), captured(log_path):  # torch.export's and ExecuTorch's chatter
+            warnings.simplefilter("ignore")
+            try:
+                program = _exported(module.eval(), 16)
+            except Exception as e:
+                raise ExportError(f"torch.export failed on the model: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx instead") from e
+            info = _lower(program, out)
         return {"inputs": [{"name": n, "dtype": "int64", "shape": [1, "sequence"]} for n in input_names],
-                "outputs": [output_name], "max_sequence": MAX_SEQ, **info}
-
-
-def quantize_int8(src: Path, dst: Path, *, module=None, calibration=None, **_: object) -> dict:
-    """XNNPACK dynamic int8 of the export module (ExecuTorch quantizes before lowering, so this starts
-    from the module, not from the fp32 .pte: the exporter hands it over as ``module``)."""
-    if module is None:
-        raise QuantizeError("ExecuTorch int8 is made from the PyTorch module, not from a .pte file; export it with "
-                            "kd-edge export (--format pte --precision int8)")
-    import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
-    try:
-        graph = _exported(module.eval(), 16).module()
-        prepared = prepare_pt2e(graph, quantizer)
-        sample = torch.ones(1, 16, dtype=torch.int64)
-        prepared(sample, sample)
-        converted = convert_pt2e(prepared)
-        dim = torch.export.Dim("sequence", min=2, max=MAX_SEQ)
-        program = torch.export.export(converted, (sample, sample), dynamic_shapes=({1: dim}, {1: dim}), strict=False)
-    except Exception as e:
-        raise QuantizeError(f"ExecuTorch int8 quantization failed: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200] if str(e) else ''}; drop this precision") from e
-    info = _lower(program, dst)
-    return {**info, "quantization": {"method": "XNNPACKQuantizer dynamic int8 (weights per channel, activations "
-                                               "quantized at run time), pt2e"}}
+                "outputs": [output_name], "max_sequence": max_sequence(module), **info}
 
 
 def pte_outputs(path: Path, info: dict, ids: "Packed", pad_id: int, threads: int | None,
@@ -141,8 +126,8 @@ def pte_outputs(path: Path, info: dict, ids: "Packed", pad_id: int, threads: int
         rows = []
         for i in range(len(ids)):
             x = torch.as_tensor(np.asarray(ids[i], np.int64))[None]
-            if x.shape[1] > MAX_SEQ:
-                raise ExportError(f"a text has {x.shape[1]} tokens; {path.name} takes at most {MAX_SEQ}")
+            if x.shape[1] > info.get("max_sequence", MAX_SEQ):
+                raise ExportError(f"a text has {x.shape[1]} tokens; {path.name} takes at most {info.get('max_sequence')}")
             rows.append(method.execute([x, torch.ones_like(x)])[0].numpy())
     return np.concatenate(rows)
 
@@ -153,8 +138,6 @@ FORMAT = Format(
     exporter="kd_edge.formats.pte:PteExporter", requires=("executorch", "torch"), extra="executorch",
     precisions=(
         Precision("fp32", "XNNPACK fp32", 32),
-        Precision("int8", "XNNPACK dynamic int8: weights int8 per channel, activations quantized at run time", 8,
-                  "kd_edge.formats.pte:quantize_int8", ("executorch",), "executorch"),
     ),
     encoder_outputs="kd_edge.formats.pte:pte_outputs",
     device_modules=("executorch",), device_package=f"executorch=={EXECUTORCH_VERSION}",

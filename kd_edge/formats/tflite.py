@@ -15,10 +15,11 @@ class TfliteFormat(Format):
             return
         if any(b != 1 for b, _ in export.tflite_shapes):
             raise ConfigError("export.tflite_shapes: causal-LM TFLite files take batch 1; write [[1, T], ...], "
-                              "one prefill signature per prompt length T")
+                              "one prefill signature per prompt length T", keys=("export.tflite_shapes",))
         if max(s for _, s in export.tflite_shapes) >= export.kv_cache_size:
             raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
-                              "export.tflite_shapes (room for the generated tokens)")
+                              "export.tflite_shapes (room for the generated tokens)",
+                              keys=("export.kv_cache_size", "export.tflite_shapes"))
 
 
 FORMAT = TfliteFormat(

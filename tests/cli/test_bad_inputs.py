@@ -313,7 +313,7 @@ CASES: list[Case] = [
     ("export-format-unknown", lambda w, d: ["export", w.teacher, "--format", "coreml"], "is not known"),
     ("export-precision-unknown", lambda w, d: ["export", w.teacher, "--precision", "int2"], "is not known"),
     ("export-precision-of-other-format", lambda w, d: ["export", w.teacher, "--format", "tflite", "--precision", "int4"],
-     "ONNX only"),
+     "no precision of int4 exists for tflite; onnx: fp32"),
     ("export-shapes-malformed", lambda w, d: ["export", w.teacher, "--shapes", "128"], "BATCHxSEQUENCE"),
     ("export-out-not-empty", lambda w, d: ["export", w.teacher, "--out", w.root / "teacher"], "already holds files"),
     ("export-out-is-file", lambda w, d: ["export", w.teacher, "--out", w.data], "is a file"),
@@ -328,7 +328,7 @@ CASES: list[Case] = [
     # -- quantize ---------------------------------------------------------------------------------------------
     ("quantize-missing", lambda w, d: ["quantize", d / "none.onnx"], "does not exist"),
     ("quantize-model-folder", lambda w, d: ["quantize", w.teacher], "is a folder"),
-    ("quantize-unknown-suffix", lambda w, d: ["quantize", w.data], "cannot tell its runtime"),
+    ("quantize-unknown-suffix", lambda w, d: ["quantize", w.data], "knows no format with the suffix '.jsonl'"),
     ("quantize-precision-not-for-suffix", lambda w, d: ["quantize", w.onnx, "-p", "int8-weights"], "is not made from .onnx"),
     ("quantize-out-exists", lambda w, d: ["quantize", w.onnx, "--out", w.data_file(d, "q.onnx", "x")], "already exists"),
     ("quantize-out-is-input", lambda w, d: ["quantize", w.onnx, "--out", w.onnx], "is the input file"),
@@ -351,7 +351,7 @@ CASES: list[Case] = [
     ("quantize-unknown-output", lambda w, d: ["quantize", w.onnx, "--output", "logits", "--out", d / "q.onnx"], "is not an output"),
     # -- bench ------------------------------------------------------------------------------------------------
     ("bench-path-missing", lambda w, d: ["bench", d / "none.onnx"], "does not exist"),
-    ("bench-unknown-suffix", lambda w, d: ["bench", w.data], "cannot tell its runtime"),
+    ("bench-unknown-suffix", lambda w, d: ["bench", w.data], "knows no format with the suffix '.jsonl'"),
     ("bench-folder-neither", lambda w, d: ["bench", d], "is not a kd-edge run folder"),
     ("bench-threads-zero", lambda w, d: ["bench", w.onnx, "--threads", "0"], "1 or more"),
     ("bench-threads-negative", lambda w, d: ["bench", w.onnx, "--threads", "-1"], "1 or more"),

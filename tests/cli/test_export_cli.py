@@ -99,7 +99,8 @@ def test_export_a_causal_lm_folder_generates_like_pytorch_through_each_file(tmp_
     assert_one_line_error(kd_edge("export", model, "-p", "int8-static", "--out", tmp_path / "o2"),
                           "int8-static is for encoders")
     assert_one_line_error(kd_edge("export", model, "-f", "tflite", "--shapes", "2x16", "--out", tmp_path / "o3"),
-                          "takes batch 1")
+                          "take batch 1; write [[1, T], ...], one prefill signature per prompt length T (on the "
+                          "command line: --shapes)")
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
 
 

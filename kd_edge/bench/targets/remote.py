@@ -111,7 +111,9 @@ class RemoteTarget:
             raise TargetError(f"{self.name}: cannot run '{self.python}' ({(err or out).strip().splitlines()[-1:] or 'no output'}); "
                               "install Python 3 on the device or name its interpreter in bench.python (python: in "
                               "a profile)", keys=("bench.python",))
-        probe = (f"import importlib.util as u, sys; sys.exit(0 if any(u.find_spec(m) for m in {modules!r}) else 1)")
+        # imported, not only found: a broken install fails here rather than inside every benchmark
+        probe = (f"import importlib, sys\nfor m in {modules!r}:\n    try:\n        importlib.import_module(m)\n"
+                 "        sys.exit(0)\n    except Exception:\n        pass\nsys.exit(1)")
         if self._sh([self.python, "-c", probe])[0] != 0:
             raise TargetError(f"{self.name}: the {runtime} runtime is not installed for {self.python}; install it on "
                               f"the device ({self.python} -m pip install {package}) or name the Python that has it "
