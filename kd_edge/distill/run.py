@@ -78,8 +78,9 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     best = d.eval_every is not None and trainer.load_best()
     final = trainer.unwrapped_model()
     with atomic_dir(files.student) as out:
-        save_student(final.student.eval(), tokenizer, {**init_meta, "distilled_steps": state.step,
-                                                       "best_step": state.best_step if best else None}, out)
+        saved = {**init_meta, "distilled_steps": state.step, "best_step": state.best_step if best else None}
+        save_student(final.student.eval(), tokenizer, saved, out)
+        task.save_for_libraries(out, final.student, saved)
     if d.mode == "mutual":
         with atomic_dir(train.mutual_teacher) as out:
             final.live[0].eval().save_pretrained(str(out))

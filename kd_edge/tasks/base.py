@@ -153,6 +153,10 @@ class Task(abc.ABC):
         """(sum, weight) of this batch's dev metric; ``teacher()`` gives the teacher's output field when
         the metric compares with it. ``dev_value`` turns the totals into the metric."""
 
+    def save_for_libraries(self, folder: Path, model: nn.Module, meta: dict) -> None:
+        """Beside save_pretrained in a student folder: what other libraries need to load it as it is
+        used (sentence-transformers' modules and pooling for an embedder). Nothing by default."""
+
     def dev_value(self, mean: float) -> float:
         """The dev metric from the weighted mean of ``dev_score``."""
         return mean

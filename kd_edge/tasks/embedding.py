@@ -64,3 +64,36 @@ class SentenceEmbeddingTask(Task):
 
     def export_module(self, model: nn.Module, meta: dict) -> nn.Module:
         return EmbeddingModule(model, meta["pooling"], meta["normalize"]).eval()
+
+    def save_for_libraries(self, folder, model: nn.Module, meta: dict) -> None:
+        """sentence-transformers' files, so that ``SentenceTransformer(folder)`` computes the embedding
+        kd-edge does: Transformer -> Pooling (the student's pooling) -> Normalize (when it normalizes)."""
+        write_sentence_transformers(folder, model.config, meta["pooling"], meta["normalize"])
+
+
+def write_sentence_transformers(folder, config, pooling: str, normalize: bool) -> None:
+    """modules.json, sentence_bert_config.json, config_sentence_transformers.json and 1_Pooling/ (and
+    2_Normalize/) in a save_pretrained folder, as sentence-transformers writes them."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    files = {
+        "modules.json": modules,
+        "sentence_bert_config.json": {"max_seq_length": min(512, config.max_position_embeddings), "do_lower_case": False},
+        "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "prompts": {},
+                                              "default_prompt_name": None, "similarity_fn_name": "cosine"},
+        "1_Pooling/config.json": {"word_embedding_dimension": config.hidden_size,
+                                  "pooling_mode_cls_token": pooling == "cls",
+                                  "pooling_mode_mean_tokens": pooling == "mean",
+                                  "pooling_mode_max_tokens": pooling == "max",
+                                  "pooling_mode_mean_sqrt_len_tokens": False},
+    }
+    for name, doc in files.items():
+        (folder / name).write_text(json.dumps(doc, indent=2) + "\n")
