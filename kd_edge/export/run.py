@@ -141,7 +141,6 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, source_dir: Pa
             quantize = QUANTIZERS.get(f"{spec.format}:{spec.precision}")
             graph, notes = float_graph(fmt) if prec.bits == 16 else (src, {})
             kw = {"per_channel": cfg.int8_per_channel, "log_path": logs / f"quantize-{spec.name}.log",
-                  "module": module,  # for formats quantized before lowering (ExecuTorch)
                   "calibration": calibration() if spec.precision == "int8-static" and calibration else None}
             extra = {**quantize(graph, path, **kw), **notes}
             if prec.checked_at_export and cfg.int8_fallback and fallback is not None:

@@ -29,8 +29,7 @@ def load(ref: str) -> Any:
 @dataclass(frozen=True)
 class Precision:
     """One precision of a format: how it is made from the exported fp32 file (``make``: a function
-    ``(src, dst, **settings) -> sidecar fields``, the settings including the export ``module`` for
-    formats that quantize before lowering; None for fp32 itself, the exported file), what it
+    ``(src, dst, **settings) -> sidecar fields``; None for fp32 itself, the exported file), what it
     needs installed, and how to quantize again keeping more in float when the metric drops past its
     budget (``fallback``)."""
 
