@@ -23,9 +23,8 @@ if TYPE_CHECKING:
 
 LLAMA_CPP_VERSION = "0.3.36"  # llama-cpp-python; the converter comes from the same source distribution
 GGUF_TYPES = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q4_0"}
-# llama_ftype values (llama.h): what llama_model_quantize writes for each precision
-FTYPES = {"fp32": 0, "fp16": 1, "int8": 7, "int4": 2}
-GGML_F32, GGML_Q8_0 = 0, 8  # ggml_type values (ggml.h)
+LLAMA_FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8}  # llama_ftype values (llama.h)
+GGML_F32 = 0  # ggml_type value (ggml.h): the KV cache type of the fp32 check
 CONTEXT = 1024  # positions a checker's or benchmark's context holds (logits of every position are kept)
 INSTALL_HINT = (f"run: scripts/install_llama_cpp_tools.sh {sys.executable} (make setup does), or set "
                 "KD_EDGE_LLAMA_CPP to a llama.cpp source tree")
@@ -97,32 +96,27 @@ def read_metadata(path: Path) -> dict:
     return out
 
 
-def quantize_gguf(src: Path, dst: Path, *, precision: str, log_path: Path | None = None,
-                  embeddings_8bit: bool = False, **_: object) -> dict:
-    """``precision`` of the f32 GGUF file ``src`` by llama.cpp's quantizer; with ``embeddings_8bit``
-    the token embedding and output tables stay Q8_0."""
+def quantize_gguf(src: Path, dst: Path, *, precision: str, log_path: Path | None = None, ftype: str | None = None,
+                  **_: object) -> dict:
+    """``precision`` of the f32 GGUF file ``src`` by llama.cpp's quantizer (its GGUF type, or the one
+    ``ftype`` names: the fallback's)."""
     import ctypes
 
     from kd_edge.export.capture import captured
 
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[precision]
+    gguf_type = ftype or GGUF_TYPES[precision]
+    params.ftype = LLAMA_FTYPES[gguf_type]
     params.nthread = os.cpu_count() or 1
-    if embeddings_8bit:
-        params.output_tensor_type = GGML_Q8_0
-        params.token_embedding_type = GGML_Q8_0
     log = log_path or dst.with_suffix(".log")
     with captured(log):  # llama.cpp prints every tensor it quantizes
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():
-        raise QuantizeError(f"llama.cpp could not quantize {src.name} to {GGUF_TYPES[precision]} (code {rc}); see {log}, "
+        raise QuantizeError(f"llama.cpp could not quantize {src.name} to {gguf_type} (code {rc}); see {log}, "
                             "or drop this precision")
-    method = f"llama.cpp llama_model_quantize {GGUF_TYPES[precision]}"
-    if embeddings_8bit:
-        method += ", token embedding and output Q8_0"
-    return {"gguf_type": GGUF_TYPES[precision], "stored_as": f"gguf {GGUF_TYPES[precision]}",
-            "quantization": {"method": method}}
+    return {"gguf_type": gguf_type, "stored_as": f"gguf {gguf_type}",
+            "quantization": {"method": f"llama.cpp llama_model_quantize {gguf_type}"}}
 
 
 def quantize_fp16(src: Path, dst: Path, **kw: object) -> dict:
@@ -137,14 +131,16 @@ def quantize_int4(src: Path, dst: Path, **kw: object) -> dict:
     return quantize_gguf(src, dst, precision="int4", **kw)
 
 
-def embeddings_in_8bit(src: Path, path: Path, precision: str, quantize, kw: dict, measure, budget: float, tried: list) -> dict:
-    """The 4-bit fallback: the token embedding and the output tables (the tied head) in Q8_0."""
+def five_bits(src: Path, path: Path, precision: str, quantize, kw: dict, measure, budget: float, tried: list) -> dict:
+    """The 4-bit fallback: every weight matrix in Q5_0 (5-bit blocks of 32) instead of Q4_0. llama.cpp
+    already keeps a tied token embedding / output table at 8 bits in Q4_0, so keeping those is no
+    fallback; and the k-quants (Q4_K) need rows divisible by 256, which small models often lack."""
     path.unlink()
-    extra = quantize(src, path, **{**kw, "embeddings_8bit": True})
+    extra = quantize(src, path, **{**kw, "ftype": "Q5_0"})
     drop = measure()
-    tried.append({"embeddings_8bit": True, "drop": round(drop, 5)})
-    return {**extra, "fallback": {"engaged": True, "level": 1, "kept_in_float": "token embedding and output in Q8_0",
-                                  "nodes": [], "within_budget": drop <= budget}}
+    tried.append({"gguf_type": "Q5_0", "drop": round(drop, 5)})
+    return {**extra, "fallback": {"engaged": True, "level": 1, "kept_in_float": "every weight matrix at 5 bits "
+                                  "(Q5_0) instead of 4", "nodes": [], "within_budget": drop <= budget}}
 
 
 class GgufDecoder:
@@ -226,8 +222,8 @@ FORMAT = GgufFormat(
         Precision("int8", "Q8_0: int8 weights in blocks of 32 with an fp16 scale (1.06 bytes per weight)", 8,
                   "kd_edge.formats.gguf:quantize_int8", ("llama_cpp",), "gguf"),
         Precision("int4", "Q4_0: 4-bit weights in blocks of 32 with an fp16 scale; llama.cpp keeps the output "
-                  "table at 6 or 8 bits", 4, "kd_edge.formats.gguf:quantize_int4", ("llama_cpp",), "gguf",
-                  fallback="kd_edge.formats.gguf:embeddings_in_8bit"),
+                  "table at 6 or 8 bits (fallback: Q5_0)", 4, "kd_edge.formats.gguf:quantize_int4", ("llama_cpp",), "gguf",
+                  fallback="kd_edge.formats.gguf:five_bits"),
     ),
     lm_decoder="kd_edge.formats.gguf:GgufDecoder",
     device_modules=("llama_cpp",), device_package=f"llama-cpp-python=={LLAMA_CPP_VERSION}",

@@ -161,3 +161,33 @@ def test_a_tokenizer_llama_cpp_cannot_convert_is_one_line(tmp_path):
     line = _one_line(_cli(["export", str(llama), "--format", "gguf", "--precision", "fp32", "--out", str(tmp_path / "o")]))
     assert "llama.cpp's converter failed" in line and "export-gguf.log" in line, line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_4bit_file_past_its_budget_is_made_again_at_5_bits_and_says_so(tmp_path, gguf_llama):
+    from kd_edge.export.config import ArtifactSpec, ExportConfig
+    from kd_edge.export.run import make_artifacts
+    from kd_edge.tasks import TASKS
+    from kd_edge.tasks.kinds import ModelSource
+
+    class Drops:  # what export's Fallback measures through llama.cpp: Q4_0 over the budget, then Q5_0 within
+        def __init__(self):
+            self.seen = []
+
+        def drop(self, fmt, src, info, path, this):
+            from gguf import GGUFReader
+
+            types = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.")}
+            self.seen.append(types)
+            return (0.05 if "Q4_0" in types else 0.01), "perplexity"
+
+    task = TASKS.get("causal_lm")()
+    model = task.load_model(ModelSource(gguf_llama), eager=True)
+    fallback = Drops()
+    (side,) = make_artifacts(task.export_module(model, {}), {}, ExportConfig(artifacts=[ArtifactSpec(format="gguf", precision="int4")]),
+                             tmp_path, source_dir=gguf_llama, input_names=task.input_names, output_name=task.output_name,
+                             common={"task": "causal_lm", "params": 1}, logs=tmp_path / "logs", fp32_tolerance=1e-4,
+                             fallback=fallback, budgets=lambda bits: 0.03 if bits == 4 else 0.01)
+    assert fallback.seen == [{"Q4_0", "F32"}, {"Q5_0", "F32"}]
+    assert side["gguf_type"] == "Q5_0" and side["stored_as"] == "gguf Q5_0"
+    assert side["fallback"]["engaged"] and side["fallback"]["within_budget"] and "5 bits" in side["fallback"]["kept_in_float"]
+    assert [t["drop"] for t in side["int8_check"]["tried"]] == [0.05, 0.01]
