@@ -159,6 +159,12 @@ class GgufDecoder:
                                    logits_all=True, verbose=False, **cache)
         self.size = n_ctx
         self.record = {"llama_cpp_kv_cache": "F32" if cache else "F16 (llama.cpp's default)"}
+        # generation as an app runs it (tokens/s is reported): a second context that keeps no logits but
+        # the last position's; the weights are mapped once
+        self._generate = lambda: llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx,
+                                                 n_threads=threads or os.cpu_count(), logits_all=False,
+                                                 verbose=False, **cache)
+        self._generator = None
 
     def _fits(self, n: int) -> None:
         if n > self.size:
@@ -189,15 +195,18 @@ class GgufDecoder:
         import numpy as np
 
         self._fits(len(prompt) + n)
-        self.llm.reset()
-        self.llm.eval([int(t) for t in prompt])
+        if self._generator is None:
+            self._generator = self._generate()
+        llm = self._generator
+        llm.reset()
+        llm.eval([int(t) for t in prompt])
         tokens = []
         for _ in range(n):
-            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            nxt = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
             tokens.append(nxt)
             if len(tokens) == n:
                 break
-            self.llm.eval([nxt])
+            llm.eval([nxt])
         return tokens
 
 
