@@ -157,17 +157,24 @@ def test_a_missing_llama_cpp_converter_says_how_to_install_it(tmp_path, gguf_lla
 
 
 def test_a_tokenizer_llama_cpp_cannot_convert_is_one_line(tmp_path):
+    from tests.conftest import sentences
+
     llama = write_tiny_llama(tmp_path / "wordpiece-llama", layers=1)  # a WordPiece tokenizer on a Llama
-    line = _one_line(_cli(["export", str(llama), "--format", "gguf", "--precision", "fp32", "--out", str(tmp_path / "o")]))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(s["text"] + "\n" for s in sentences(8)))
+    line = _one_line(_cli(["export", str(llama), "--format", "gguf", "--precision", "fp32", "--texts", str(texts),
+                           "--out", str(tmp_path / "o")]))
     assert "llama.cpp's converter failed" in line and "export-gguf.log" in line, line
     assert not (tmp_path / "o").exists()
 
 
-def test_a_4bit_file_past_its_budget_is_made_again_at_5_bits_and_says_so(tmp_path, gguf_llama):
-    from kd_edge.export.config import ArtifactSpec, ExportConfig
-    from kd_edge.export.run import make_artifacts
-    from kd_edge.tasks import TASKS
-    from kd_edge.tasks.kinds import ModelSource
+def test_a_4bit_file_past_its_budget_is_made_again_at_5_bits_and_says_so(tmp_path, exported):
+    import shutil
+
+    from kd_edge.export.run import _fall_back
+    from kd_edge.export.config import ArtifactSpec
+    from kd_edge.formats import FORMATS
+    from kd_edge.quantize import QUANTIZERS
 
     class Drops:  # what export's Fallback measures through llama.cpp: Q4_0 over the budget, then Q5_0 within
         def __init__(self):
@@ -180,13 +187,13 @@ def test_a_4bit_file_past_its_budget_is_made_again_at_5_bits_and_says_so(tmp_pat
             self.seen.append(types)
             return (0.05 if "Q4_0" in types else 0.01), "perplexity"
 
-    task = TASKS.get("causal_lm")()
-    model = task.load_model(ModelSource(gguf_llama), eager=True)
+    out, _ = exported
+    src, path = out / "student.fp32.gguf", tmp_path / "student.int4.gguf"
+    shutil.copyfile(out / "student.int4.gguf", path)
+    spec = ArtifactSpec(format="gguf", precision="int4")
     fallback = Drops()
-    (side,) = make_artifacts(task.export_module(model, {}), {}, ExportConfig(artifacts=[ArtifactSpec(format="gguf", precision="int4")]),
-                             tmp_path, source_dir=gguf_llama, input_names=task.input_names, output_name=task.output_name,
-                             common={"task": "causal_lm", "params": 1}, logs=tmp_path / "logs", fp32_tolerance=1e-4,
-                             fallback=fallback, budgets=lambda bits: 0.03 if bits == 4 else 0.01)
+    side = _fall_back(spec, FORMATS["gguf"].precision("int4"), src, read_json(out / "student.fp32.gguf.json"), path,
+                      QUANTIZERS.get("gguf:int4"), {"log_path": tmp_path / "q.log"}, fallback, budget=0.03)
     assert fallback.seen == [{"Q4_0", "F32"}, {"Q5_0", "F32"}]
     assert side["gguf_type"] == "Q5_0" and side["stored_as"] == "gguf Q5_0"
     assert side["fallback"]["engaged"] and side["fallback"]["within_budget"] and "5 bits" in side["fallback"]["kept_in_float"]
