@@ -16,10 +16,6 @@ from kd_edge.export import onnx_files
 class OnnxExporter:
     """torch.onnx export of a module taking (input_ids, attention_mask)."""
 
-    name = "onnx"
-    runtime = "onnxruntime"
-    suffix = ".onnx"
-
     def export(self, module: torch.nn.Module, out: Path, *, input_names: tuple[str, ...], output_name: str,
                opset: int, **_: object) -> dict:
         """Write ``out``; return what the artifact's sidecar records about its inputs."""

@@ -19,10 +19,6 @@ def signature_name(batch: int, seq: int) -> str:
 class TfliteExporter:
     """litert-torch conversion of a module taking (input_ids, attention_mask) as int32."""
 
-    name = "tflite"
-    runtime = "tflite"
-    suffix = ".tflite"
-
     def export(self, module: torch.nn.Module, out: Path, *, input_names: tuple[str, ...], output_name: str,
                shapes: list[tuple[int, int]], log_path: Path, kv_cache_size: int = 256, **_: object) -> dict:
         """Write ``out`` with one signature per shape; return the sidecar's description of it."""

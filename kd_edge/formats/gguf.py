@@ -52,11 +52,9 @@ def _llama_cpp():
 class GgufExporter:
     """llama.cpp's convert_hf_to_gguf.py on the model folder (config, safetensors, tokenizer), at f32."""
 
-    name = "gguf"
-    runtime = "llama.cpp"
-    suffix = ".gguf"
-
     def export(self, module, out: Path, *, source_dir: Path, log_path: Path, **_: object) -> dict:
+        from kd_edge.export.capture import tail
+
         tree = llama_cpp_tree()
         _llama_cpp()
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,19 +63,13 @@ class GgufExporter:
         with open(log_path, "ab") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tree).returncode
         if rc != 0 or not out.is_file():
-            raise ExportError(f"llama.cpp's converter failed on {source_dir.name} (exit {rc}): {_last_error(log_path)}; "
+            raise ExportError(f"llama.cpp's converter failed on {source_dir.name} (exit {rc}): {tail(log_path, 1)[:300]}; "
                               f"see {log_path}, or export to onnx")
         meta = read_metadata(out)
         return {"inputs": [{"name": "tokens", "dtype": "int32", "shape": ["T"]}], "outputs": ["logits"],
                 "gguf_type": "F32", "stored_as": "gguf F32", "architecture": meta.get("general.architecture"),
                 "context_length": meta.get(f"{meta.get('general.architecture')}.context_length"),
                 "converter": f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {LLAMA_CPP_VERSION} source)"}
-
-
-def _last_error(log_path: Path) -> str:
-    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-    return (errors or lines or ["no output"])[-1][:300]
 
 
 def read_metadata(path: Path) -> dict:

@@ -86,10 +86,6 @@ def _failing_op(e: Exception) -> str | None:
 class PteExporter:
     """torch.export (batch 1, sequence 2..512) -> XNNPACK -> .pte."""
 
-    name = "pte"
-    runtime = "executorch"
-    suffix = ".pte"
-
     def export(self, module, out: Path, *, input_names: tuple[str, ...], output_name: str, log_path: Path,
                **_: object) -> dict:
         _executorch()
