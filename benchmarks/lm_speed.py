@@ -99,6 +99,10 @@ class FileLM:
         import numpy as np
 
         dec = self.dec
+        if hasattr(dec, "og"):  # ONNX Runtime GenAI: a fresh generator, its own key/value buffer
+            self.state = dec._generator(min(dec.size, 1024))
+            self.state.append_tokens(np.asarray(ids, np.int32))
+            return self.state.get_output("logits")[0, -1]
         if hasattr(dec, "step"):  # ONNX Runtime: the KV-cache step
             logits, past = dec.step(np.asarray([ids]), None, 0)
             self.state, self.done = past, len(ids)
@@ -116,6 +120,9 @@ class FileLM:
         import numpy as np
 
         dec = self.dec
+        if hasattr(dec, "og"):
+            self.state.append_tokens(np.asarray([token], np.int32))
+            return self.state.get_output("logits")[0, -1]
         if hasattr(dec, "step"):
             logits, self.state = dec.step(np.asarray([[token]]), self.state, self.done)
             self.done += 1

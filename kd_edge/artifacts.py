@@ -56,13 +56,14 @@ def list_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def file_records(root: Path, rel_paths: list[str], known: dict[str, dict] | None = None) -> dict[str, dict]:
+def file_records(root: Path, rel_paths: list[str], known: dict[str, dict] | None = None,
+                 exclude: tuple[str, ...] = ()) -> dict[str, dict]:
     """Describe every file under ``rel_paths`` (relative to ``root``) by size, mtime and sha256.
 
     With ``known`` records, a file whose size and mtime match keeps its recorded digest without being
     read again (for inputs outside the run, such as a teacher of several GB). Without them every file
     is read: that is how a resume notices a file changed in place with its size and mtime kept. Files
-    are hashed on several threads (hashlib releases the GIL).
+    are hashed on several threads (hashlib releases the GIL). Paths in ``exclude`` are left out.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -72,6 +73,8 @@ def file_records(root: Path, rel_paths: list[str], known: dict[str, dict] | None
     for rel in rel_paths:
         for f in list_files(root / rel):
             key = f.relative_to(root).as_posix()
+            if key in exclude:
+                continue
             st = f.stat()
             old = known.get(key)
             if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:

@@ -385,8 +385,44 @@ class ExecutorchBackend:
         return [t.numpy() for t in self.method.execute(args)]
 
 
+class GenaiBackend:
+    """An ONNX Runtime GenAI folder (model.onnx, genai_config.json) in onnxruntime-genai: a run appends
+    the prompt to a fresh generator and reads the last position's logits, as an app's prompt
+    processing does; batch 1."""
+
+    runtime = "onnxruntime-genai"
+
+    @staticmethod
+    def import_runtime():
+        import onnxruntime_genai
+
+        return f"onnxruntime-genai {getattr(onnxruntime_genai, '__version__', '?')}"
+
+    def __init__(self, path: str, threads: int | None, seq: int = 128, **_):
+        import onnxruntime_genai as og
+
+        config = og.Config(path)
+        config.clear_providers()
+        if threads:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
+                                                                                  "inter_op_num_threads": 1}}}}))
+        self.og, self.model = og, og.Model(config)
+
+    def run(self, feeds: dict, signature: str | None = None) -> list:
+        import numpy as np
+
+        ids = feeds["input_ids"]
+        if ids.shape[0] != 1:
+            raise RunnerError("run", f"onnxruntime-genai runs one sequence here; bench at batch 1 (not {ids.shape[0]})")
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=ids.shape[1] + 1, batch_size=1)
+        gen = self.og.Generator(self.model, params)
+        gen.append_tokens(ids[0].astype(np.int32))
+        return [np.array(gen.get_output("logits")[0, -1])]
+
+
 BACKENDS = {"onnxruntime": OrtBackend, "tflite": TfliteBackend, "torch": TorchBackend, "llama.cpp": LlamaCppBackend,
-            "executorch": ExecutorchBackend}
+            "executorch": ExecutorchBackend, "onnxruntime-genai": GenaiBackend}
 
 
 # -- measurement ---------------------------------------------------------------------------------------
@@ -517,13 +553,15 @@ def _size(path: str) -> int:
         return os.path.getsize(path) + (os.path.getsize(data) if os.path.isfile(data) else 0)
     total = 0
     for root, _, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith((".safetensors", ".bin", ".gguf")))
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                     if f.endswith((".safetensors", ".bin", ".gguf", ".onnx", ".onnx.data")))  # a GenAI folder: its graph
     return total
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Measure one model's latency and memory; print JSON.")
-    p.add_argument("model", help="an .onnx, .tflite or .gguf file, or a Hugging Face model folder (runtime torch)")
+    p.add_argument("model", help="an .onnx, .tflite, .gguf or .pte file, a GenAI folder, or a Hugging Face model folder "
+                                 "(runtime torch)")
     p.add_argument("--runtime", choices=sorted(BACKENDS), required=True)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)

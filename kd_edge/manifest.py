@@ -68,14 +68,15 @@ class RunDir:
     def stage_record(self, name: str) -> dict[str, Any] | None:
         return self.manifest.get("stages", {}).get(name)
 
-    def outputs_intact(self, record: dict[str, Any], outputs: tuple[str, ...]) -> bool:
+    def outputs_intact(self, record: dict[str, Any], outputs: tuple[str, ...], exclude: tuple[str, ...] = ()) -> bool:
         """True when every recorded output still exists with the recorded content (every file is read
-        again: a file changed in place keeps its size and mtime only if someone wants it to)."""
+        again: a file changed in place keeps its size and mtime only if someone wants it to); the
+        ``exclude`` paths inside them are another stage's."""
         recorded = record.get("outputs") or {}
         if not all((self.files / rel).exists() for rel in outputs):
             return False
         try:
-            now = file_records(self.path, list(outputs))
+            now = file_records(self.path, list(outputs), exclude=exclude)
         except (FileNotFoundError, NotADirectoryError):
             return False
         return {k: v["sha256"] for k, v in now.items()} == {k: v["sha256"] for k, v in recorded.items()}

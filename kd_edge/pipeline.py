@@ -123,7 +123,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
             selected = only is None or st.name in only
             done = (record and record.get("status") == "done" and record.get("key") == key
                     and not stale_defaults(record.get("defaults"), parts["defaults"])
-                    and run.outputs_intact(record, st.outputs))
+                    and run.outputs_intact(record, st.outputs, st.foreign))
             if done and not (force and selected):
                 record["checked_at"] = time.time()  # processes waiting under accelerate launch read this
                 run.save()
@@ -159,7 +159,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
                 raise
             seconds = time.perf_counter() - t0
             m["stages"][st.name].update({"status": "done", "seconds": round(seconds, 2),
-                                         "outputs": file_records(out_dir, list(st.outputs))})
+                                         "outputs": file_records(out_dir, list(st.outputs), exclude=st.foreign)})
             run.save()
             result.ran.append(st.name)
             emit(StageEvent(st, index, len(active), "done", seconds))

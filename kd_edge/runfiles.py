@@ -38,9 +38,18 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "export": ("artifacts",),
     "verify": ("verify",),
     "bench": ("bench",),
-    "report": ("report.json", "report.md", "report.html"),
+    "report": ("report.json", "report.md", "report.html", "student/README.md"),
     "gate": ("gate.json",),
 }
+
+
+def foreign_outputs(stage: str) -> tuple[str, ...]:
+    """What other stages write inside this stage's folders (the report stage's model card in the
+    distill stage's student/): a path a stage names is that stage's own, wherever it lies, so the
+    outer stage's records leave it out and writing it never makes the outer stage look changed."""
+    mine = STAGE_OUTPUTS[stage]
+    return tuple(p for other, paths in STAGE_OUTPUTS.items() if other != stage for p in paths
+                 if any(p.startswith(f"{m}/") for m in mine))
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,11 @@ class ArtifactFiles(_Folder):
         return self.path / f"{name}.json"
 
     def sidecars(self) -> list[Path]:
-        return sorted(self.path.glob("*.json")) if self.path.is_dir() else []
+        """``<file>.json`` of every exported file (not the tokenizer's and generation settings' JSON
+        that travel beside them)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.glob("*.json") if p.with_suffix("").exists())
 
 
 class VerifyFiles(_Folder):
@@ -223,6 +236,7 @@ class RunFiles:
     verify = property(lambda self: VerifyFiles(self.root / "verify"))
     bench = property(lambda self: BenchFiles(self.root / "bench"))
     report_json = property(lambda self: self.root / "report.json")
+    model_card = property(lambda self: self.root / "student" / "README.md")  # the report stage's
     report_md = property(lambda self: self.root / "report.md")
     report_html = property(lambda self: self.root / "report.html")
     gate = property(lambda self: self.root / "gate.json")

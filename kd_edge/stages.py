@@ -23,7 +23,7 @@ from kd_edge.errors import ConfigError
 from kd_edge.evaluate import run as evaluate
 from kd_edge.export import run as export
 from kd_edge.report import run as report
-from kd_edge.runfiles import STAGE_OUTPUTS
+from kd_edge.runfiles import STAGE_OUTPUTS, foreign_outputs
 from kd_edge.verify import run as verify
 
 
@@ -80,6 +80,11 @@ class Stage:
     def outputs(self) -> tuple[str, ...]:
         """What it writes, relative to the run folder (runfiles.STAGE_OUTPUTS)."""
         return STAGE_OUTPUTS[self.name]
+
+    @property
+    def foreign(self) -> tuple[str, ...]:
+        """Other stages' outputs inside its folders, left out of its records (runfiles.foreign_outputs)."""
+        return foreign_outputs(self.name)
 
     @property
     def code(self) -> tuple[str, ...]:

@@ -23,6 +23,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# The longest test files run first: `make test` spreads files over two workers (pytest-xdist,
+# --dist loadfile) in collection order, and a file of several minutes started last is the whole tail.
+FIRST = ("tests/test_e2e_minilm.py", "tests/test_resume.py", "tests/test_pipeline.py", "tests/formats/test_gguf.py",
+         "tests/export/test_export_stage.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return FIRST.index(path) if path in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: every other test keeps its order
+
 
 def sentences(n: int, seed: int = 0) -> list[dict]:
     """Short labelled sentences: label 1 when the sentiment word is positive."""
@@ -62,10 +75,10 @@ def tiny_teacher(tmp_path_factory) -> Path:
 
 
 def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: int = 0, logit_scale: float = 1.0,
-                     tokenizer_dir: Path | None = None) -> Path:
+                     tokenizer_dir: Path | None = None, tie: bool = False) -> Path:
     """A real LlamaForCausalLM (random weights) with the tiny WordPiece tokenizer, or the tokenizer
     saved in ``tokenizer_dir``. ``logit_scale`` sharpens its next-token distribution (greedy decoding
-    without near-ties)."""
+    without near-ties); ``tie`` shares the embedding table with the head, as SmolLM2 does."""
     import torch
     from transformers import AutoTokenizer, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
@@ -80,7 +93,7 @@ def write_tiny_llama(folder: Path, *, layers: int = 4, hidden: int = 32, seed: i
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie,
                          bos_token_id=tokenizer.cls_token_id if tokenizer_dir is None else tokenizer.bos_token_id,
                          eos_token_id=tokenizer.sep_token_id if tokenizer_dir is None else tokenizer.eos_token_id)
     model = LlamaForCausalLM(config).eval()

@@ -52,6 +52,31 @@ def test_run_leaves_every_output(finished_run):
     assert "report: " in p.stdout and "gate PASSED" in p.stdout
 
 
+def test_the_student_carries_a_model_card_and_the_files_their_tokenizer(finished_run):
+    from transformers import AutoTokenizer
+
+    from kd_edge.runfiles import RunFiles
+
+    _, run, _ = finished_run
+    card = (run / "student" / "README.md").read_text()
+    assert card.startswith("---\nlicense: ") and "library_name: sentence-transformers" in card
+    report = json.loads((run / "report.json").read_text())
+    for row in report["rows"]:  # every model's line in the key figures
+        assert f"| {row['name']} | " in card, row["name"]
+    assert "| student.fp32.onnx | onnx fp32 |" in card and "| pass |" in card and "## Licenses" in card
+    # the card is the report stage's: the distill stage's records leave it out
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert "student/README.md" in stages["report"]["outputs"]
+    assert "student/README.md" not in stages["distill"]["outputs"]
+    # the tokenizer travels beside the exported files, and is the student's
+    assert (run / "artifacts" / "tokenizer.json").is_file()
+    text = "A sentence the app will embed."
+    assert AutoTokenizer.from_pretrained(str(run / "artifacts"))(text)["input_ids"] == \
+        AutoTokenizer.from_pretrained(str(run / "student"))(text)["input_ids"]
+    assert [p.name for p in RunFiles(run).artifacts.sidecars()] == [
+        "student.fp32.onnx.json", "student.fp32.tflite.json", "student.int8.onnx.json"]
+
+
 def test_report_puts_every_model_side_by_side(finished_run):
     _, run, _ = finished_run
     report = json.loads((run / "report.json").read_text())

@@ -25,9 +25,9 @@ KD_EDGE = [sys.executable, "-m", "kd_edge"]
 STAGES = ("data", "teacher", "student", "distill", "evaluate", "export", "verify", "bench", "report", "gate")
 # Files that hold time measurements, which two runs never share: latencies (bench/), the report and gate
 # built on them, export/verify durations and tokens per second (sidecars, verify records), the manifest's
-# timings, logs. The training records, the sidecars and the verify records are compared without their
-# speed and duration fields (samples per second, export seconds).
-TIMED = ("bench/", "report.", "gate.json", "manifest.json", "logs/")
+# timings, logs, the model card (it quotes the report). The training records, the sidecars and the
+# verify records are compared without their speed and duration fields (samples per second, export seconds).
+TIMED = ("bench/", "report.", "gate.json", "manifest.json", "logs/", "student/README.md")
 
 
 def _without_timings(value):

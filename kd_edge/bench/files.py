@@ -15,17 +15,20 @@ from kd_edge.tasks.kinds import kind_of_config
 def runtime_of(path: Path) -> str:
     """The runtime that runs a file: its format's (kd_edge/formats/, by suffix); a folder is a Hugging
     Face model for PyTorch."""
-    from kd_edge.formats import FORMATS, format_of
+    from kd_edge.formats import FORMATS, find_format, format_of
 
     suffixes = " / ".join(f.suffix for f in FORMATS.values())
     if not path.exists():
         raise ArtifactError(f"'{path}' does not exist; pass {suffixes} files or a model folder")
-    if path.is_dir():
+    fmt = find_format(path)
+    if path.is_dir() and not (fmt and fmt.is_folder):
         if not (path / "config.json").is_file():
             raise ArtifactError(f"'{path}' is not a kd-edge run folder (no manifest.json) nor a model folder (no "
                                 f"config.json); pass a run folder, a model folder, or {suffixes} files")
         return "torch"
-    return format_of(path).runtime
+    fmt = format_of(path)
+    fmt.check_file(path)
+    return fmt.runtime
 
 
 def bench_files(paths: list[Path], target, *, threads_list: list[int | None], batch: int, seq: int, runs: int,

@@ -41,6 +41,17 @@ def run_onnx(path: Path, ids: Packed, pad_id: int, threads: int | None) -> np.nd
     return out
 
 
+def fitting_bucket(n: int, buckets: list[tuple[int, str]]) -> tuple[int, str]:
+    """The smallest (length, signature) of the sorted batch-1 ``buckets`` that holds ``n`` tokens, or
+    a one-line ExportError."""
+    fit = [b for b in buckets if b[0] >= n]
+    if not fit:
+        raise ExportError(f"a test text has {n} tokens, longer than every TFLite bucket "
+                          f"({', '.join(name for _, name in buckets)}); add a longer shape (export.tflite_shapes in a "
+                          "recipe, --shapes on the command line)")
+    return fit[0]
+
+
 def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signatures: list[dict],
                log_path: Path) -> np.ndarray:
     """Outputs of a TFLite file: each sequence padded to the smallest batch-1 bucket that holds it."""
@@ -51,12 +62,7 @@ def run_tflite(path: Path, ids: Packed, pad_id: int, threads: int | None, signat
     out = None
     for i in range(len(ids)):
         seq = ids[i]
-        fit = [b for b in buckets if b[0] >= len(seq)]
-        if not fit:
-            raise ExportError(f"a test text has {len(seq)} tokens, longer than every TFLite bucket "
-                              f"({', '.join(n for _, n in buckets)}); add a longer shape (export.tflite_shapes in a recipe, "
-                              "--shapes on the command line)")
-        length, name = fit[0]
+        length, name = fitting_bucket(len(seq), buckets)
         arr, mask = pad([seq], pad_id, length=length)
         with captured(log_path) if i == 0 else contextlib.nullcontext():  # XNNPACK announces itself from C++
             y = backend.run({"input_ids": arr, "attention_mask": mask}, signature=name)[0]

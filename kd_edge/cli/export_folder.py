@@ -121,6 +121,13 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
                                eager=True).eval()
     module = adapter.export_module(model, meta)
     ids = tokenize(model_dir, read_texts(texts), max_length)
+    if not kind.is_lm and any(a.format == "tflite" for a in cfg.artifacts):  # every text must fit a bucket: say so now
+        from kd_edge.checks.encoder import fitting_bucket
+        from kd_edge.export.tflite import signature_name
+
+        buckets = sorted((s, signature_name(b, s)) for b, s in cfg.tflite_shapes if b == 1)
+        if buckets:
+            fitting_bucket(max(len(ids[i]) for i in range(len(ids))), buckets)
     calibration = lambda: [{"input_ids": np.asarray(ids[i])[None], "attention_mask": np.ones((1, len(ids[i])), np.int64)}  # noqa: E731
                            for i in range(min(len(ids), cfg.calibration_size))]
     common = {"task": task, "params": sum(p.numel() for p in model.parameters()), "source": str(model_dir),

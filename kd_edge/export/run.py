@@ -108,7 +108,8 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, source_dir: Pa
         t0 = time.perf_counter()
         info = exporter.export(module, path, input_names=input_names, output_name=output_name,
                                opset=cfg.opset, shapes=cfg.tflite_shapes, kv_cache_size=cfg.kv_cache_size,
-                               source_dir=source_dir, log_path=logs / f"export-{fmt.name}.log")
+                               source_dir=source_dir, log_path=logs / f"export-{fmt.name}.log",
+                               precisions=tuple(a.precision for a in cfg.artifacts if a.format == fmt.name))
         info = {**common, "format": fmt.name, "runtime": fmt.runtime, **info,
                 "export_seconds": round(time.perf_counter() - t0, 2)}
         base[fmt.name] = (path, info)
@@ -141,17 +142,38 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, source_dir: Pa
             quantize = QUANTIZERS.get(f"{spec.format}:{spec.precision}")
             graph, notes = float_graph(fmt) if prec.bits == 16 else (src, {})
             kw = {"per_channel": cfg.int8_per_channel, "log_path": logs / f"quantize-{spec.name}.log",
+                  "source_dir": source_dir,
                   "calibration": calibration() if spec.precision == "int8-static" and calibration else None}
             extra = {**quantize(graph, path, **kw), **notes}
             if prec.checked_at_export and cfg.int8_fallback and fallback is not None:
                 extra.update(_fall_back(spec, prec, src, info, path, quantize, kw, fallback, budgets(prec.bits)))
         info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
         sidecar = {"name": spec.name, "precision": spec.precision, **info, "size_bytes": fmt.size(path)}
+        if fmt.weights_size(path) != sidecar["size_bytes"]:  # a folder: what of it is the model
+            sidecar["weights_bytes"] = fmt.weights_size(path)
         write_json(files.sidecar(spec.name), sidecar)
         sidecars.append(sidecar)
     for leftover in out.glob("_*"):
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    bundle(source_dir, out)
     return sidecars
+
+
+# what an app needs beside an exported file to use it: the tokenizer (AutoTokenizer.from_pretrained on
+# the folder, or the tokenizers library on tokenizer.json) and a causal LM's generation settings
+BUNDLE = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+          "merges.txt", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
+          "chat_template.jinja", "generation_config.json")
+
+
+def bundle(source_dir: Path, out: Path) -> list[str]:
+    """Copy the model folder's tokenizer files and generation settings beside the exported files."""
+    copied = []
+    for name in BUNDLE:
+        if (source_dir / name).is_file():
+            shutil.copyfile(source_dir / name, out / name)
+            copied.append(name)
+    return copied
 
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:

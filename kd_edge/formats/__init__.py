@@ -13,7 +13,7 @@ from pathlib import Path
 from kd_edge.errors import ArtifactError, ConfigError
 from kd_edge.formats.base import Format, Precision, load
 
-FORMAT_MODULES = ("onnx", "tflite", "gguf", "pte")
+FORMAT_MODULES = ("onnx", "tflite", "gguf", "genai", "pte")
 
 FORMATS: dict[str, Format] = {}
 for _module in FORMAT_MODULES:

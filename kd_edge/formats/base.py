@@ -70,6 +70,7 @@ class Format:
     fuse: str | None = None  # (base, out, config, tolerance, sample) -> (graph, sidecar fields): float-graph fusions
     file_quantize: bool = False  # whether `kd-edge quantize FILE` takes its files
     needs_source_folder: bool = False  # exported from the model folder (config, weights, tokenizer), not the module
+    is_folder = False  # (not a field) whether a "file" of this format is a folder of files (GenAI)
 
     # -- what it takes ---------------------------------------------------------------------------------
     @property
@@ -112,6 +113,10 @@ class Format:
     def size(self, path: Path) -> int:
         """Bytes of the file and its companions."""
         return path.stat().st_size + sum(p.stat().st_size for p in self.companions(path))
+
+    def weights_size(self, path: Path) -> int:
+        """Bytes of the model itself, without what travels beside it (a tokenizer, configs)."""
+        return self.size(path)
 
     def copy(self, src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)

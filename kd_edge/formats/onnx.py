@@ -35,8 +35,8 @@ FORMAT = OnnxFormat(
         Precision("fp32", "the exported graph, with ONNX Runtime's transformer fusions where they keep parity", 32),
         Precision("fp16", "fp16 weights and compute, float inputs and outputs", 16, f"{_Q}:convert_onnx_fp16",
                   ("onnxruntime",)),
-        Precision("int8", "ONNX Runtime dynamic int8: weights int8 (per channel), activations quantized at run time",
-                  8, f"{_Q}:quantize_onnx_int8", ("onnxruntime",), fallback=_FALLBACK,
+        Precision("int8", "ONNX Runtime dynamic int8: weights int8 (per channel), activations quantized at run time "
+                  "(causal LMs: weight-only int8, MatMulNBits blocks of 64)", 8, f"{_Q}:quantize_onnx_int8", ("onnxruntime",), fallback=_FALLBACK,
                   hint="try `kd-edge quantize` on the fp32 .onnx with `-p int8 --keep-float 2` (edge layers in float)"),
         Precision("int8-static", "ONNX Runtime static int8 (QDQ): MatMul weights int8, activations calibrated on "
                   "recipe data", 8, f"{_Q}:quantize_onnx_int8_static", ("onnxruntime",), encoders_only=True,

@@ -50,11 +50,11 @@ def _stored_as(recipe: dict, name: str, run_dir: Path) -> str:
     files = RunFiles(run_dir)
     folder = files.student if name == "student" else Path((recipe.get("teacher") or {}).get("model", ""))
     if name != "student" and (recipe["teacher"].get("prepare_head") or not folder.is_dir()):
-        folder = files.prepared_teacher if recipe["teacher"].get("prepare_head") else _resolved(recipe)
+        folder = files.prepared_teacher if recipe["teacher"].get("prepare_head") else teacher_folder(recipe)
     return f"safetensors {stored_dtype(folder) or 'fp32'}" if folder is not None else "safetensors fp32"
 
 
-def _resolved(recipe: dict) -> Path | None:
+def teacher_folder(recipe: dict) -> Path | None:
     """The teacher's folder (package: and hub references resolved), or None."""
     try:
         from kd_edge.tasks.hub import resolve_model_dir

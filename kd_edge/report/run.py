@@ -27,6 +27,13 @@ def render_run(run_dir: Path, recipe: "Recipe") -> dict:
     write_json(files.report_json, report)
     write_text(files.report_md, to_markdown(report))
     write_text(files.report_html, to_html(report))
+    if files.student.is_dir():
+        from kd_edge.report.build import teacher_folder
+        from kd_edge.report.card import model_card
+        from kd_edge.runfiles import student_meta
+
+        recipe_doc = recipe.model_dump(mode="json")
+        write_text(files.model_card, model_card(report, recipe_doc, teacher_folder(recipe_doc), student_meta(files.student)))
     return report
 
 

@@ -179,8 +179,14 @@ def test_int8_of_a_tied_lm_stores_its_table_once_in_int8_blocks(tmp_path):
     model, _ = export_tied_llama(fp32, hidden=64)
     info = QUANTIZERS.get("onnx:int8")(fp32, int8)
     assert "MatMulNBits" in info["quantization"]["tied_table"]
+    # a causal LM's step is weight-only int8 (no dynamic activation scale per tensor)
+    assert info["quantization"]["method"].startswith("onnxruntime MatMulNBits (int8 weights symmetric, blocks of 64")
     graph = onnx.load(str(int8)).graph
     assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    assert not [n.name for n in graph.node if n.op_type in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear")
+                and any(i.name == n.input[1] for i in graph.initializer)]
+    weights = sum(onnx.numpy_helper.to_array(i).nbytes for i in graph.initializer)
+    assert weights / sum(p.numel() for p in model.parameters()) <= 1.1
     # no float copy of the vocabulary table is left; its int8 blocks are the only copy
     assert not [i.name for i in graph.initializer if sorted(i.dims) == [64, 500] and i.data_type == onnx.TensorProto.FLOAT]
     assert len([i for i in graph.initializer if list(i.dims) == [500, 1, 64]]) == 1

@@ -131,9 +131,17 @@ class RemoteTarget:
         """The path of ``local`` on the device, uploading it unless a copy with its checksum is there."""
         from kd_edge.formats import find_format
 
+        fmt = find_format(local)  # the runner script has none
+        if local.is_dir() and fmt is not None and fmt.is_folder:
+            # a folder format (GenAI): its files, under their own names, in a folder named by their checksums
+            files = sorted(p for p in local.rglob("*") if p.is_file())
+            digests = {p: local_sha256(p) for p in files}
+            folder = f"{self.workdir}/cache/{hashlib.sha256(''.join(digests.values()).encode()).hexdigest()[:16]}/{local.name}"
+            for p in files:
+                self._put(p, f"{folder}/{p.relative_to(local).as_posix()}", digests[p])
+            return folder
         if local.is_dir():
             raise TargetError(f"{local.name} is a model folder; on {self.name} benchmark exported files")
-        fmt = find_format(local)  # the runner script has none
         companions = fmt.companions(local) if fmt else []
         if companions:
             # files that find each other by name (ONNX weights over the 2 GB protobuf limit in <file>.data)

@@ -1,0 +1,139 @@
+"""ONNX Runtime GenAI folders through onnxruntime-genai itself: its model builder writes them from the
+model folder, ``onnxruntime_genai.Model(folder)`` loads them and its generator is what verify, export's
+fallback and the device runner run. A tiny tied Llama built from a config, with SmolLM2's tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kd_edge.artifacts import read_json
+from tests.conftest import write_tiny_bert, write_tiny_llama
+
+KD_EDGE = [sys.executable, "-m", "kd_edge"]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory, smollm2_tokenizer) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("genai") / "llama", layers=2, hidden=64, logit_scale=4.0,
+                            tokenizer_dir=smollm2_tokenizer, tie=True)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, llama) -> tuple[Path, dict]:
+    from kd_edge.cli.export_folder import export_model_dir
+    from kd_edge.export.config import ArtifactSpec, ExportConfig
+
+    from tests.conftest import sentences
+
+    texts = tmp_path_factory.mktemp("genai-texts") / "texts.txt"
+    texts.write_text("".join(s["text"] + "\n" for s in sentences(30, seed=3)))
+    out = tmp_path_factory.mktemp("genai-out") / "files"
+    cfg = ExportConfig(artifacts=[ArtifactSpec(format="genai", precision=p) for p in ("fp32", "int8", "int4")])
+    records = export_model_dir(llama, out, cfg, texts=texts, max_length=40)
+    return out, {r["precision"]: r for r in records}
+
+
+def test_fp32_folder_matches_the_float64_model_and_generates_pytorchs_tokens(exported):
+    out, by = exported
+    fp32 = by["fp32"]
+    assert fp32["passed"], fp32
+    assert fp32["max_abs_diff"] <= 1e-4 and fp32["decode_max_abs_diff"] <= 1e-4  # as a prompt and token by token
+    assert fp32["greedy_prompts"] == 5 and fp32["greedy_same_as_pytorch"] == 5
+    folder = out / "student.fp32.genai"
+    assert {"model.onnx", "genai_config.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    side = read_json(out / "student.fp32.genai.json")
+    assert side["runtime"] == "onnxruntime-genai" and side["genai_model_type"] == "llama"
+    assert side["weights_bytes"] < side["size_bytes"]  # the tokenizer travels in the folder
+
+
+def test_onnxruntime_genai_loads_the_folder_unchanged_and_tokenizes_like_hugging_face(exported, llama):
+    import numpy as np
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    out, _ = exported
+    model = og.Model(str(out / "student.fp32.genai"))
+    text = "The movie was surprisingly good, wasn't it?"
+    ids = AutoTokenizer.from_pretrained(str(llama))(text)["input_ids"]
+    assert list(og.Tokenizer(model).encode(text)) == ids
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + 8)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(ids, np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    assert len(gen.get_sequence(0)) > len(ids)
+
+
+def test_int8_and_int4_folders_are_the_builders_weight_only_quantization_within_their_budgets(exported):
+    out, by = exported
+    assert "+1.0 %" in by["int8"]["reason"] and "+3.0 %" in by["int4"]["reason"]
+    assert by["int8"]["passed"], by["int8"]
+    sides = {p: read_json(out / f"student.{p}.genai.json") for p in by}
+    sizes = [sides[p]["weights_bytes"] for p in ("fp32", "int8", "int4")]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sides["int4"]["builder"].startswith("onnxruntime-genai 0.18.0 model builder -p int4")
+
+
+def test_int8_weights_take_at_most_1_1_bytes_per_parameter_with_the_tied_table_shared(exported):
+    import onnx
+
+    out, _ = exported
+    side = read_json(out / "student.int8.genai.json")
+    assert side["weights_bytes"] / side["params"] <= 1.1, side["weights_bytes"] / side["params"]
+    graph = onnx.load(str(out / "student.int8.genai" / "model.onnx"), load_external_data=False).graph
+    lookup = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(lookup) == 1 and {a.name: a.i for a in lookup[0].attribute}["bits"] == 8
+    assert not [i for i in graph.initializer if i.name == "model.embed_tokens.weight"]  # no float table left
+
+
+def test_the_device_runner_measures_a_genai_folder(exported):
+    from kd_edge.bench import RUNNER_PATH
+
+    out, _ = exported
+    folder = out / "student.int4.genai"
+    proc = subprocess.run([sys.executable, str(RUNNER_PATH), str(folder), "--runtime", "onnxruntime-genai",
+                           "--seq", "32", "--runs", "5", "--warmup", "1", "--threads", "1", "--vocab-size", "49152"],
+                          capture_output=True, text=True, timeout=120)
+    doc = json.loads(proc.stdout)
+    assert doc["runtime_version"] == "onnxruntime-genai 0.18.0"
+    assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5 and doc["peak_rss_mb"] > 0
+    assert doc["file_size_bytes"] == read_json(out / "student.int4.genai.json")["weights_bytes"]
+
+
+# -- bad input: one line, exit 2, nothing overwritten ------------------------------------------------------
+def _one_line(proc) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_a_folder_whose_config_does_not_match_its_graph_is_one_line_and_left_alone(exported, tmp_path):
+    out, _ = exported
+    folder = tmp_path / "student.fp32.genai"
+    shutil.copytree(out / "student.fp32.genai", folder)
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["model"]["decoder"]["num_hidden_layers"] = 3
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    line = _one_line(subprocess.run(KD_EDGE + ["bench", str(folder), "--runs", "2"], capture_output=True, text=True,
+                                    timeout=120))
+    assert "decoder.num_hidden_layers is 3 in the config but 2 (past key inputs) in the graph" in line, line
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_genai_for_an_encoder_is_refused_before_anything_runs(tmp_path):
+    bert = write_tiny_bert(tmp_path / "bert", layers=1)
+    out = tmp_path / "files"
+    line = _one_line(subprocess.run(KD_EDGE + ["export", str(bert), "--out", str(out), "--format", "genai"],
+                                    capture_output=True, text=True, timeout=120))
+    assert "genai files hold causal LMs" in line and "onnxruntime-genai" in line, line
+    assert not out.exists()
