@@ -22,6 +22,10 @@ WORDS = sorted(set(POSITIVE + NEGATIVE + FILLER))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one intra-op thread each (and in what they start), not two each
+    # fighting over the same cores; what a test asks for by name (bench.threads) is still honoured
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The longest test files run first: `make test` spreads files over two workers (pytest-xdist,
 # --dist loadfile) in collection order, and a file of several minutes started last is the whole tail.

@@ -71,14 +71,15 @@ def export_command(
     set_: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Export to ONNX / TFLite at each precision, and prove every file equal to the PyTorch model.
+    """Export to every deployable format at each precision, and prove every file equal to the PyTorch model.
 
     On a run folder: re-export the run's student as its recipe says (--set export.* to change it),
-    then verify. On any model folder: write each format x precision into --out with a JSON sidecar,
-    check each on 200 real sentences (max/mean |Δ| against the model in float64, same predictions)
-    and print a verdict table. A causal LM is exported with its KV cache (ONNX) or as prefill_<T> +
-    decode signatures (TFLite, --shapes 1xT), and each file also generates 32 greedy tokens on 5
-    prompts to compare with PyTorch's.
+    then verify. On any model folder: write each format x precision into --out with a JSON sidecar
+    (and the tokenizer beside them), check each on 200 real sentences (max/mean |Δ| against the model
+    in float64, same predictions) and print a verdict table. `kd-edge list formats` says what each
+    format holds. A causal LM is exported with its KV cache (ONNX), as prefill_<T> + decode
+    signatures (TFLite, --shapes 1xT), as llama.cpp's GGUF or as an ONNX Runtime GenAI folder, and
+    each file also generates 32 greedy tokens on 5 prompts in its own runtime to compare with PyTorch's.
 
     Examples:
 
@@ -89,6 +90,8 @@ def export_command(
       kd-edge export path/to/my-classifier --precision int8-static --texts calib.jsonl
 
       kd-edge export path/to/my-llama --format onnx,tflite --precision fp32,int8 --shapes 1x64
+
+      kd-edge export path/to/my-llama --format gguf,genai --precision fp32,int8,int4
     """
     from kd_edge.errors import ConfigError
     from kd_edge.paths import input_dir, input_file, output_dir
