@@ -30,7 +30,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The longest test files run first: `make test` spreads files over two workers (pytest-xdist,
 # --dist loadfile) in collection order, and a file of several minutes started last is the whole tail.
 FIRST = ("tests/test_e2e_minilm.py", "tests/test_resume.py", "tests/test_pipeline.py", "tests/formats/test_gguf.py",
-         "tests/export/test_export_stage.py")
+         "tests/export/test_export_stage.py", "tests/cli/test_export_cli.py", "tests/test_stage_keys.py",
+         "tests/distill/test_distributed.py", "tests/bench/test_remote_targets.py", "tests/test_recipe_fuzz.py")
 
 
 def pytest_collection_modifyitems(items):
