@@ -10,6 +10,7 @@ one-line error naming the operator.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,7 +61,9 @@ def _lower(program, out: Path) -> dict:
 
     try:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        left = Counter(_op_name(n.target) for n in edge.exported_program().graph.nodes
+        methods = list(program) if isinstance(program, dict) else ["forward"]
+        nodes = [n for m in methods for n in edge.exported_program(m).graph.nodes]
+        left = Counter(_op_name(n.target) for n in nodes
                        if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
                        and "getitem" not in str(n.target))
         et = edge.to_executorch()
@@ -71,7 +74,7 @@ def _lower(program, out: Path) -> dict:
                           "tflite instead") from e
     with open(out, "wb") as f:
         et.write_to_file(f)
-    delegated = sum(1 for n in edge.exported_program().graph.nodes if "executorch_call_delegate" in str(n.target))
+    delegated = sum(1 for n in nodes if "executorch_call_delegate" in str(n.target))
     return {"delegate": "XnnpackPartitioner", "delegated_subgraphs": delegated,
             "not_delegated": dict(sorted(left.items()))}
 
@@ -87,13 +90,16 @@ class PteExporter:
     """torch.export (batch 1, sequence 2..512) -> XNNPACK -> .pte."""
 
     def export(self, module, out: Path, *, input_names: tuple[str, ...], output_name: str, log_path: Path,
-               **_: object) -> dict:
+               shapes: list[tuple[int, int]] = ((1, 128),), kv_cache_size: int = 256, **_: object) -> dict:
         _executorch()
-        if hasattr(module, "onnx_io"):  # a causal LM's KV-cache step
-            raise ExportError("the pte format holds encoders here; export causal LMs to onnx, tflite or gguf")
         import warnings
 
         from kd_edge.export.capture import captured
+
+        if hasattr(module, "static_step"):  # a causal LM: prefill_<T> and decode over fixed key/value buffers
+            with warnings.catch_warnings(), captured(log_path):
+                warnings.simplefilter("ignore")
+                return _export_decoder(module.static_step(kv_cache_size, write="index_copy"), out, shapes)
 
         with warnings.catch_warnings(), captured(log_path):  # torch.export's and ExecuTorch's chatter
             warnings.simplefilter("ignore")
@@ -105,6 +111,34 @@ class PteExporter:
             info = _lower(program, out)
         return {"inputs": [{"name": n, "dtype": "int64", "shape": [1, "sequence"]} for n in input_names],
                 "outputs": [output_name], "max_sequence": max_sequence(module), **info}
+
+
+def _export_decoder(step, out: Path, shapes) -> dict:
+    """One program with a method per TFLite-style signature: ``prefill_<T>`` for each prompt length of
+    ``export.tflite_shapes`` (the prompt padded to the nearest) and ``decode``, each taking (tokens
+    [1, T] int32, positions [T] int32, key/value buffer per layer) and returning (logits, the buffers
+    with those positions written). Static shapes: torch.export cannot bound a dynamic prompt length
+    through transformers' attention (a guard it cannot prove), and ExecuTorch plans memory for a bound."""
+    import torch
+
+    lengths = sorted({s for _, s in shapes})
+    if lengths[-1] >= step.size:
+        raise ExportError(f"export.kv_cache_size ({step.size}) must exceed the longest prefill ({lengths[-1]}) to leave "
+                          "room for decoding")
+    programs = {}
+    for name, args in step.tflite_signatures(lengths):
+        try:
+            programs[name] = torch.export.export(step, args, strict=False)
+        except Exception as e:
+            raise ExportError(f"torch.export failed on the decoder's {name}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx or gguf instead") from e
+    info = _lower(programs, out)
+    return {"inputs": [{"name": "tokens", "dtype": "int32", "shape": [1, "T"]},
+                       {"name": "positions", "dtype": "int32", "shape": ["T"]}],
+            "outputs": ["logits", "key/value buffers"],
+            "signatures": [{"name": f"prefill_{s}", "batch": 1, "seq": s, "kind": "prefill"} for s in lengths]
+            + [{"name": "decode", "batch": 1, "seq": 1, "kind": "decode"}],
+            "kv_cache": step.kv_cache(), **info}
 
 
 def pte_outputs(path: Path, info: dict, ids: "Packed", pad_id: int, threads: int | None,
@@ -128,6 +162,43 @@ def pte_outputs(path: Path, info: dict, ids: "Packed", pad_id: int, threads: int
     return np.concatenate(rows)
 
 
+class PteDecoder:
+    """A causal-LM .pte driven as its TFLite twin is (checks/causal_lm.py: TfliteDecoder): the nearest
+    ``prefill_<T>`` method, then ``decode`` one token at a time, the key/value buffers fed back."""
+
+    def __new__(cls, path: Path, info: dict, threads: int | None = None):
+        import numpy as np
+        import torch
+
+        from kd_edge.checks.causal_lm import TfliteDecoder
+        from kd_edge.export.capture import captured
+
+        class _Decoder(TfliteDecoder):
+            def __init__(self):  # noqa: no TfliteDecoder.__init__: no interpreter
+                kv = info["kv_cache"]
+                self.n_buffers, self.size = 2 * kv["layers"], kv["size"]
+                self.shape = (1, kv["kv_heads"], kv["size"], kv["head_dim"])
+                self.prefill = sorted((s["seq"], s["name"]) for s in info["signatures"] if s.get("kind") == "prefill")
+                if threads:
+                    torch.set_num_threads(threads)
+                with captured(Path(os.devnull)):
+                    from executorch.runtime import Runtime
+
+                    self.program = Runtime.get().load_program(str(path))
+                self.runners = {}
+
+            def _run(self, name, tokens, positions, kv):
+                if name not in self.runners:
+                    self.runners[name] = self.program.load_method(name)
+                args = [torch.from_numpy(np.ascontiguousarray(tokens, np.int32)),
+                        torch.from_numpy(np.ascontiguousarray(positions, np.int32)),
+                        *[torch.from_numpy(np.ascontiguousarray(b)) for b in kv]]
+                out = self.runners[name].execute(args)
+                return out[0].numpy(), [t.numpy() for t in out[1:]]
+
+        return _Decoder()
+
+
 FORMAT = Format(
     name="pte", suffix=".pte", runtime="executorch",
     summary="ExecuTorch .pte lowered to the XNNPACK delegate (batch 1, dynamic sequence), run in ExecuTorch's runtime.",
@@ -135,6 +206,6 @@ FORMAT = Format(
     precisions=(
         Precision("fp32", "XNNPACK fp32", 32),
     ),
-    encoder_outputs="kd_edge.formats.pte:pte_outputs",
+    encoder_outputs="kd_edge.formats.pte:pte_outputs", lm_decoder="kd_edge.formats.pte:PteDecoder",
     device_modules=("executorch",), device_package=f"executorch=={EXECUTORCH_VERSION}",
 )

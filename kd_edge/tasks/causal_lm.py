@@ -65,9 +65,10 @@ class CausalLMKVModule(nn.Module):
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
 
-    def static_step(self, size: int) -> "CausalLMStaticStep":
-        """The same model as one step over fixed-size KV buffers of ``size`` positions (TFLite)."""
-        return CausalLMStaticStep(self.model, size).eval()
+    def static_step(self, size: int, write: str = "dynamic_update_slice") -> "CausalLMStaticStep":
+        """The same model as one step over fixed-size KV buffers of ``size`` positions (TFLite; ExecuTorch
+        with ``write="index_copy"``)."""
+        return CausalLMStaticStep(self.model, size, write).eval()
 
     def past_names(self) -> list[str]:
         return [f"past_key_values.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
@@ -101,17 +102,22 @@ class _BufferCache(Cache):
     first of them: as a TFLite op it costs a copy, where index_copy becomes a StableHLO scatter that
     made a 128-token prefill of the 6-layer SmolLM2 student 1.5x slower (141 vs 96 ms here)."""
 
-    def __init__(self, keys, values, positions, size: int, layers: int):  # noqa: no Cache.__init__: no layers of its own
+    def __init__(self, keys, values, positions, size: int, layers: int, write: str = "dynamic_update_slice"):  # noqa: no Cache.__init__
         self.keys, self.values, self.size, self.n_layers = list(keys), list(values), size, layers
-        self.layers = []
+        self.layers, self.write, self.positions = [], write, positions
         zero = torch.zeros([], dtype=torch.int32)
         self.start = [zero, zero, positions.int()[0].reshape([]), zero]  # buffers are [batch, heads, position, dim]
 
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None, **_):
+    def _write(self, buffer, new):
+        if self.write == "index_copy":  # ExecuTorch: a plain aten op its kernels have
+            return buffer.index_copy(2, self.positions, new)
         from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
 
-        self.keys[layer_idx] = dynamic_update_slice(self.keys[layer_idx], key_states, self.start)
-        self.values[layer_idx] = dynamic_update_slice(self.values[layer_idx], value_states, self.start)
+        return dynamic_update_slice(buffer, new, self.start)
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None, **_):
+        self.keys[layer_idx] = self._write(self.keys[layer_idx], key_states)
+        self.values[layer_idx] = self._write(self.values[layer_idx], value_states)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -155,9 +161,9 @@ class CausalLMStaticStep(nn.Module):
     A query at position p sees buffer positions <= p, so whatever a padded prefill wrote past the
     prompt is never read: decoding overwrites it first."""
 
-    def __init__(self, model: nn.Module, size: int):
+    def __init__(self, model: nn.Module, size: int, write: str = "dynamic_update_slice"):
         super().__init__()
-        self.model, self.size = model, size
+        self.model, self.size, self.write = model, size, write
         cfg = model.config
         self.layers = cfg.num_hidden_layers
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -171,7 +177,7 @@ class CausalLMStaticStep(nn.Module):
 
     def forward(self, tokens, input_pos, *kv):
         t = tokens.shape[1]
-        cache = _BufferCache(kv[0::2], kv[1::2], input_pos.long(), self.size, self.layers)
+        cache = _BufferCache(kv[0::2], kv[1::2], input_pos.long(), self.size, self.layers, self.write)
         keys = torch.arange(self.size).view(1, 1, 1, self.size)
         mask = torch.where(keys <= input_pos.long().view(1, 1, t, 1), 0.0, torch.finfo(torch.float32).min)
         cfg = self.model.config
