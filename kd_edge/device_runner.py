@@ -356,33 +356,54 @@ class LlamaCppBackend:
 
 
 class ExecutorchBackend:
-    """An ExecuTorch .pte program (XNNPACK delegate) in ExecuTorch's runtime; its ``forward`` method
-    takes (input_ids, attention_mask) at batch 1."""
+    """An ExecuTorch .pte program (XNNPACK delegate) in ExecuTorch's runtime, batch 1: an encoder's
+    ``forward`` takes (input_ids, attention_mask); a causal LM's ``prefill_<T>`` methods take (tokens,
+    positions, key/value buffers), and a run is the prompt padded to the nearest T from empty buffers,
+    as an app's prompt processing does."""
 
     runtime = "executorch"
 
     @staticmethod
     def import_runtime():
-        import executorch
+        import importlib.metadata
+
         import executorch.runtime  # noqa: F401
 
-        return f"executorch {getattr(executorch, '__version__', '?')}"
+        return f"executorch {importlib.metadata.version('executorch')}"
 
-    def __init__(self, path: str, threads: int | None, **_):
+    def __init__(self, path: str, threads: int | None, seq: int = 128, **_):
         import torch
         from executorch.runtime import Runtime
 
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.method = Runtime.get().load_program(path).load_method("forward")
+        program = Runtime.get().load_program(path)
+        self.prefill = None
+        if "forward" in program.method_names:
+            self.method = program.load_method("forward")
+            return
+        lengths = sorted(int(n.split("_")[1]) for n in program.method_names if n.startswith("prefill_"))
+        fit = [t for t in lengths if t >= seq]
+        if not fit:
+            raise RunnerError("load", f"{os.path.basename(path)} has no prefill method for {seq} tokens (longest: "
+                                      f"{lengths[-1] if lengths else 'none'}); bench at a shorter --seq")
+        self.prefill = fit[0]
+        meta = program.metadata(f"prefill_{self.prefill}")
+        self.buffers = [torch.zeros(tuple(meta.input_tensor_meta(i).sizes())) for i in range(2, meta.num_inputs())]
+        self.method = program.load_method(f"prefill_{self.prefill}")
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
         ids = feeds["input_ids"]
         if ids.shape[0] != 1:
             raise RunnerError("run", f"the .pte program takes batch 1; bench at batch 1 (not {ids.shape[0]})")
-        args = [self.torch.from_numpy(feeds[k].astype("int64")) for k in ("input_ids", "attention_mask")]
-        return [t.numpy() for t in self.method.execute(args)]
+        if self.prefill is None:
+            args = [self.torch.from_numpy(feeds[k].astype("int64")) for k in ("input_ids", "attention_mask")]
+            return [t.numpy() for t in self.method.execute(args)]
+        tokens = self.torch.zeros(1, self.prefill, dtype=self.torch.int32)
+        tokens[0, :ids.shape[1]] = self.torch.from_numpy(ids[0].astype("int32"))
+        out = self.method.execute([tokens, self.torch.arange(self.prefill, dtype=self.torch.int32), *self.buffers])
+        return [out[0][0, ids.shape[1] - 1].numpy()]
 
 
 class GenaiBackend:

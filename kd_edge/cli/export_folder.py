@@ -93,7 +93,7 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
                      allow_pickle: bool = False) -> list[dict]:
     """Export ``model_dir`` to every ``cfg.artifacts`` file in ``out`` and check each; return the records."""
     from kd_edge.export.run import make_artifacts
-    from kd_edge.formats import check_export, precision_of
+    from kd_edge.formats import check_export, format_named, precision_of
     from kd_edge.runfiles import ArtifactFiles
     from kd_edge.tasks import TASKS
     from kd_edge.tasks.hub import read_config, sentence_transformers_pooling
@@ -112,7 +112,7 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
         cfg = _lm_export_config(cfg)
     check_export(kind, cfg)
     if kind.is_lm:
-        if any(a.format == "tflite" for a in cfg.artifacts):  # every text must fit a prefill signature
+        if any(format_named(a.format).lm_buckets for a in cfg.artifacts):  # every text must fit a prefill length
             max_length = min(max_length, max(s for _, s in cfg.tflite_shapes))
     adapter = TASKS.get(task)()
     pooling, normalize = sentence_transformers_pooling(model_dir)
@@ -154,9 +154,11 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
 
 
 def _lm_export_config(cfg):
-    """A causal LM's export settings with room to generate after the longest TFLite prefill."""
+    """A causal LM's export settings with room to generate after the longest prefill (TFLite, pte)."""
+    from kd_edge.formats import format_named
+
     longest = max(s for _, s in cfg.tflite_shapes)
-    if any(a.format == "tflite" for a in cfg.artifacts) and longest >= cfg.kv_cache_size:
+    if any(format_named(a.format).lm_buckets for a in cfg.artifacts) and longest >= cfg.kv_cache_size:
         cfg = cfg.model_copy(update={"kv_cache_size": 2 * longest})
     return cfg
 

@@ -71,6 +71,7 @@ class Format:
     file_quantize: bool = False  # whether `kd-edge quantize FILE` takes its files
     needs_source_folder: bool = False  # exported from the model folder (config, weights, tokenizer), not the module
     is_folder = False  # (not a field) whether a "file" of this format is a folder of files (GenAI)
+    lm_buckets = False  # (not a field) a causal LM's file holds fixed prefill lengths (export.tflite_shapes)
 
     # -- what it takes ---------------------------------------------------------------------------------
     @property
@@ -89,6 +90,16 @@ class Format:
 
     def check_recipe(self, kind, export) -> None:
         """Rules of this format for a task kind's export settings (a one-line ConfigError)."""
+        if kind.is_lm and self.lm_buckets:
+            from kd_edge.errors import ConfigError
+
+            if any(b != 1 for b, _ in export.tflite_shapes):
+                raise ConfigError(f"export.tflite_shapes: causal-LM {self.name} files take batch 1; write [[1, T], ...], "
+                                  "one prefill length T each", keys=("export.tflite_shapes",))
+            if max(s for _, s in export.tflite_shapes) >= export.kv_cache_size:
+                raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
+                                  "export.tflite_shapes (room for the generated tokens)",
+                                  keys=("export.kv_cache_size", "export.tflite_shapes"))
 
     def check_installed(self) -> None:
         """Refuse, before anything runs, a format whose exporter is not installed (a one-line

@@ -199,7 +199,11 @@ class PteDecoder:
         return _Decoder()
 
 
-FORMAT = Format(
+class PteFormat(Format):
+    lm_buckets = True  # a causal LM's prefill_<T> methods (Format.check_recipe: batch 1, room in the buffers)
+
+
+FORMAT = PteFormat(
     name="pte", suffix=".pte", runtime="executorch",
     summary="ExecuTorch .pte lowered to the XNNPACK delegate (batch 1, dynamic sequence), run in ExecuTorch's runtime.",
     exporter="kd_edge.formats.pte:PteExporter", requires=("executorch", "torch"), extra="executorch",

@@ -3,23 +3,13 @@ bucket; a causal LM as ``prefill_<T>`` and ``decode`` signatures over fixed key/
 
 from __future__ import annotations
 
-from kd_edge.errors import ConfigError
 from kd_edge.formats.base import Format, Precision
 
 _Q = "kd_edge.quantize.tflite"
 
 
 class TfliteFormat(Format):
-    def check_recipe(self, kind, export) -> None:
-        if not kind.is_lm:
-            return
-        if any(b != 1 for b, _ in export.tflite_shapes):
-            raise ConfigError("export.tflite_shapes: causal-LM TFLite files take batch 1; write [[1, T], ...], "
-                              "one prefill signature per prompt length T", keys=("export.tflite_shapes",))
-        if max(s for _, s in export.tflite_shapes) >= export.kv_cache_size:
-            raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
-                              "export.tflite_shapes (room for the generated tokens)",
-                              keys=("export.kv_cache_size", "export.tflite_shapes"))
+    lm_buckets = True  # prefill_<T> signatures (Format.check_recipe: batch 1, room in the buffers)
 
 
 FORMAT = TfliteFormat(

@@ -171,7 +171,7 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
 
 
 @pytest.mark.parametrize("export, message", [
-    ({"tflite_shapes": [[2, 16]]}, "causal-LM TFLite files take batch 1"),
+    ({"tflite_shapes": [[2, 16]]}, "causal-LM tflite files take batch 1"),
     ({"tflite_shapes": [[1, 64]], "kv_cache_size": 64}, "kv_cache_size must exceed the longest prefill"),
 ])
 def test_causal_lm_tflite_shapes_are_checked_before_anything_runs(tmp_path, tiny_llama, tiny_data, export, message):

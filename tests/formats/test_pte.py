@@ -1,5 +1,5 @@
-"""ExecuTorch .pte (XNNPACK) for encoders: exported by torch.export and ExecuTorch's lowering, checked and
-benchmarked in ExecuTorch's own runtime. A tiny BERT built from a config."""
+"""ExecuTorch .pte (XNNPACK) for encoders and causal LMs: exported by torch.export and ExecuTorch's lowering,
+checked and benchmarked in ExecuTorch's own runtime. A tiny BERT and a tiny Llama built from configs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from kd_edge.artifacts import read_json
-from tests.conftest import sentences, write_tiny_bert
+from tests.conftest import sentences, write_tiny_bert, write_tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +50,46 @@ def test_the_device_runner_measures_a_pte_file(exported):
     assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5
 
 
-def test_pte_for_a_causal_lm_is_refused_before_anything_runs():
+@pytest.fixture(scope="module")
+def exported_lm(tmp_path_factory):
+    from kd_edge.cli.export_folder import export_model_dir
+    from kd_edge.export.config import ArtifactSpec, ExportConfig
+
+    root = tmp_path_factory.mktemp("pte-lm")
+    llama = write_tiny_llama(root / "llama", layers=1, hidden=32, logit_scale=8.0)
+    texts = root / "texts.txt"
+    texts.write_text("".join(s["text"] + "\n" for s in sentences(20, seed=5)))
+    cfg = ExportConfig(artifacts=[ArtifactSpec(format="pte")], tflite_shapes=[(1, 16)], kv_cache_size=64)
+    return root / "files", export_model_dir(llama, root / "files", cfg, texts=texts), llama
+
+
+def test_a_causal_lm_pte_prefills_decodes_and_generates_pytorchs_tokens(exported_lm):
+    out, records, _ = exported_lm
+    (record,) = records
+    assert record["passed"], record
+    assert record["max_abs_diff"] <= 1e-4 and record["decode_max_abs_diff"] <= 1e-4  # as a prompt and token by token
+    assert record["greedy_prompts"] == 5 and record["greedy_same_as_pytorch"] == 5
+    side = read_json(out / "student.fp32.pte.json")
+    assert [s["name"] for s in side["signatures"]] == ["prefill_16", "decode"]
+    assert side["kv_cache"]["size"] == 64 and side["delegated_subgraphs"] > 0
+
+
+def test_the_device_runner_measures_a_causal_lm_pte_through_its_prefill(exported_lm):
+    from kd_edge.bench import RUNNER_PATH
+
+    out, _, llama = exported_lm
+    vocab = json.loads((llama / "config.json").read_text())["vocab_size"]
+    cmd = [sys.executable, str(RUNNER_PATH), str(out / "student.fp32.pte"), "--runtime", "executorch", "--runs", "5",
+           "--warmup", "1", "--threads", "1", "--vocab-size", str(vocab)]
+    doc = json.loads(subprocess.run(cmd + ["--seq", "12"], capture_output=True, text=True, timeout=120).stdout)
+    assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5 and doc["runtime_version"] == "executorch 1.5.1"
+
+
+def test_pte_shapes_of_a_causal_lm_are_checked_before_anything_runs():
     from kd_edge.errors import ConfigError
     from kd_edge.export.config import ArtifactSpec, ExportConfig
     from kd_edge.formats import check_export
     from kd_edge.tasks.kinds import task_kind
 
-    with pytest.raises(ConfigError, match="pte files hold encoders .*a causal_lm student exports to onnx, tflite, gguf"):
-        check_export(task_kind("causal_lm"), ExportConfig(artifacts=[ArtifactSpec(format="pte")]))
+    with pytest.raises(ConfigError, match="causal-LM pte files take batch 1"):
+        check_export(task_kind("causal_lm"), ExportConfig(artifacts=[ArtifactSpec(format="pte")], tflite_shapes=[(2, 16)]))
