@@ -42,6 +42,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)  # stable: every other test keeps its order
 
 
+def one_line_error(proc) -> str:
+    """The one line a refused command printed (exit 2, no traceback), for the test to read."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
 def sentences(n: int, seed: int = 0) -> list[dict]:
     """Short labelled sentences: label 1 when the sentiment word is positive."""
     rng = random.Random(seed)

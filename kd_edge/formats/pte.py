@@ -1,7 +1,9 @@
-"""ExecuTorch ``.pte`` for encoders: ``torch.export`` of the export module (batch 1, dynamic sequence),
-lowered to the XNNPACK delegate (``to_edge_transform_and_lower``) and run in ExecuTorch's own runtime
-(``executorch.runtime``). fp32 only so far: pt2e's ``prepare_pt2e`` (the way to XNNPACK int8) breaks
-the exported graph of transformers' attention-mask indexing ("tensors used as indices must be long").
+"""ExecuTorch ``.pte``, lowered to the XNNPACK delegate (``to_edge_transform_and_lower``) and run in
+ExecuTorch's own runtime (``executorch.runtime``). An encoder is ``torch.export`` of the export module
+(batch 1, dynamic sequence, method ``forward``); a causal LM is the fixed-buffer step TFLite uses, one
+static method per prefill length and ``decode`` (see ``_export_decoder``). fp32 only so far: pt2e's
+``prepare_pt2e`` (the way to XNNPACK int8) breaks the exported graph of transformers' attention-mask
+indexing ("tensors used as indices must be long").
 
 An operator the XNNPACK delegate cannot take stays on ExecuTorch's portable kernels; ``export``
 records which (``not_delegated``), and a file whose graph ExecuTorch cannot lower at all is a

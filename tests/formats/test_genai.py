@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kd_edge.artifacts import read_json
-from tests.conftest import write_tiny_bert, write_tiny_llama
+from tests.conftest import one_line_error, write_tiny_bert, write_tiny_llama
 
 KD_EDGE = [sys.executable, "-m", "kd_edge"]
 
@@ -108,14 +108,6 @@ def test_the_device_runner_measures_a_genai_folder(exported):
 
 
 # -- bad input: one line, exit 2, nothing overwritten ------------------------------------------------------
-def _one_line(proc) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
-
 def test_a_folder_whose_config_does_not_match_its_graph_is_one_line_and_left_alone(exported, tmp_path):
     out, _ = exported
     folder = tmp_path / "student.fp32.genai"
@@ -124,7 +116,7 @@ def test_a_folder_whose_config_does_not_match_its_graph_is_one_line_and_left_alo
     config["model"]["decoder"]["num_hidden_layers"] = 3
     (folder / "genai_config.json").write_text(json.dumps(config))
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    line = _one_line(subprocess.run(KD_EDGE + ["bench", str(folder), "--runs", "2"], capture_output=True, text=True,
+    line = one_line_error(subprocess.run(KD_EDGE + ["bench", str(folder), "--runs", "2"], capture_output=True, text=True,
                                     timeout=120))
     assert "decoder.num_hidden_layers is 3 in the config but 2 (past key inputs) in the graph" in line, line
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -133,7 +125,7 @@ def test_a_folder_whose_config_does_not_match_its_graph_is_one_line_and_left_alo
 def test_genai_for_an_encoder_is_refused_before_anything_runs(tmp_path):
     bert = write_tiny_bert(tmp_path / "bert", layers=1)
     out = tmp_path / "files"
-    line = _one_line(subprocess.run(KD_EDGE + ["export", str(bert), "--out", str(out), "--format", "genai"],
+    line = one_line_error(subprocess.run(KD_EDGE + ["export", str(bert), "--out", str(out), "--format", "genai"],
                                     capture_output=True, text=True, timeout=120))
     assert "genai files hold causal LMs" in line and "onnxruntime-genai" in line, line
     assert not out.exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kd_edge.artifacts import read_json
-from tests.conftest import tiny_recipe_dict, write_tiny_bert, write_tiny_llama
+from tests.conftest import one_line_error, tiny_recipe_dict, write_tiny_bert, write_tiny_llama
 from tests.distill.test_methods import run
 
 KD_EDGE = [sys.executable, "-m", "kd_edge"]
@@ -128,20 +128,12 @@ def _cli(args, env=None, cwd=None):
                           env={**os.environ, **(env or {})}, cwd=cwd)
 
 
-def _one_line(proc) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
-
 def test_gguf_for_an_encoder_is_refused_in_one_line(tmp_path):
     bert = write_tiny_bert(tmp_path / "bert", layers=1)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    line = _one_line(_cli(["export", str(bert), "--format", "gguf", "--out", str(out), "--force"]))
+    line = one_line_error(_cli(["export", str(bert), "--format", "gguf", "--out", str(out), "--force"]))
     assert "gguf files hold causal LMs" in line and "exports to onnx, tflite" in line, line
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
@@ -150,7 +142,7 @@ def test_a_missing_llama_cpp_converter_says_how_to_install_it(tmp_path, gguf_lla
     out = tmp_path / "out"
     out.mkdir()
     (out / "student.fp32.gguf").write_text("an earlier file")
-    line = _one_line(_cli(["export", str(gguf_llama), "--format", "gguf", "--precision", "fp32", "--out", str(out),
+    line = one_line_error(_cli(["export", str(gguf_llama), "--format", "gguf", "--precision", "fp32", "--out", str(out),
                            "--force"], env={"KD_EDGE_LLAMA_CPP": str(tmp_path / "nowhere")}))
     assert "convert_hf_to_gguf.py" in line and "install_llama_cpp_tools.sh" in line, line
     assert (out / "student.fp32.gguf").read_text() == "an earlier file"
@@ -162,7 +154,7 @@ def test_a_tokenizer_llama_cpp_cannot_convert_is_one_line(tmp_path):
     llama = write_tiny_llama(tmp_path / "wordpiece-llama", layers=1)  # a WordPiece tokenizer on a Llama
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(s["text"] + "\n" for s in sentences(8)))
-    line = _one_line(_cli(["export", str(llama), "--format", "gguf", "--precision", "fp32", "--texts", str(texts),
+    line = one_line_error(_cli(["export", str(llama), "--format", "gguf", "--precision", "fp32", "--texts", str(texts),
                            "--out", str(tmp_path / "o")]))
     assert "llama.cpp's converter failed" in line and "export-gguf.log" in line, line
     assert not (tmp_path / "o").exists()
