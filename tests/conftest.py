@@ -27,8 +27,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # fighting over the same cores; what a test asks for by name (bench.threads) is still honoured
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# The longest test files run first: `make test` spreads files over two workers (pytest-xdist,
-# --dist loadfile) in collection order, and a file of several minutes started last is the whole tail.
+# `make test` spreads the test files over two workers (pytest-xdist, --dist loadfile: a file's module
+# fixtures are built once) in collection order, so the longest files run first: one of several
+# minutes started last would be the whole tail. (--dist loadgroup, which could keep the files that
+# share the session's finished run on one worker, groups nothing under pytest 9.2 with xdist 3.8.0.)
 FIRST = ("tests/test_e2e_minilm.py", "tests/test_resume.py", "tests/test_pipeline.py", "tests/formats/test_gguf.py",
          "tests/export/test_export_stage.py", "tests/cli/test_export_cli.py", "tests/test_stage_keys.py",
          "tests/distill/test_distributed.py", "tests/bench/test_remote_targets.py", "tests/test_recipe_fuzz.py")

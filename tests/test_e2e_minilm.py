@@ -14,7 +14,7 @@ import pytest
 def test_default_recipe_on_the_real_teacher(tmp_path):
     out = tmp_path / "run"
     overrides = ["data.max_samples=2000", "distill.max_steps=60", "distill.checkpoint_every=30",
-                 "bench.runs=20", "bench.warmup_runs=3", "bench.rounds=1", "bench.seq_len=32", "verify.max_examples=60"]
+                 "bench.runs=10", "bench.warmup_runs=2", "bench.rounds=1", "bench.seq_len=32", "verify.max_examples=60"]
     cmd = [sys.executable, "-m", "kd_edge", "run", "--out", str(out), "-q"]
     for o in overrides:
         cmd += ["--set", o]

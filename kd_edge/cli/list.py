@@ -31,7 +31,7 @@ def _formats() -> list[str]:
     lines = []
     for fmt in FORMATS.values():
         holds = " and ".join(w for w, lm in (("encoders", False), ("causal LMs", True)) if fmt.takes(lm))
-        lines.append(f"{fmt.name:<24} {fmt.summary}\n{'':<24} {fmt.suffix} files of {holds}, run in {fmt.runtime}; "
+        lines.append(f"{fmt.name:<24} {fmt.summary}\n{'':<24} {fmt.suffix} {'folders' if fmt.is_folder else 'files'} of {holds}, run in {fmt.runtime}; "
                      f"precisions: {', '.join(fmt.precision_names)}")
     return lines
 

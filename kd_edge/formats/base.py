@@ -95,7 +95,7 @@ class Format:
 
             if any(b != 1 for b, _ in export.tflite_shapes):
                 raise ConfigError(f"export.tflite_shapes: causal-LM {self.name} files take batch 1; write [[1, T], ...], "
-                                  "one prefill length T each", keys=("export.tflite_shapes",))
+                                  "one prefill signature per prompt length T", keys=("export.tflite_shapes",))
             if max(s for _, s in export.tflite_shapes) >= export.kv_cache_size:
                 raise ConfigError("export.kv_cache_size must exceed the longest prefill length in "
                                   "export.tflite_shapes (room for the generated tokens)",

@@ -207,7 +207,8 @@ class PteFormat(Format):
 
 FORMAT = PteFormat(
     name="pte", suffix=".pte", runtime="executorch",
-    summary="ExecuTorch .pte lowered to the XNNPACK delegate (batch 1, dynamic sequence), run in ExecuTorch's runtime.",
+    summary="ExecuTorch .pte lowered to the XNNPACK delegate (encoders: batch 1, dynamic sequence; causal LMs: "
+            "prefill_<T> and decode methods over fixed key/value buffers), run in ExecuTorch's runtime.",
     exporter="kd_edge.formats.pte:PteExporter", requires=("executorch", "torch"), extra="executorch",
     precisions=(
         Precision("fp32", "XNNPACK fp32", 32),
