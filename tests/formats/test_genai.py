@@ -129,3 +129,36 @@ def test_genai_for_an_encoder_is_refused_before_anything_runs(tmp_path):
                                     capture_output=True, text=True, timeout=120))
     assert "genai files hold causal LMs" in line and "onnxruntime-genai" in line, line
     assert not out.exists()
+
+
+def test_a_4bit_folder_past_its_budget_is_built_again_with_8_bit_sensitive_layers(tmp_path, exported, llama):
+    import onnx
+
+    from kd_edge.export.config import ArtifactSpec
+    from kd_edge.export.run import _fall_back
+    from kd_edge.formats import FORMATS
+    from kd_edge.quantize import QUANTIZERS
+
+    def bits(folder: Path) -> set[int]:
+        graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+        return {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+
+    class Drops:  # what export's Fallback measures through onnxruntime-genai: 4-bit over budget, mixed within
+        def __init__(self):
+            self.seen = []
+
+        def drop(self, fmt, src, info, path, this):
+            self.seen.append(bits(path))
+            return (0.05 if self.seen[-1] == {4} else 0.01), "perplexity"
+
+    out, _ = exported
+    src, path = out / "student.fp32.genai", tmp_path / "student.int4.genai"
+    shutil.copytree(out / "student.int4.genai", path)
+    fallback = Drops()
+    side = _fall_back(ArtifactSpec(format="genai", precision="int4"), FORMATS["genai"].precision("int4"), src,
+                      read_json(out / "student.fp32.genai.json"), path, QUANTIZERS.get("genai:int4"),
+                      {"log_path": tmp_path / "q.log", "source_dir": llama}, fallback, budget=0.03)
+    assert fallback.seen == [{4}, {4, 8}]  # the head and the sensitive layers' projections at 8 bits
+    assert side["stored_as"] == "onnxruntime-genai int4 (mixed int4/int8)"
+    assert side["fallback"]["engaged"] and side["fallback"]["within_budget"]
+    assert [t["drop"] for t in side["int8_check"]["tried"]] == [0.05, 0.01]
