@@ -32,10 +32,10 @@ def exported(tmp_path_factory, gguf_llama) -> tuple[Path, list[dict]]:
     from tests.conftest import sentences
 
     texts = tmp_path_factory.mktemp("gguf-texts") / "texts.txt"
-    texts.write_text("".join(s["text"] + "\n" for s in sentences(40, seed=3)))
+    texts.write_text("".join(s["text"] + "\n" for s in sentences(24, seed=3)))
     out = tmp_path_factory.mktemp("gguf-out") / "files"
     cfg = ExportConfig(artifacts=[ArtifactSpec(format="gguf", precision=p) for p in ("fp32", "fp16", "int8", "int4")])
-    return out, export_model_dir(gguf_llama, out, cfg, texts=texts, max_length=48)
+    return out, export_model_dir(gguf_llama, out, cfg, texts=texts, max_length=32)
 
 
 def test_fp32_gguf_matches_the_float64_model_and_generates_pytorchs_tokens(exported):
