@@ -325,7 +325,7 @@ FORMAT = GenaiFormat(
     exporter="kd_edge.formats.genai:GenaiExporter", requires=("onnxruntime_genai", "onnx"), extra="genai",
     precisions=(
         Precision("fp32", "the builder's fp32 graph (GroupQueryAttention, a shared key/value buffer)", 32),
-        Precision("int8", "the builder's int8: MatMulNBits 8-bit weights in blocks of 32, the tied table shared", 8,
+        Precision("int8", "the builder's int8: MatMulNBits 8-bit weights in blocks of 64, the tied table shared", 8,
                   "kd_edge.formats.genai:build_int8", ("onnxruntime_genai",), "genai"),
         Precision("int4", "the builder's int4: MatMulNBits 4-bit weights in blocks of 32, int8 compute "
                   "(fallback: the head and sensitive layers at 8 bits)", 4, "kd_edge.formats.genai:build_int4",
