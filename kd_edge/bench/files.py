@@ -26,7 +26,7 @@ def runtime_of(path: Path) -> str:
             raise ArtifactError(f"'{path}' is not a kd-edge run folder (no manifest.json) nor a model folder (no "
                                 f"config.json); pass a run folder, a model folder, or {suffixes} files")
         return "torch"
-    fmt = format_of(path)
+    fmt = fmt or format_of(path)  # no format of that suffix: the one-line error naming those there are
     fmt.check_file(path)
     return fmt.runtime
 

@@ -149,8 +149,9 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, source_dir: Pa
                 extra.update(_fall_back(spec, prec, src, info, path, quantize, kw, fallback, budgets(prec.bits)))
         info = {**info, **extra, "export_seconds": round(info["export_seconds"] + time.perf_counter() - t0, 2)}
         sidecar = {"name": spec.name, "precision": spec.precision, **info, "size_bytes": fmt.size(path)}
-        if fmt.weights_size(path) != sidecar["size_bytes"]:  # a folder: what of it is the model
-            sidecar["weights_bytes"] = fmt.weights_size(path)
+        weights = fmt.weights_size(path)
+        if weights != sidecar["size_bytes"]:  # a folder: what of it is the model
+            sidecar["weights_bytes"] = weights
         write_json(files.sidecar(spec.name), sidecar)
         sidecars.append(sidecar)
     for leftover in out.glob("_*"):

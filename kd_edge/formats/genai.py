@@ -191,7 +191,7 @@ def check_folder(folder: Path) -> None:
     import onnx
 
     cfg = read_config(folder)
-    model, dec = cfg["model"], cfg["model"]["decoder"]
+    dec = cfg["model"]["decoder"]
     graph_path = folder / dec.get("filename", "model.onnx")
     if not graph_path.is_file():
         raise ArtifactError(f"'{folder.name}': {CONFIG} names the graph {graph_path.name}, which is not in the folder; "
@@ -223,7 +223,6 @@ def check_folder(folder: Path) -> None:
                     raise mismatch(f"decoder.{field}", dec.get(field), dims[at])
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise ArtifactError(f"'{folder.name}' has no tokenizer (tokenizer.json); export the folder again")
-    del model
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -248,7 +247,7 @@ class GenaiDecoder:
                                                                                   "inter_op_num_threads": 1}}}}))
         self.og, self.model = og, og.Model(config)
         self.size = int(read_config(path)["model"].get("context_length") or 2048)
-        self.record = {"genai_version": og.__version__ if hasattr(og, "__version__") else GENAI_VERSION}
+        self.record = {"genai_version": og.__version__}
 
     def _generator(self, length: int, min_length: int = 0):
         if length > self.size:
