@@ -372,6 +372,7 @@ class ExecutorchBackend:
         return f"executorch {importlib.metadata.version('executorch')}"
 
     def __init__(self, path: str, threads: int | None, seq: int = 128, **_):
+        import executorch.kernels.quantized  # noqa: F401  (an int8 program's embedding_byte)
         import torch
         from executorch.runtime import Runtime
 

@@ -1,13 +1,17 @@
 """ExecuTorch ``.pte``, lowered to the XNNPACK delegate (``to_edge_transform_and_lower``) and run in
 ExecuTorch's own runtime (``executorch.runtime``). An encoder is ``torch.export`` of the export module
 (batch 1, dynamic sequence, method ``forward``); a causal LM is the fixed-buffer step TFLite uses, one
-static method per prefill length and ``decode`` (see ``_export_decoder``). fp32 only so far: pt2e's
-``prepare_pt2e`` (the way to XNNPACK int8) breaks the exported graph of transformers' attention-mask
-indexing ("tensors used as indices must be long").
+static method per prefill length and ``decode`` (see ``_export_decoder``).
 
-An operator the XNNPACK delegate cannot take stays on ExecuTorch's portable kernels; ``export``
-records which (``not_delegated``), and a file whose graph ExecuTorch cannot lower at all is a
-one-line error naming the operator.
+int8 is made at export, from the module, not from the fp32 file: torchao's ``quantize_`` turns every
+``nn.Linear`` into int8 weights per output channel with activations quantized per token at run time
+(the 8da8w scheme ExecuTorch's own LLM export uses; XNNPACK runs it), and every ``nn.Embedding`` into
+an int8 table with a scale per row, looked up by ExecuTorch's ``quantized_decomposed::embedding_byte``
+kernel. (pt2e's ``prepare_pt2e`` breaks on transformers' attention-mask indexing.)
+
+An operator the XNNPACK delegate does not take runs on ExecuTorch's portable (or quantized) kernels;
+``export`` records which (``not_delegated``). One that no kernel library of the runtime has is refused
+before the file is written, naming it, as is a graph ExecuTorch cannot lower at all.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kd_edge.artifacts import read_json, write_json
 from kd_edge.errors import DependencyError, ExportError
 from kd_edge.formats.base import Format, Precision
 
@@ -52,8 +57,37 @@ def _exported(module, seq: int):
 
 
 def _op_name(target) -> str:
-    name = getattr(target, "__name__", str(target))
-    return name.replace("aten.", "").split(".")[0]
+    """``add`` for an edge op ``aten.add.Tensor``; ``quantized_decomposed::embedding_byte`` outside aten."""
+    schema = getattr(target, "_schema", None)
+    name = schema.name if schema is not None else getattr(target, "__name__", str(target))
+    return name.removeprefix("aten::").split(".")[0]
+
+
+def _runtime():
+    """ExecuTorch's Python runtime with the quantized kernels (``embedding_byte``) registered."""
+    from kd_edge.export.capture import captured
+
+    with captured(Path(os.devnull)):  # the runtime prints cpuinfo lines from C++
+        import executorch.kernels.quantized  # noqa: F401
+        from executorch.runtime import Runtime
+
+        return Runtime.get()
+
+
+def runtime_kernels() -> set[str]:
+    """``namespace::name.overload`` of every operator ExecuTorch's runtime has a kernel for, outside a
+    delegate (the portable and quantized kernel libraries)."""
+    _runtime()
+    from executorch.extension.pybindings import portable_lib
+
+    return set(portable_lib._get_operator_names())
+
+
+def missing_kernels(et) -> list[str]:
+    """The operators a lowered program calls that the runtime has no kernel for."""
+    kernels = runtime_kernels()
+    return sorted({f"{op.name}.{op.overload}" if op.overload else op.name
+                   for plan in et.executorch_program.execution_plan for op in plan.operators} - kernels)
 
 
 def _lower(program, out: Path) -> dict:
@@ -68,12 +102,20 @@ def _lower(program, out: Path) -> dict:
         left = Counter(_op_name(n.target) for n in nodes
                        if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
                        and "getitem" not in str(n.target))
-        et = edge.to_executorch()
     except Exception as e:
         op = _failing_op(e)
         raise ExportError(f"ExecuTorch could not lower the model{f' (operator {op})' if op else ''}: "
                           f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx or "
                           "tflite instead") from e
+    try:
+        et = edge.to_executorch()
+    except Exception as e:
+        raise ExportError(f"ExecuTorch could not write the program: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx or tflite instead") from e
+    missing = missing_kernels(et)
+    if missing:
+        raise ExportError(f"the XNNPACK delegate does not take operator {', '.join(missing)} and ExecuTorch's runtime "
+                          f"has no kernel for {'it' if len(missing) == 1 else 'them'}; export to onnx or tflite instead")
     with open(out, "wb") as f:
         et.write_to_file(f)
     delegated = sum(1 for n in nodes if "executorch_call_delegate" in str(n.target))
@@ -88,31 +130,100 @@ def _failing_op(e: Exception) -> str | None:
     return m.group(1) if m else None
 
 
+def _int8_embedding(table):
+    """An ``nn.Module`` looking rows of ``table`` up from int8 (symmetric, a scale per row) through
+    ``quantized_decomposed::embedding_byte``, which ExecuTorch's quantized kernels run."""
+    import torch
+    from executorch.exir.passes import _quant_patterns_and_replacements  # noqa: F401  (defines the op)
+
+    class Int8Embedding(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            w = weight.detach().float()
+            scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+            self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+            self.register_buffer("scales", scale)
+
+        def forward(self, ids):
+            return torch.ops.quantized_decomposed.embedding_byte.default(self.weight, self.scales, None, -127, 127, ids)
+
+    return Int8Embedding(table)
+
+
+def int8_module(module):
+    """A copy of ``module`` at int8 (see the module docstring): linears 8da8w, embeddings int8 per row."""
+    import copy
+
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    q = copy.deepcopy(module).eval()
+    for name, child in list(q.named_modules()):
+        if isinstance(child, torch.nn.Embedding):
+            parent, _, attr = name.rpartition(".")
+            setattr(q.get_submodule(parent) if parent else q, attr, _int8_embedding(child.weight))
+    with torch.no_grad():
+        quantize_(q, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
+                  filter_fn=lambda m, _: isinstance(m, torch.nn.Linear))
+    return q
+
+
+def _prebuilt(base: Path, precision: str) -> Path:
+    return base.parent / f"_prebuilt.{precision}{FORMAT.suffix}"
+
+
+def _prebuilt_info(base: Path) -> Path:
+    """What lowering the int8 program recorded (its delegated subgraphs and portable operators)."""
+    return base.parent / "_prebuilt.int8.json"
+
+
 class PteExporter:
-    """torch.export (batch 1, sequence 2..512) -> XNNPACK -> .pte."""
+    """torch.export (batch 1, sequence 2..512) -> XNNPACK -> .pte; the int8 program too when asked
+    (``_prebuilt.int8.pte`` beside the fp32 one, taken by the int8 precision)."""
 
     def export(self, module, out: Path, *, input_names: tuple[str, ...], output_name: str, log_path: Path,
-               shapes: list[tuple[int, int]] = ((1, 128),), kv_cache_size: int = 256, **_: object) -> dict:
+               shapes: list[tuple[int, int]] = ((1, 128),), kv_cache_size: int = 256,
+               precisions: tuple[str, ...] = (), **_: object) -> dict:
         _executorch()
         import warnings
 
         from kd_edge.export.capture import captured
 
-        if hasattr(module, "static_step"):  # a causal LM: prefill_<T> and decode over fixed key/value buffers
-            with warnings.catch_warnings(), captured(log_path):
-                warnings.simplefilter("ignore")
-                return _export_decoder(module.static_step(kv_cache_size, write="index_copy"), out, shapes)
-
         with warnings.catch_warnings(), captured(log_path):  # torch.export's and ExecuTorch's chatter
             warnings.simplefilter("ignore")
-            try:
-                program = _exported(module.eval(), 16)
-            except Exception as e:
-                raise ExportError(f"torch.export failed on the model: {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx instead") from e
-            info = _lower(program, out)
-        return {"inputs": [{"name": n, "dtype": "int64", "shape": [1, "sequence"]} for n in input_names],
-                "outputs": [output_name], "max_sequence": max_sequence(module), **info}
+            if hasattr(module, "static_step"):  # a causal LM: prefill_<T> and decode over fixed key/value buffers
+                step = module.static_step(kv_cache_size, write="index_copy")
+                info = _export_decoder(step, out, shapes)
+                if "int8" in precisions:
+                    write_json(_prebuilt_info(out), _export_decoder(int8_module(step), _prebuilt(out, "int8"), shapes))
+                return info
+            info = {"inputs": [{"name": n, "dtype": "int64", "shape": [1, "sequence"]} for n in input_names],
+                    "outputs": [output_name], "max_sequence": max_sequence(module),
+                    **_lower(_export_encoder(module.eval()), out)}
+            if "int8" in precisions:
+                write_json(_prebuilt_info(out), _lower(_export_encoder(int8_module(module)), _prebuilt(out, "int8")))
+        return info
+
+
+def _export_encoder(module):
+    try:
+        return _exported(module, 16)
+    except Exception as e:
+        raise ExportError(f"torch.export failed on the model: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx instead") from e
+
+
+def take_int8(src: Path, dst: Path, **_: object) -> dict:
+    """The int8 program the exporter lowered beside ``src``."""
+    prebuilt = _prebuilt(src, "int8")
+    if not prebuilt.is_file():
+        raise ExportError("an int8 .pte is made from the model, at export: run kd-edge export on the model folder "
+                          "with --format pte --precision int8")
+    prebuilt.replace(dst)
+    return {**read_json(_prebuilt_info(src)), "quantization": {"method": "torchao 8da8w (linear weights int8 per output channel, activations int8 "
+                                       "per token at run time) in XNNPACK; embedding tables int8 per row "
+                                       "(quantized_decomposed::embedding_byte)"}}
 
 
 def _export_decoder(step, out: Path, shapes) -> dict:
@@ -152,9 +263,7 @@ def pte_outputs(path: Path, info: dict, ids: "Packed", pad_id: int, threads: int
     from kd_edge.export.capture import captured
 
     with captured(log_path):  # the runtime prints cpuinfo lines from C++
-        from executorch.runtime import Runtime
-
-        method = Runtime.get().load_program(str(path)).load_method("forward")
+        method = _runtime().load_program(str(path)).load_method("forward")
         rows = []
         for i in range(len(ids)):
             x = torch.as_tensor(np.asarray(ids[i], np.int64))[None]
@@ -173,7 +282,6 @@ class PteDecoder:
         import torch
 
         from kd_edge.checks.causal_lm import TfliteDecoder
-        from kd_edge.export.capture import captured
 
         class _Decoder(TfliteDecoder):
             def __init__(self):  # noqa: no TfliteDecoder.__init__: no interpreter
@@ -183,10 +291,7 @@ class PteDecoder:
                 self.prefill = sorted((s["seq"], s["name"]) for s in info["signatures"] if s.get("kind") == "prefill")
                 if threads:
                     torch.set_num_threads(threads)
-                with captured(Path(os.devnull)):
-                    from executorch.runtime import Runtime
-
-                    self.program = Runtime.get().load_program(str(path))
+                self.program = _runtime().load_program(str(path))
                 self.runners = {}
 
             def _run(self, name, tokens, positions, kv):
@@ -212,6 +317,9 @@ FORMAT = PteFormat(
     exporter="kd_edge.formats.pte:PteExporter", requires=("executorch", "torch"), extra="executorch",
     precisions=(
         Precision("fp32", "XNNPACK fp32", 32),
+        Precision("int8", "XNNPACK int8: linear weights int8 per output channel, activations int8 per token at run "
+                  "time (torchao 8da8w); embedding tables int8 per row", 8, "kd_edge.formats.pte:take_int8",
+                  ("torchao",), "executorch"),
     ),
     encoder_outputs="kd_edge.formats.pte:pte_outputs", lm_decoder="kd_edge.formats.pte:PteDecoder",
     device_modules=("executorch",), device_package=f"executorch=={EXECUTORCH_VERSION}",

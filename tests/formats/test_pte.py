@@ -23,18 +23,54 @@ def exported(tmp_path_factory):
     texts = root / "texts.txt"
     texts.write_text("".join(s["text"] + "\n" for s in sentences(30, seed=5)))
     out = root / "files"
-    records = export_model_dir(bert, out, ExportConfig(artifacts=[ArtifactSpec(format="pte")]), texts=texts)
-    return out, records
+    cfg = ExportConfig(artifacts=[ArtifactSpec(format="pte"), ArtifactSpec(format="pte", precision="int8")])
+    return out, export_model_dir(bert, out, cfg, texts=texts)
 
 
 def test_fp32_pte_matches_the_float64_model_in_executorchs_runtime(exported):
     out, records = exported
-    (record,) = records
+    record = records[0]
     assert record["passed"] and record["max_abs_diff"] <= 1e-4, record
     side = read_json(out / "student.fp32.pte.json")
     assert side["runtime"] == "executorch" and side["delegate"] == "XnnpackPartitioner"
     assert side["delegated_subgraphs"] > 0 and "linear" not in side["not_delegated"]  # the matmuls run in XNNPACK
     assert side["max_sequence"] == 64  # the tiny BERT's positions bound the dynamic sequence
+
+
+def test_int8_pte_runs_its_linears_in_xnnpack_at_8_bits_and_keeps_the_embeddings(exported):
+    out, records = exported
+    fp32, int8 = records
+    assert int8["name"] == "student.int8.pte" and int8["passed"], int8
+    assert 1e-5 < int8["max_abs_diff"] < 0.05  # quantized, not a copy of the fp32 program
+    assert int8["agreement"] >= 0.98  # embeddings with cosine > 0.99 to the model's
+    side = read_json(out / "student.int8.pte.json")
+    assert side["precision"] == "int8" and "8da8w" in side["quantization"]["method"]
+    assert "linear" not in side["not_delegated"] and "quantized_decomposed::embedding_byte" in side["not_delegated"]
+    assert "embedding" not in side["not_delegated"]  # every table is looked up from int8
+    assert (out / "student.int8.pte").stat().st_size < 0.7 * (out / "student.fp32.pte").stat().st_size
+    assert not list(out.glob("_*"))  # the prebuilt int8 program was taken, nothing left over
+
+
+def test_an_operator_no_executorch_kernel_runs_is_named_before_a_file_is_written(tmp_path):
+    import torch
+
+    from kd_edge.errors import ExportError
+    from kd_edge.formats.pte import PteExporter
+
+    class Sorts(torch.nn.Module):  # a model whose graph calls aten::sort: not XNNPACK's, and no portable kernel
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, ids, mask):
+            return torch.sort(self.proj(ids.float()[..., None].expand(-1, -1, 4)), dim=1).values
+
+    out = tmp_path / "sorts.pte"
+    with pytest.raises(ExportError, match=r"does not take operator aten::sort\.values and ExecuTorch's runtime has no "
+                                          r"kernel for it; export to onnx or tflite instead"):
+        PteExporter().export(Sorts(), out, input_names=("input_ids", "attention_mask"), output_name="x",
+                             log_path=tmp_path / "export.log")
+    assert not out.exists()
 
 
 def test_the_device_runner_measures_a_pte_file(exported):
@@ -59,19 +95,31 @@ def exported_lm(tmp_path_factory):
     llama = write_tiny_llama(root / "llama", layers=1, hidden=32, logit_scale=8.0)
     texts = root / "texts.txt"
     texts.write_text("".join(s["text"] + "\n" for s in sentences(20, seed=5)))
-    cfg = ExportConfig(artifacts=[ArtifactSpec(format="pte")], tflite_shapes=[(1, 16)], kv_cache_size=64)
+    cfg = ExportConfig(artifacts=[ArtifactSpec(format="pte"), ArtifactSpec(format="pte", precision="int8")],
+                       tflite_shapes=[(1, 16)], kv_cache_size=64)
     return root / "files", export_model_dir(llama, root / "files", cfg, texts=texts), llama
 
 
 def test_a_causal_lm_pte_prefills_decodes_and_generates_pytorchs_tokens(exported_lm):
     out, records, _ = exported_lm
-    (record,) = records
+    record = records[0]
     assert record["passed"], record
     assert record["max_abs_diff"] <= 1e-4 and record["decode_max_abs_diff"] <= 1e-4  # as a prompt and token by token
     assert record["greedy_prompts"] == 5 and record["greedy_same_as_pytorch"] == 5
     side = read_json(out / "student.fp32.pte.json")
     assert [s["name"] for s in side["signatures"]] == ["prefill_16", "decode"]
     assert side["kv_cache"]["size"] == 64 and side["delegated_subgraphs"] > 0
+
+
+def test_int8_causal_lm_pte_keeps_perplexity_and_looks_its_tokens_up_at_8_bits(exported_lm):
+    out, records, _ = exported_lm
+    int8 = records[1]
+    assert int8["name"] == "student.int8.pte" and int8["passed"], int8
+    assert 1e-4 < int8["max_abs_diff"] < 0.2 and abs(int8["perplexity_increase"]) < 0.01
+    assert int8["greedy_prompts"] == 5
+    side = read_json(out / "student.int8.pte.json")
+    assert [s["name"] for s in side["signatures"]] == ["prefill_16", "decode"]
+    assert "embedding" not in side["not_delegated"] and "quantized_decomposed::embedding_byte" in side["not_delegated"]
 
 
 def test_the_device_runner_measures_a_causal_lm_pte_through_its_prefill(exported_lm):
@@ -83,6 +131,9 @@ def test_the_device_runner_measures_a_causal_lm_pte_through_its_prefill(exported
            "--warmup", "1", "--threads", "1", "--vocab-size", str(vocab)]
     doc = json.loads(subprocess.run(cmd + ["--seq", "12"], capture_output=True, text=True, timeout=120).stdout)
     assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5 and doc["runtime_version"] == "executorch 1.5.1"
+    cmd[2] = str(out / "student.int8.pte")  # its embedding_byte runs on the quantized kernels the runner loads
+    doc = json.loads(subprocess.run(cmd + ["--seq", "12"], capture_output=True, text=True, timeout=120).stdout)
+    assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5
 
 
 def test_pte_shapes_of_a_causal_lm_are_checked_before_anything_runs():
