@@ -10,11 +10,13 @@ invocation; for GGUF files, llama.cpp's own count of the same work beside kd-edg
 - ``ttft``: a 128-token prompt to its first generated token (the prompt's logits and an argmax).
 - peak memory: VmHWM of the process that measured the file.
 
-Each file is measured in a fresh process per round, the files taking turns (forward, then backward),
-so that every file sees the same drift of a shared machine; figures are medians over rounds. A file
-that cannot hold a shape (a TFLite decoder's fixed buffers, a prefill signature it lacks) says so
-instead of a figure. llama.cpp's own figure is ``llama_perf_context``'s prompt-eval and eval time of
-the same calls (its timers, inside libllama), read in the same process.
+Every figure is the device runner's (``kd_edge/device_runner.py: measure_lm``, what the bench stage
+measures on a recipe's target, locally or over SSH). Each file is measured in a fresh runner process
+per round, the files taking turns (forward, then backward), so that every file sees the same drift of
+a shared machine; figures are medians over rounds. A file that cannot hold a shape (a TFLite
+decoder's fixed buffers, a prefill signature it lacks) says so instead of a figure. llama.cpp's own
+figure is ``llama_perf_context``'s prompt-eval and eval time of the same calls (its timers, inside
+libllama), read in the same process.
 """
 
 from __future__ import annotations
@@ -36,184 +38,19 @@ TG = ((32, 0), (128, 0), (32, 512), (128, 512))
 TTFT_PROMPT = 128
 
 
-def _ids(n: int, vocab: int, seed: int) -> list[int]:
-    import numpy as np
+def runner_command(path: Path, info: dict | None, vocab: int, threads: int) -> list[str]:
+    """The device runner's command line that measures one model's pp/tg figures (kd_edge/device_runner.py:
+    measure_lm; the bench stage runs the same on the recipe's target)."""
+    from kd_edge.bench import RUNNER_PATH
 
-    rng = np.random.default_rng(seed)
-    return rng.integers(min(1000, vocab // 2), min(2000, vocab), n).tolist()
-
-
-class TorchLM:
-    """The PyTorch student with its own KV cache (transformers' DynamicCache), batch 1."""
-
-    def __init__(self, folder: Path, threads: int):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
-        self.past = None
-        self.limit = self.model.config.max_position_embeddings
-
-    def prompt(self, ids: list[int]):
-        with self.torch.inference_mode():
-            out = self.model(input_ids=self.torch.tensor([ids]), use_cache=True)
-        self.past, self.done = out.past_key_values, len(ids)
-        return out.logits[0, -1].numpy()
-
-    def step(self, token: int):
-        with self.torch.inference_mode():
-            out = self.model(input_ids=self.torch.tensor([[token]]), past_key_values=self.past, use_cache=True)
-        self.past, self.done = out.past_key_values, self.done + 1
-        return out.logits[0, -1].numpy()
-
-
-class FileLM:
-    """An exported LM file through kd-edge's decoder for its format (kd_edge/formats/)."""
-
-    def __init__(self, path: Path, info: dict, threads: int):
-        from kd_edge.checks.causal_lm import decoder
-
-        self.info = info
-        kv = info.get("kv_cache") or {}
-        self.limit = kv.get("size") or 1 << 30  # TFLite: fixed buffers
-        if info["format"] == "gguf":
-            # as an app (and llama-bench) runs it: logits of the last position only, llama.cpp's default
-            # F16 cache; the checker's decoder keeps every position's logits, which costs a full-vocabulary
-            # matmul per prompt token
-            import types
-
-            import llama_cpp
-
-            self.limit = 1024
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=self.limit, n_batch=512, n_threads=threads,
-                                  n_threads_batch=threads, logits_all=False, verbose=False)
-            self.dec = types.SimpleNamespace(llm=llm)
-        else:
-            self.dec = decoder(path, info, threads)
-        self.prefill = sorted(s["seq"] for s in info.get("signatures", []) if s.get("kind") == "prefill")
-        self.state = None
-
-    def prompt(self, ids: list[int]):
-        import numpy as np
-
-        dec = self.dec
-        if hasattr(dec, "og"):  # ONNX Runtime GenAI: a fresh generator, its own key/value buffer
-            self.state = dec._generator(min(dec.size, 1024))
-            self.state.append_tokens(np.asarray(ids, np.int32))
-            return self.state.get_output("logits")[0, -1]
-        if hasattr(dec, "step"):  # ONNX Runtime: the KV-cache step
-            logits, past = dec.step(np.asarray([ids]), None, 0)
-            self.state, self.done = past, len(ids)
-            return logits[0, -1]
-        if hasattr(dec, "interpreter"):  # TFLite: the nearest prefill signature
-            logits, kv = dec._prefill(np.asarray(ids))
-            self.state, self.done = kv, len(ids)
-            return logits[0, len(ids) - 1]
-        dec.llm.reset()  # llama.cpp
-        dec.llm.eval(ids)
-        self.done = len(ids)
-        return _last_logits(dec.llm)
-
-    def step(self, token: int):
-        import numpy as np
-
-        dec = self.dec
-        if hasattr(dec, "og"):
-            self.state.append_tokens(np.asarray([token], np.int32))
-            return self.state.get_output("logits")[0, -1]
-        if hasattr(dec, "step"):
-            logits, self.state = dec.step(np.asarray([[token]]), self.state, self.done)
-            self.done += 1
-            return logits[0, -1]
-        if hasattr(dec, "interpreter"):
-            out, self.state = dec._run("decode", np.asarray([[token]]), np.asarray([self.done]), self.state)
-            self.done += 1
-            return out[0, -1]
-        dec.llm.eval([token])
-        self.done += 1
-        return _last_logits(dec.llm)
-
-    def cannot(self, prompt: int, total: int) -> str | None:
-        """Why this file cannot run a prompt of ``prompt`` tokens and ``total`` positions, or None."""
-        if self.prefill and prompt > self.prefill[-1]:
-            return f"no prefill signature holds {prompt} tokens (longest: {self.prefill[-1]})"
-        if total > self.limit:
-            return f"fixed key/value buffers of {self.limit} positions"
-        return None
-
-
-def _last_logits(llm):
-    """llama.cpp's logits of the last evaluated position (llama-cpp-python keeps none without logits_all)."""
-    import numpy as np
-
-    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
-
-
-def measure_one(path: Path, info: dict | None, threads: int, seed: int) -> dict:
-    """Every figure of one model in this process."""
-    import numpy as np
-
-    from kd_edge.device_runner import peak_rss_mb
-
-    lm = TorchLM(path, threads) if info is None else FileLM(path, info, threads)
-    vocab = int((info or {}).get("vocab_size") or 49152)
-    gguf = info is not None and info.get("format") == "gguf"
-    out: dict = {}
-
-    def perf():
-        import llama_cpp
-
-        return llama_cpp.llama_perf_context(lm.dec.llm.ctx)
-
-    def why(prompt: int, total: int) -> str | None:
-        if total > lm.limit:
-            return f"positions past {lm.limit}"
-        return lm.cannot(prompt, total) if isinstance(lm, FileLM) else None
-
-    lm.prompt(_ids(16, vocab, seed))  # warm-up: first-call allocations, thread pools
-    for n in PP:
-        if (reason := why(n, n)) is not None:
-            out[f"pp{n}"] = {"na": reason}
-            continue
-        ids = _ids(n, vocab, seed + n)
-        if gguf:
-            lm.dec.llm.reset()
-            import llama_cpp
-
-            llama_cpp.llama_perf_context_reset(lm.dec.llm.ctx)
-        t0 = time.perf_counter()
-        lm.prompt(ids)
-        t = time.perf_counter() - t0
-        out[f"pp{n}"] = {"tokens_per_s": n / t}
-        if gguf:
-            p = perf()
-            out[f"pp{n}"]["llama_cpp_tokens_per_s"] = p.n_p_eval / (p.t_p_eval_ms / 1000) if p.t_p_eval_ms else None
-    for n, depth in TG:
-        key = f"tg{n}@{depth}"
-        if (reason := why(max(depth, 1), max(depth, 1) + n)) is not None:
-            out[key] = {"na": reason}
-            continue
-        logits = lm.prompt(_ids(max(depth, 1), vocab, seed + 7))
-        if gguf:
-            import llama_cpp
-
-            llama_cpp.llama_perf_context_reset(lm.dec.llm.ctx)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            logits = lm.step(int(np.argmax(logits)))
-        t = time.perf_counter() - t0
-        out[key] = {"tokens_per_s": n / t}
-        if gguf:
-            p = perf()
-            out[key]["llama_cpp_tokens_per_s"] = p.n_eval / (p.t_eval_ms / 1000) if p.t_eval_ms else None
-    if why(TTFT_PROMPT, TTFT_PROMPT + 1) is None:
-        t0 = time.perf_counter()
-        int(np.argmax(lm.prompt(_ids(TTFT_PROMPT, vocab, seed + 3))))
-        out["ttft_ms"] = (time.perf_counter() - t0) * 1000
-    out["peak_rss_mb"] = peak_rss_mb()
-    return out
+    runtime = info["runtime"] if info else "torch"
+    cmd = [sys.executable, str(RUNNER_PATH), str(path), "--runtime", runtime, "--seq", "16", "--runs", "5",
+           "--warmup", "2", "--threads", str(threads), "--vocab-size", str(vocab),
+           "--lm-pp", ",".join(map(str, PP)), "--lm-tg", ",".join(f"{n}@{d}" for n, d in TG),
+           "--lm-ttft", str(TTFT_PROMPT)]
+    if info is None:
+        cmd += ["--head", "lm_logits", "--auto-class", "AutoModelForCausalLM"]
+    return cmd
 
 
 def models(run: Path) -> list[tuple[str, Path, dict | None]]:
@@ -221,34 +58,29 @@ def models(run: Path) -> list[tuple[str, Path, dict | None]]:
 
     files = RunFiles(run)
     rows: list[tuple[str, Path, dict | None]] = [("student (PyTorch)", files.student, None)]
-    vocab = json.loads((files.student / "config.json").read_text())["vocab_size"]
     for sidecar in files.artifacts.sidecars():
         info = json.loads(sidecar.read_text())
-        rows.append((info["name"], files.artifacts.file(info["name"]), {**info, "vocab_size": vocab}))
+        rows.append((info["name"], files.artifacts.file(info["name"]), info))
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, nargs="?")
+    ap.add_argument("run", type=Path)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
-    ap.add_argument("--one", nargs=2, metavar=("PATH", "INFO"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.one:  # a child: one model, one round
-        info = json.loads(args.one[1]) if args.one[1] != "-" else None
-        print(json.dumps(measure_one(Path(args.one[0]), info, args.threads, seed=0)))
-        return
     rows = models(args.run)
+    vocab = json.loads((args.run / "student" / "config.json").read_text())["vocab_size"]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in rows}
     for r in range(args.rounds):
         for name, path, info in rows if r % 2 == 0 else list(reversed(rows)):
-            proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--one", str(path),
-                                   json.dumps(info) if info else "-"], capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"{name}: {proc.stderr[-2000:]}")
-            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            proc = subprocess.run(runner_command(path, info, vocab, args.threads), capture_output=True, text=True)
+            doc = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+            if proc.returncode != 0 or "lm" not in doc:
+                sys.exit(f"{name}: {doc.get('error') or proc.stderr[-2000:]}")
+            results[name].append({**doc["lm"], "peak_rss_mb": doc["peak_rss_mb"]})
             print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
     table = render(results, args)
     print(table)

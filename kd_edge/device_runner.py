@@ -176,6 +176,33 @@ class OrtBackend:
             feeds.update({k: v for k, v in self._fill(*feeds["input_ids"].shape).items() if k not in feeds})
         return self.session.run(None, feeds)
 
+    # a causal LM's KV-cache step: the prompt from an empty past, then one token at a time
+    def lm_prompt(self, ids: list, total: int):
+        self.past, self.done = None, 0
+        return self._lm(ids)
+
+    def lm_step(self, token: int):
+        return self._lm([token])
+
+    def lm_limit(self, prompt: int, total: int) -> str | None:
+        return None if any(n.startswith("past_key_values") for n in self.extra) else "the graph has no KV cache"
+
+    def _lm(self, ids: list):
+        import numpy as np
+
+        t = len(ids)
+        past_names = [n for n in self.extra if n.startswith("past_key_values")]
+        if self.past is None:
+            self.past = [np.zeros([d if isinstance(d, int) else (1 if i == 0 else 0) for i, d in
+                                   enumerate(self.extra[n])], np.float32) for n in past_names]
+        feeds = {"input_ids": np.asarray([ids], np.int64),
+                 "attention_mask": np.ones((1, self.done + t), np.int64),
+                 "position_ids": np.arange(self.done, self.done + t, dtype=np.int64)[None],
+                 **dict(zip(past_names, self.past))}
+        out = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
+        self.past, self.done = out[1:], self.done + t
+        return out[0][0, -1]
+
 
 def _tflite_interpreter():
     """The first TFLite interpreter available: LiteRT, then tflite-runtime, then TensorFlow."""
@@ -273,6 +300,51 @@ class TfliteBackend:
         out = runner(**{k: np.ascontiguousarray(v, dtype=np.int32) for k, v in feeds.items()})
         return [out[k] for k in sorted(out)]
 
+    # a causal LM: the prompt through the nearest prefill_<T> from empty buffers, then ``decode``
+    def _prefills(self) -> list:
+        return sorted(s for name, (_, s) in self.shapes.items() if name.startswith("prefill_"))
+
+    def lm_limit(self, prompt: int, total: int) -> str | None:
+        if "decode" not in self.signatures:
+            return "the file has no decode signature"
+        fit = [t for t in self._prefills() if t >= prompt]
+        if not fit:
+            return f"no prefill signature holds {prompt} tokens (longest: {max(self._prefills(), default=0)})"
+        size = self._decode_inputs()["args_2"]["shape"][2]
+        return f"fixed key/value buffers of {size} positions" if total > size else None
+
+    def _decode_inputs(self) -> dict:
+        if "decode" not in self._runners:
+            self._runners["decode"] = self.interpreter.get_signature_runner("decode")
+        return self._runners["decode"].get_input_details()
+
+    def _lm_run(self, name: str, tokens, positions):
+        import numpy as np
+
+        if name not in self._runners:
+            self._runners[name] = self.interpreter.get_signature_runner(name)
+        out = self._runners[name](args_0=np.ascontiguousarray(tokens, np.int32),
+                                  args_1=np.ascontiguousarray(positions, np.int32),
+                                  **{f"args_{2 + i}": b for i, b in enumerate(self.kv)})
+        self.kv = [out[f"output_{1 + i}"] for i in range(len(self.kv))]
+        return out["output_0"]
+
+    def lm_prompt(self, ids: list, total: int):
+        import numpy as np
+
+        length = next(t for t in self._prefills() if t >= len(ids))
+        details = self._decode_inputs()
+        self.kv = [np.zeros(details[f"args_{2 + i}"]["shape"], np.float32) for i in range(len(details) - 2)]
+        tokens = np.zeros((1, length), np.int32)
+        tokens[0, :len(ids)] = ids
+        self.done = len(ids)
+        return self._lm_run(f"prefill_{length}", tokens, np.arange(length))[0, len(ids) - 1]
+
+    def lm_step(self, token: int):
+        out = self._lm_run("decode", [[token]], [self.done])
+        self.done += 1
+        return out[0, -1]
+
 
 class TorchBackend:
     """A Hugging Face model folder in PyTorch (the baseline): an encoder pooled into an embedding, a
@@ -321,6 +393,27 @@ class TorchBackend:
                 out = torch.nn.functional.normalize(out, dim=-1)
             return [out.numpy()]
 
+    # a causal LM with transformers' own KV cache
+    def lm_limit(self, prompt: int, total: int) -> str | None:
+        if self.head != "lm_logits":
+            return "not a causal LM"
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        return f"the model has {limit} positions" if limit and total > limit else None
+
+    def lm_prompt(self, ids: list, total: int):
+        self.past = None
+        return self._lm(ids)
+
+    def lm_step(self, token: int):
+        return self._lm([token])
+
+    def _lm(self, ids: list):
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids]), past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits[0, -1].numpy()
+
 
 class LlamaCppBackend:
     """A GGUF file in llama.cpp (llama-cpp-python): a run evaluates the prompt from an empty cache and
@@ -344,15 +437,43 @@ class LlamaCppBackend:
                                    n_threads_batch=threads, logits_all=False, verbose=False)
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
-        import numpy as np
-
         ids = feeds["input_ids"]
         if ids.shape[0] != 1:
             raise RunnerError("run", f"llama.cpp evaluates one sequence at a time; bench at batch 1 (not {ids.shape[0]})")
         self.llm.reset()
         self.llm.eval([int(t) for t in ids[0]])
-        # the last position's logits (llama-cpp-python keeps no copy without logits_all)
-        return [np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).copy()]
+        return [self._last()]
+
+    def _last(self):
+        """The last position's logits (llama-cpp-python keeps no copy without logits_all)."""
+        import numpy as np
+
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).copy()
+
+    def lm_limit(self, prompt: int, total: int) -> str | None:
+        return f"a context of {self.llm.n_ctx()} positions" if total > self.llm.n_ctx() else None
+
+    def lm_prompt(self, ids: list, total: int):
+        self.llm.reset()
+        self.llm.eval([int(t) for t in ids])
+        return self._last()
+
+    def lm_step(self, token: int):
+        self.llm.eval([int(token)])
+        return self._last()
+
+    def own_timers(self) -> dict:
+        """llama.cpp's own count of the last prompt and steps (``llama_perf_context``, inside libllama)."""
+        import llama_cpp
+
+        perf = llama_cpp.llama_perf_context(self.llm.ctx)
+        return {"prompt": perf.n_p_eval / (perf.t_p_eval_ms / 1000) if perf.t_p_eval_ms else None,
+                "generate": perf.n_eval / (perf.t_eval_ms / 1000) if perf.t_eval_ms else None}
+
+    def reset_timers(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_perf_context_reset(self.llm.ctx)
 
 
 class ExecutorchBackend:
@@ -379,12 +500,12 @@ class ExecutorchBackend:
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        program = Runtime.get().load_program(path)
+        self.program = program = Runtime.get().load_program(path)
         self.prefill = None
         if "forward" in program.method_names:
             self.method = program.load_method("forward")
             return
-        lengths = sorted(int(n.split("_")[1]) for n in program.method_names if n.startswith("prefill_"))
+        self.lengths = lengths = sorted(int(n.split("_")[1]) for n in program.method_names if n.startswith("prefill_"))
         fit = [t for t in lengths if t >= seq]
         if not fit:
             raise RunnerError("load", f"{os.path.basename(path)} has no prefill method for {seq} tokens (longest: "
@@ -393,6 +514,7 @@ class ExecutorchBackend:
         meta = program.metadata(f"prefill_{self.prefill}")
         self.buffers = [torch.zeros(tuple(meta.input_tensor_meta(i).sizes())) for i in range(2, meta.num_inputs())]
         self.method = program.load_method(f"prefill_{self.prefill}")
+        self.methods = {f"prefill_{self.prefill}": self.method}
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
         ids = feeds["input_ids"]
@@ -405,6 +527,38 @@ class ExecutorchBackend:
         tokens[0, :ids.shape[1]] = self.torch.from_numpy(ids[0].astype("int32"))
         out = self.method.execute([tokens, self.torch.arange(self.prefill, dtype=self.torch.int32), *self.buffers])
         return [out[0][0, ids.shape[1] - 1].numpy()]
+
+    # a causal LM: the prompt through the nearest prefill_<T> from empty buffers, then ``decode``
+    def lm_limit(self, prompt: int, total: int) -> str | None:
+        if self.prefill is None or "decode" not in self.program.method_names:
+            return "the program has no prefill and decode methods"
+        if prompt > self.lengths[-1]:
+            return f"no prefill method holds {prompt} tokens (longest: {self.lengths[-1]})"
+        size = self.buffers[0].shape[2]
+        return f"fixed key/value buffers of {size} positions" if total > size else None
+
+    def _lm_run(self, name: str, tokens, positions):
+        if name not in self.methods:
+            self.methods[name] = self.program.load_method(name)
+        out = self.methods[name].execute([tokens, positions, *self.kv])
+        self.kv = list(out[1:])
+        return out[0]
+
+    def lm_prompt(self, ids: list, total: int):
+        torch = self.torch
+        length = next(t for t in self.lengths if t >= len(ids))
+        self.kv = [torch.zeros_like(b) for b in self.buffers]
+        tokens = torch.zeros(1, length, dtype=torch.int32)
+        tokens[0, :len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        self.done = len(ids)
+        return self._lm_run(f"prefill_{length}", tokens, torch.arange(length, dtype=torch.int32))[0, len(ids) - 1].numpy()
+
+    def lm_step(self, token: int):
+        torch = self.torch
+        out = self._lm_run("decode", torch.tensor([[token]], dtype=torch.int32),
+                           torch.tensor([self.done], dtype=torch.int32))
+        self.done += 1
+        return out[0, -1].numpy()
 
 
 class GenaiBackend:
@@ -428,7 +582,7 @@ class GenaiBackend:
         if threads:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
                                                                                   "inter_op_num_threads": 1}}}}))
-        self.og, self.model = og, og.Model(config)
+        self.og, self.model, self.path = og, og.Model(config), path
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
         import numpy as np
@@ -441,6 +595,36 @@ class GenaiBackend:
         gen = self.og.Generator(self.model, params)
         gen.append_tokens(ids[0].astype(np.int32))
         return [np.array(gen.get_output("logits")[0, -1])]
+
+    # a causal LM: a fresh generator whose key/value buffer holds ``total`` positions
+    def lm_limit(self, prompt: int, total: int) -> str | None:
+        limit = self.context_length
+        return f"a context of {limit} positions" if limit and total > limit else None
+
+    @property
+    def context_length(self) -> int | None:
+        if not hasattr(self, "_context"):
+            try:
+                with open(os.path.join(self.path, "genai_config.json")) as f:
+                    self._context = json.load(f)["model"].get("context_length")
+            except (OSError, ValueError, KeyError):
+                self._context = None
+        return self._context
+
+    def lm_prompt(self, ids: list, total: int):
+        import numpy as np
+
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=total, batch_size=1)
+        self.gen = self.og.Generator(self.model, params)
+        self.gen.append_tokens(np.asarray(ids, np.int32))
+        return np.array(self.gen.get_output("logits")[0, -1])
+
+    def lm_step(self, token: int):
+        import numpy as np
+
+        self.gen.append_tokens(np.asarray([token], np.int32))
+        return np.array(self.gen.get_output("logits")[0, -1])
 
 
 BACKENDS = {"onnxruntime": OrtBackend, "tflite": TfliteBackend, "torch": TorchBackend, "llama.cpp": LlamaCppBackend,
@@ -508,6 +692,71 @@ def warm_up(backend, feeds, minimum: int) -> list:
     return times
 
 
+def _lm_ids(n: int, vocab: int, seed: int) -> list:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(min(1000, vocab // 2), min(2000, vocab), n).tolist()
+
+
+def measure_lm(backend, pp: list, tg: list, ttft: int | None, vocab: int, seed: int = 0) -> dict:
+    """A causal LM's speed as LLM users read it, batch 1, greedy:
+
+    - ``pp<N>``: a prompt of N tokens evaluated from an empty cache, N / seconds;
+    - ``tg<N>@<d>``: N tokens generated one at a time (each fed back) after a prompt of d tokens
+      (d = 0: after one token), N / seconds of the N steps;
+    - ``ttft_ms``: a prompt of ``ttft`` tokens to its first token (its logits and an argmax).
+
+    A shape the file cannot hold (fixed buffers, no prefill that long) is ``{"na": why}``. Each shape
+    runs once untimed first. llama.cpp's own timers of the same calls ride along (``llama_cpp_*``)."""
+    import numpy as np
+
+    out: dict = {}
+    own = getattr(backend, "own_timers", None)
+    if (why := backend.lm_limit(4, 6)) is None:
+        backend.lm_prompt(_lm_ids(4, vocab, seed), 6)
+        backend.lm_step(1000 % vocab)
+    for n in pp:
+        if (why := backend.lm_limit(n, n + 1)) is not None:
+            out[f"pp{n}"] = {"na": why}
+            continue
+        ids = _lm_ids(n, vocab, seed + n)
+        backend.lm_prompt(ids, n + 1)  # untimed: first-call allocations of this shape
+        if own:
+            backend.reset_timers()
+        t0 = time.perf_counter()
+        backend.lm_prompt(ids, n + 1)
+        out[f"pp{n}"] = {"tokens_per_s": n / (time.perf_counter() - t0)}
+        if own:
+            out[f"pp{n}"]["llama_cpp_tokens_per_s"] = own()["prompt"]
+    for n, depth in tg:
+        key, prompt = f"tg{n}@{depth}", max(depth, 1)
+        if (why := backend.lm_limit(prompt, prompt + n)) is not None:
+            out[key] = {"na": why}
+            continue
+        ids = _lm_ids(prompt, vocab, seed + 7)
+        logits = backend.lm_prompt(ids, prompt + n)
+        backend.lm_step(int(np.argmax(logits)))  # untimed
+        logits = backend.lm_prompt(ids, prompt + n)
+        if own:
+            backend.reset_timers()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            logits = backend.lm_step(int(np.argmax(logits)))
+        out[key] = {"tokens_per_s": n / (time.perf_counter() - t0)}
+        if own:
+            out[key]["llama_cpp_tokens_per_s"] = own()["generate"]
+    if ttft and (why := backend.lm_limit(ttft, ttft + 1)) is None:
+        ids = _lm_ids(ttft, vocab, seed + 3)
+        backend.lm_prompt(ids, ttft + 1)
+        t0 = time.perf_counter()
+        int(np.argmax(backend.lm_prompt(ids, ttft + 1)))
+        out["ttft_ms"] = (time.perf_counter() - t0) * 1000
+    elif ttft:
+        out["ttft_ms"] = {"na": why}
+    return out
+
+
 def measure(args) -> dict:
     """Run every phase and return the result document."""
     phase = "import"
@@ -554,6 +803,12 @@ def measure(args) -> dict:
         probe = LoadProbe()
         timed = [_timed(backend, feeds) for _ in range(args.runs)]
         result["machine_load"] = probe.result()
+        if args.lm_pp or args.lm_tg:
+            phase = "lm"
+            if not hasattr(backend, "lm_prompt"):
+                raise RunnerError(phase, f"the {args.runtime} runtime measures no token generation here")
+            result["lm"] = measure_lm(backend, args.lm_pp, args.lm_tg, args.lm_ttft, args.vocab_size, args.seed)
+            result["lm_settings"] = {"pp": args.lm_pp, "tg": [f"{n}@{d}" for n, d in args.lm_tg], "ttft": args.lm_ttft}
     except RunnerError:
         raise
     except Exception as e:
@@ -600,7 +855,25 @@ def parse_args(argv=None):
     p.add_argument("--gguf-file", default=None, help="torch runtime: a .gguf file inside the folder")
     p.add_argument("--allow-pickle", action="store_true",
                    help="torch runtime: load pytorch_model.bin when there are no safetensors (runs the pickle)")
+    p.add_argument("--lm-pp", type=_ints, default=[], metavar="N,N",
+                   help="a causal LM: also measure prompt processing of these lengths (tokens/s), e.g. 128,512")
+    p.add_argument("--lm-tg", type=_depths, default=[], metavar="N@D,...",
+                   help="a causal LM: also measure generating N tokens after a prompt of D, e.g. 32@0,128@512")
+    p.add_argument("--lm-ttft", type=int, default=None, metavar="N",
+                   help="a causal LM: time to first token after a prompt of N tokens")
     return p.parse_args(argv)
+
+
+def _ints(text: str) -> list:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _depths(text: str) -> list:
+    out = []
+    for item in text.split(","):
+        n, _, depth = item.partition("@")
+        out.append((int(n), int(depth or 0)))
+    return out
 
 
 def follow_parent() -> None:

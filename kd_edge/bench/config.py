@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from kd_edge.bench import profile_names
+
+
+_Tokens = Annotated[int, Field(gt=0)]
+_Depth = Annotated[int, Field(ge=0)]
 
 
 class BenchConfig(BaseModel):
@@ -32,3 +38,10 @@ class BenchConfig(BaseModel):
     teacher: bool = Field(True, description="Also benchmark the teacher in PyTorch (the baseline).")
     student_torch: bool = Field(True, description="Also benchmark the distilled student in PyTorch.")
     timeout_s: float = Field(600, gt=0, description="Give up on one model's benchmark after this long.")
+    lm_prompt: list[_Tokens] = Field([128, 512], description="A causal LM: prompt lengths whose processing is "
+                                 "measured (pp N: N tokens from an empty cache, tokens/s); [] for none.")
+    lm_generate: list[tuple[_Tokens, _Depth]] = Field([(32, 0), (128, 0), (32, 512), (128, 512)], description="A causal "
+                                               "LM: [N, depth] pairs, N tokens generated one at a time after a "
+                                               "prompt of depth tokens (tg N @ depth, tokens/s); [] for none.")
+    lm_ttft_prompt: int | None = Field(128, gt=0, description="A causal LM: time to first token after a prompt of "
+                                       "this many tokens; null for none.")

@@ -110,8 +110,31 @@ def merge(docs: list[dict]) -> dict:
         "steal_pct_max": max((x["steal_pct"] for x in loads if x.get("steal_pct") is not None), default=None),
         "loadavg_before": loads[0].get("loadavg_before"), "loadavg_after": loads[-1].get("loadavg_after"),
     }
+    lm = merge_lm([d["lm"] for d in docs if "lm" in d])
+    if lm:
+        merged["lm"] = lm
     merged["reliability"] = assess(merged)
     return merged
+
+
+def merge_lm(rounds: list[dict]) -> dict:
+    """A causal LM's pp/tg figures over its rounds: the median of each, and the rounds' values."""
+    out: dict = {}
+    for key in dict.fromkeys(k for r in rounds for k in r):
+        values = [r[key] for r in rounds if key in r]
+        if key == "ttft_ms":
+            ms = [v for v in values if isinstance(v, (int, float))]
+            out[key] = statistics.median(ms) if ms else values[0]
+            continue
+        figure: dict = {}
+        for field_ in ("tokens_per_s", "llama_cpp_tokens_per_s"):
+            got = [v[field_] for v in values if v.get(field_) is not None]
+            if got:
+                figure[field_] = statistics.median(got)
+                if field_ == "tokens_per_s":
+                    figure["rounds"] = got
+        out[key] = figure or next((v for v in values if "na" in v), {})
+    return out
 
 
 def _round(doc: dict) -> dict:

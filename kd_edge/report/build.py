@@ -32,6 +32,8 @@ def _bench_fields(doc: dict | None) -> dict[str, Any]:
               "latency_rounds_p50_ms": [r.get("p50_ms") for r in doc.get("rounds") or []] or None,
               "latency_reliable": reliability.get("reliable"), "latency_flags": reliability.get("flags") or [],
               "peak_rss_mb": doc.get("peak_rss_mb"), "load_ms": doc.get("load_ms"), "runtime_version": doc.get("runtime_version")}
+    if doc.get("lm"):
+        fields["lm"] = doc["lm"]
     if doc.get("signature"):
         fields["tflite_signature"] = doc["signature"] + (f" (input padded to {doc['padded_to']})" if doc.get("padded_to") else "")
     return fields
@@ -149,7 +151,7 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
                        "n_test_labelled": evaluation.get("n_test_labelled")},
         "bench_settings": {"target": recipe["bench"]["target"], "batch": any_bench.get("batch"),
                            "seq": any_bench.get("seq"), "threads": any_bench.get("threads"),
-                           "timed_runs": any_bench.get("timed_runs")},
+                           "timed_runs": any_bench.get("timed_runs"), "lm": any_bench.get("lm_settings")},
         "environment": environment,
         "bench_machine": bench_machine,
         "rows": rows,

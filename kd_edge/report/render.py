@@ -100,6 +100,40 @@ def quality_columns(report: dict) -> list[tuple[str, str, Fmt]]:
     return [(c.key, c.heading, SHOWN_AS[c.shown_as]) for c in _kind(report).report_columns] + PARITY
 
 
+def lm_table(report: dict) -> tuple[list[str], list[tuple[dict, list[str]]], list[str]] | None:
+    """A causal LM's prompt-processing and generation figures: the headings, (row, cells) per model
+    measured, and why a cell is n/a; None when no row has them."""
+    rows = [r for r in report["rows"] if r.get("lm")]
+    if not rows:
+        return None
+    keys = list(dict.fromkeys(k for r in rows for k in r["lm"] if k != "ttft_ms"))
+    heads = [k.replace("tg", "tg ").replace("pp", "pp ").replace("@", " @ ") + " tok/s" for k in keys]
+    ttft = (report.get("bench_settings") or {}).get("lm") or {}
+    heads += [f"TTFT ms ({ttft.get('ttft')})" if ttft.get("ttft") else "TTFT ms", "peak MB"]
+    why: list[str] = []
+    out = []
+    for r in rows:
+        cells = []
+        for k in [*keys, "ttft_ms"]:
+            v = r["lm"].get(k)
+            if isinstance(v, (int, float)):
+                cells.append(f"{v:.1f}")
+            elif isinstance(v, dict) and v.get("tokens_per_s") is not None:
+                cells.append(f"{v['tokens_per_s']:.1f}")
+            else:
+                cells.append("n/a")
+                reason = v.get("na") if isinstance(v, dict) else None
+                if reason and f"{r['name']}: {reason}" not in why:
+                    why.append(f"{r['name']}: {reason}")
+        cells.append(_num(0)(r.get("peak_rss_mb")))
+        out.append((r, cells))
+    return heads, out, why
+
+
+LM_NOTE = ("pp N: a prompt of N tokens from an empty cache; tg N @ d: N tokens generated one at a time (greedy) "
+           "after a prompt of d tokens; tokens per second, batch 1, medians over the rounds.")
+
+
 def _label(row: dict) -> str:
     name = row["name"] if row["kind"] == "artifact" else f"{row['name']} (PyTorch)"
     return name + (" *" if row.get("latency_flags") else "")
@@ -211,6 +245,13 @@ def to_markdown(report: dict) -> str:
         for row in report["rows"]:
             out.append(f"| {_md(_label(row))} | " + " | ".join(_md(fmt(row.get(k))) for k, _, fmt in cols) + " |")
         out.append("")
+    lm = lm_table(report)
+    if lm:
+        heads, body, why = lm
+        out += ["## Prompt processing and generation", "", LM_NOTE, "", "| model | " + " | ".join(heads) + " |",
+                "|---|" + "---:|" * len(heads)]
+        out += [f"| {_md(_label(r))} | " + " | ".join(cells) + " |" for r, cells in body]
+        out += [""] + [f"- n/a: {_md(w)}" for w in why] + ([""] if why else [])
     busy = unreliable_rows(report)
     if busy:
         out += ["\\* Unreliable timing: " + "; ".join(f"{_md(r['name'])}: {_md(', '.join(r['latency_flags']))}"
@@ -483,6 +524,20 @@ def _slices_html(slices: dict | None) -> str:
             f"{rows}</table>")
 
 
+def _lm_html(report: dict) -> str:
+    lm = lm_table(report)
+    if not lm:
+        return ""
+    e = html.escape
+    heads, body, why = lm
+    rows = "".join(f"<tr class='{r['kind']}'><td>{e(_label(r))}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells)
+                   + "</tr>" for r, cells in body)
+    notes = "".join(f"<li>n/a: {e(w)}</li>" for w in why)
+    return (f"<h2>Prompt processing and generation</h2><p class='muted'>{e(LM_NOTE)}</p><div class='wide'><table>"
+            f"<tr><th>model</th>{''.join(f'<th>{e(h)}</th>' for h in heads)}</tr>{rows}</table></div>"
+            + (f"<ul class='muted'>{notes}</ul>" if notes else ""))
+
+
 def to_html(report: dict) -> str:
     """The report as one self-contained HTML page."""
     e = html.escape
@@ -524,6 +579,7 @@ def to_html(report: dict) -> str:
 <p class="muted">{e(_settings(report))}</p>
 <h2>Speed and size</h2>
 <div class="wide">{table(speed_columns(report))}</div>{busy_html}
+{_lm_html(report)}
 <h2>Quality</h2>
 <div class="wide">{table(quality_columns(report))}</div>
 <div class="charts">
