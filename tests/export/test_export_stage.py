@@ -124,7 +124,9 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
                                                   {"format": "onnx", "precision": "int8"},
                                                   {"format": "tflite", "precision": "fp32"}],
                                     "tflite_shapes": [[1, 16], [1, 32]], "kv_cache_size": 80},
-                            gate={"budgets": []}, bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16, "rounds": 1})
+                            gate={"budgets": []}, bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16, "rounds": 1,
+                                                         "lm_prompt": [16, 64], "lm_generate": [[8, 0], [8, 76]],
+                                                         "lm_ttft_prompt": 16})
     out = tmp_path / "run"
     run(data, out)
     side = read_json(out / "artifacts" / "student.fp32.onnx.json")
@@ -168,6 +170,17 @@ def test_causal_lm_exports_with_a_kv_cache_and_generates_like_pytorch(tmp_path, 
     html = (out / "report.html").read_text()
     assert "generate tok/s" in html and "greedy agree w/ student" in html
     assert "tokens/s, 100.0 % greedy agreement" in md  # the summary line too
+    # pp / tg as LLM users read them, measured by the device runner on the target, every model
+    for name in ("teacher", "student", "student.fp32.onnx", "student.int8.onnx", "student.fp32.tflite"):
+        lm = rows[name]["lm"]
+        assert lm["pp16"]["tokens_per_s"] > 0 and lm["tg8@0"]["tokens_per_s"] > 0 and lm["ttft_ms"] > 0, name
+    assert rows["student.fp32.onnx"]["lm"]["tg8@76"]["tokens_per_s"] > 0  # a dynamic cache holds 84 positions
+    tfl_lm = rows["student.fp32.tflite"]["lm"]
+    assert tfl_lm["pp64"] == {"na": "no prefill signature holds 64 tokens (longest: 32)"}
+    assert tfl_lm["tg8@76"] == {"na": "no prefill signature holds 76 tokens (longest: 32)"}
+    assert "## Prompt processing and generation" in md and "| pp 16 tok/s | pp 64 tok/s | tg 8 @ 0 tok/s" in md
+    assert "n/a: student.fp32.tflite: no prefill signature holds 64 tokens (longest: 32)" in md
+    assert "Prompt processing and generation" in html
 
 
 @pytest.mark.parametrize("export, message", [

@@ -99,10 +99,14 @@ def test_the_device_runner_measures_a_genai_folder(exported):
     out, _ = exported
     folder = out / "student.int4.genai"
     proc = subprocess.run([sys.executable, str(RUNNER_PATH), str(folder), "--runtime", "onnxruntime-genai",
-                           "--seq", "32", "--runs", "5", "--warmup", "1", "--threads", "1", "--vocab-size", "49152"],
+                           "--seq", "32", "--runs", "5", "--warmup", "1", "--threads", "1", "--vocab-size", "49152",
+                           "--lm-pp", "32", "--lm-tg", "16@0,16@32,16@128", "--lm-ttft", "32"],
                           capture_output=True, text=True, timeout=120)
     doc = json.loads(proc.stdout)
     assert doc["runtime_version"] == "onnxruntime-genai 0.18.0"
+    assert doc["lm"]["pp32"]["tokens_per_s"] > 0 and doc["lm"]["tg16@0"]["tokens_per_s"] > 0
+    assert doc["lm"]["tg16@32"]["tokens_per_s"] > 0 and doc["lm"]["ttft_ms"] > 0
+    assert doc["lm"]["tg16@128"] == {"na": "a context of 128 positions"}  # genai_config.json's context_length
     assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5 and doc["peak_rss_mb"] > 0
     assert doc["file_size_bytes"] == read_json(out / "student.int4.genai.json")["weights_bytes"]
 

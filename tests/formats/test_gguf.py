@@ -90,12 +90,19 @@ def test_the_device_runner_measures_a_gguf_file_in_llama_cpp(exported):
 
     out, _ = exported
     proc = subprocess.run([sys.executable, str(RUNNER_PATH), str(out / "student.int8.gguf"), "--runtime", "llama.cpp",
-                           "--seq", "32", "--runs", "5", "--warmup", "1", "--threads", "1", "--vocab-size", "49152"],
+                           "--seq", "32", "--runs", "5", "--warmup", "1", "--threads", "1", "--vocab-size", "49152",
+                           "--lm-pp", "32", "--lm-tg", "16@0,16@32", "--lm-ttft", "32"],
                           capture_output=True, text=True, timeout=120)
     doc = json.loads(proc.stdout)
     assert doc["runtime"] == "llama.cpp" and doc["runtime_version"].startswith("llama-cpp-python 0.3.36")
     assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5 and doc["peak_rss_mb"] > 0
     assert doc["file_size_bytes"] == (out / "student.int8.gguf").stat().st_size
+    # pp / tg, with llama.cpp's own timers (llama_perf_context) of the same calls beside the wall clock
+    for key in ("pp32", "tg16@0", "tg16@32"):
+        figure = doc["lm"][key]
+        assert figure["tokens_per_s"] > 0 and figure["llama_cpp_tokens_per_s"] > 0, key
+        assert figure["llama_cpp_tokens_per_s"] >= figure["tokens_per_s"] * 0.9, key  # libllama's time is inside ours
+    assert doc["lm"]["ttft_ms"] > 0
 
 
 def test_a_run_exports_verifies_benches_and_reports_gguf(tmp_path, gguf_llama, tiny_data):

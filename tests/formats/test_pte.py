@@ -129,8 +129,12 @@ def test_the_device_runner_measures_a_causal_lm_pte_through_its_prefill(exported
     vocab = json.loads((llama / "config.json").read_text())["vocab_size"]
     cmd = [sys.executable, str(RUNNER_PATH), str(out / "student.fp32.pte"), "--runtime", "executorch", "--runs", "5",
            "--warmup", "1", "--threads", "1", "--vocab-size", str(vocab)]
-    doc = json.loads(subprocess.run(cmd + ["--seq", "12"], capture_output=True, text=True, timeout=120).stdout)
+    lm = ["--lm-pp", "12,32", "--lm-tg", "8@0,8@12,8@60", "--lm-ttft", "12"]
+    doc = json.loads(subprocess.run(cmd + ["--seq", "12", *lm], capture_output=True, text=True, timeout=120).stdout)
     assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5 and doc["runtime_version"] == "executorch 1.5.1"
+    assert doc["lm"]["pp12"]["tokens_per_s"] > 0 and doc["lm"]["tg8@0"]["tokens_per_s"] > 0  # prefill_16, then decode
+    assert doc["lm"]["tg8@12"]["tokens_per_s"] > 0 and doc["lm"]["ttft_ms"] > 0
+    assert doc["lm"]["pp32"] == {"na": "no prefill method holds 32 tokens (longest: 16)"}
     cmd[2] = str(out / "student.int8.pte")  # its embedding_byte runs on the quantized kernels the runner loads
     doc = json.loads(subprocess.run(cmd + ["--seq", "12"], capture_output=True, text=True, timeout=120).stdout)
     assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5
