@@ -69,6 +69,9 @@ class ExportConfig(BaseModel):
         "then the first and last layers and the head; TFLite: weight-only) and record which.")
     kv_cache_size: int = Field(256, gt=1, description="Causal LMs in TFLite: positions in the fixed key/value "
                                "buffers (prompt + generated tokens).")
+    context_length: int | None = Field(None, gt=1, description="Causal LMs in GenAI folders: the longest context "
+                                       "(prompt + generated tokens) the folder is built for: its rotary tables and "
+                                       "genai_config.json's context_length. null: the model's max_position_embeddings.")
     tflite_shapes: list[tuple[int, int]] = Field(
         default_factory=lambda: [(1, 128)],
         description="TFLite has fixed shapes: one signature per (batch, sequence) pair, weights shared.",

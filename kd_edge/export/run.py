@@ -108,6 +108,7 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, source_dir: Pa
         t0 = time.perf_counter()
         info = exporter.export(module, path, input_names=input_names, output_name=output_name,
                                opset=cfg.opset, shapes=cfg.tflite_shapes, kv_cache_size=cfg.kv_cache_size,
+                               context_length=cfg.context_length,
                                source_dir=source_dir, log_path=logs / f"export-{fmt.name}.log",
                                precisions=tuple(a.precision for a in cfg.artifacts if a.format == fmt.name))
         info = {**common, "format": fmt.name, "runtime": fmt.runtime, **info,
@@ -142,7 +143,7 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, source_dir: Pa
             quantize = QUANTIZERS.get(f"{spec.format}:{spec.precision}")
             graph, notes = float_graph(fmt) if prec.bits == 16 else (src, {})
             kw = {"per_channel": cfg.int8_per_channel, "log_path": logs / f"quantize-{spec.name}.log",
-                  "source_dir": source_dir,
+                  "source_dir": source_dir, "context_length": cfg.context_length,
                   "calibration": calibration() if spec.precision == "int8-static" and calibration else None}
             extra = {**quantize(graph, path, **kw), **notes}
             if prec.checked_at_export and cfg.int8_fallback and fallback is not None:

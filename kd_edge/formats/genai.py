@@ -42,14 +42,19 @@ def _genai():
     return onnxruntime_genai
 
 
-def build(source_dir: Path, jobs: list[tuple[Path, str, tuple[str, ...]]], log_path: Path) -> None:
+def build(source_dir: Path, jobs: list[tuple[Path, str, tuple[str, ...]]], log_path: Path,
+          context_length: int | None = None) -> None:
     """onnxruntime-genai's model builder on the model folder ``source_dir`` for the CPU, once per job
     (output folder, precision: fp32 / int8 / int4, builder options), all in one process (importing the
-    builder is most of a small model's build)."""
+    builder is most of a small model's build). ``context_length``: the positions the folder is built for
+    (the builder sizes its rotary tables by the model's max_position_embeddings; it then reads a view of
+    the folder whose config says this many)."""
     from kd_edge.export.capture import tail
 
     _genai()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if context_length:
+        source_dir = _with_positions(source_dir, context_length, jobs[0][0].parent / "_source.view")
     spec = json.dumps([[str(out), precision, list(options)] for out, precision, options in jobs])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with open(log_path, "ab") as log:
@@ -60,6 +65,21 @@ def build(source_dir: Path, jobs: list[tuple[Path, str, tuple[str, ...]]], log_p
             error = ExportError if precision == "fp32" else QuantizeError
             raise error(f"onnxruntime-genai's model builder failed on {source_dir.name} at {precision} (exit {rc}): "
                         f"{tail(log_path, 1)[:300]}; see {log_path}, or export to onnx")
+
+
+def _with_positions(source_dir: Path, positions: int, view: Path) -> Path:
+    """A folder of links to ``source_dir``'s files whose config.json holds ``positions`` positions."""
+    config = json.loads((source_dir / "config.json").read_text())
+    if positions > config.get("max_position_embeddings", positions):
+        raise ExportError(f"export.context_length ({positions}) is longer than the model's "
+                          f"{config['max_position_embeddings']} positions; lower it")
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    for f in source_dir.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (view / f.name).symlink_to(f.resolve())
+    (view / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}, indent=2))
+    return view
 
 
 def describe(folder: Path, precision: str, options: tuple[str, ...] = ()) -> dict:
@@ -86,36 +106,39 @@ class GenaiExporter:
     precision the recipe asks for, beside it, for their ``make`` to take."""
 
     def export(self, module, out: Path, *, source_dir: Path, log_path: Path, precisions: tuple[str, ...] = (),
-               **_: object) -> dict:
+               context_length: int | None = None, **_: object) -> dict:
         others = [p for p in dict.fromkeys(precisions) if p != "fp32" and p in OPTIONS]
-        build(source_dir, [(out, "fp32", ()), *((_prebuilt(out, p), p, OPTIONS[p]) for p in others)], log_path)
+        build(source_dir, [(out, "fp32", ()), *((_prebuilt(out, p), p, OPTIONS[p]) for p in others)], log_path,
+              context_length)
         return describe(out, "fp32")
 
 
-def _make(src: Path, dst: Path, precision: str, source_dir: Path, log_path: Path, options: tuple[str, ...] | None):
+def _make(src: Path, dst: Path, precision: str, source_dir: Path, log_path: Path, options: tuple[str, ...] | None,
+          context_length: int | None = None):
     """The folder at ``precision``: the one the exporter built beside ``src``, or built now."""
     prebuilt = _prebuilt(src, precision)
     if options is None and prebuilt.is_dir():
         prebuilt.rename(dst)
         return describe(dst, precision, OPTIONS[precision])
     options = OPTIONS[precision] if options is None else options
-    build(source_dir, [(dst, precision, options)], log_path)
+    build(source_dir, [(dst, precision, options)], log_path, context_length)
     return describe(dst, precision, options)
 
 
-def build_int8(src: Path, dst: Path, *, source_dir: Path, log_path: Path, **_: object) -> dict:
+def build_int8(src: Path, dst: Path, *, source_dir: Path, log_path: Path, context_length: int | None = None,
+               **_: object) -> dict:
     """The builder's int8 in blocks of 64 (an fp32 scale per 64 weights: 1.06 bytes per weight; blocks
     of 32 would be 1.125), and a tied embedding table shared with the head (the builder keeps the
     lookup's table in fp32 at 8 bits, which alone is 4 bytes per vocabulary weight)."""
-    info = _make(src, dst, "int8", source_dir, log_path, None)
+    info = _make(src, dst, "int8", source_dir, log_path, None, context_length)
     shared = share_tied_table(dst)
     return {**info, "quantization": {"method": "onnxruntime-genai builder int8 (MatMulNBits, RTN, blocks of 64)",
                                      "tied_table": "int8, shared by the lookup and the head" if shared else None}}
 
 
 def build_int4(src: Path, dst: Path, *, source_dir: Path, log_path: Path, options: tuple[str, ...] | None = None,
-               **_: object) -> dict:
-    return {**_make(src, dst, "int4", source_dir, log_path, options),
+               context_length: int | None = None, **_: object) -> dict:
+    return {**_make(src, dst, "int4", source_dir, log_path, options, context_length),
             "quantization": {"method": "onnxruntime-genai builder int4 (MatMulNBits, RTN, blocks of 32)"}}
 
 

@@ -34,7 +34,8 @@ def exported(tmp_path_factory, llama) -> tuple[Path, dict]:
     texts = tmp_path_factory.mktemp("genai-texts") / "texts.txt"
     texts.write_text("".join(s["text"] + "\n" for s in sentences(30, seed=3)))
     out = tmp_path_factory.mktemp("genai-out") / "files"
-    cfg = ExportConfig(artifacts=[ArtifactSpec(format="genai", precision=p) for p in ("fp32", "int8", "int4")])
+    cfg = ExportConfig(artifacts=[ArtifactSpec(format="genai", precision=p) for p in ("fp32", "int8", "int4")],
+                       context_length=96)  # the model has 128 positions
     records = export_model_dir(llama, out, cfg, texts=texts, max_length=40)
     return out, {r["precision"]: r for r in records}
 
@@ -50,6 +51,19 @@ def test_fp32_folder_matches_the_float64_model_and_generates_pytorchs_tokens(exp
     side = read_json(out / "student.fp32.genai.json")
     assert side["runtime"] == "onnxruntime-genai" and side["genai_model_type"] == "llama"
     assert side["weights_bytes"] < side["size_bytes"]  # the tokenizer travels in the folder
+
+
+def test_a_folder_is_built_for_the_context_length_asked(exported):
+    import onnx
+
+    out, _ = exported
+    for precision in ("fp32", "int8"):
+        folder = out / f"student.{precision}.genai"
+        assert read_json(folder / "genai_config.json")["model"]["context_length"] == 96
+        graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
+        caches = [i for i in graph.initializer if "cos_cache" in i.name]
+        assert caches and all(c.dims[0] == 96 for c in caches)  # rotary tables of 96 positions, not 128
+    assert not list(out.glob("_*"))  # the folder view the builder read is gone
 
 
 def test_onnxruntime_genai_loads_the_folder_unchanged_and_tokenizes_like_hugging_face(exported, llama):
@@ -106,7 +120,7 @@ def test_the_device_runner_measures_a_genai_folder(exported):
     assert doc["runtime_version"] == "onnxruntime-genai 0.18.0"
     assert doc["lm"]["pp32"]["tokens_per_s"] > 0 and doc["lm"]["tg16@0"]["tokens_per_s"] > 0
     assert doc["lm"]["tg16@32"]["tokens_per_s"] > 0 and doc["lm"]["ttft_ms"] > 0
-    assert doc["lm"]["tg16@128"] == {"na": "a context of 128 positions"}  # genai_config.json's context_length
+    assert doc["lm"]["tg16@128"] == {"na": "a context of 96 positions"}  # genai_config.json's context_length
     assert doc["latency"]["p50_ms"] > 0 and doc["timed_runs"] == 5 and doc["peak_rss_mb"] > 0
     assert doc["file_size_bytes"] == read_json(out / "student.int4.genai.json")["weights_bytes"]
 
