@@ -60,6 +60,9 @@ def export_command(
                                                      "causal_lm (default: from config.json).", show_default=False)] = None,
     shapes: Annotated[Optional[str], typer.Option(help="TFLite signatures, BATCHxSEQUENCE comma separated.",
                                                   show_default="1x128")] = None,
+    context_length: Annotated[Optional[int], typer.Option(
+        "--context-length", min=2, help="Model folder, GenAI: the positions (prompt + generated) a folder is built "
+        "for; its rotary tables grow with them.", show_default="the model's max_position_embeddings")] = None,
     texts: Annotated[Optional[Path], typer.Option(
         help="Model folder: sentences (.jsonl with 'text', or .txt) to verify and calibrate on.",
         show_default="bundled VADER sentences")] = None,
@@ -100,9 +103,10 @@ def export_command(
     from kd_edge.runfiles import RunFiles
 
     if RunFiles(path).is_run():
-        if format_ or precision or out or task or texts or force or allow_pickle:
-            raise ConfigError("--format/--precision/--out/--task/--texts are for model folders; a run folder is "
-                              "exported as its recipe says: change that with --set export.artifacts=...")
+        if format_ or precision or out or task or texts or force or allow_pickle or context_length:
+            raise ConfigError("--format/--precision/--out/--task/--texts/--context-length are for model folders; a run "
+                              "folder is exported as its recipe says: change that with --set export.artifacts=... "
+                              "(or export.context_length=...)")
         from kd_edge.cli.run import execute
 
         sets = list(set_ or [])
@@ -121,7 +125,8 @@ def export_command(
              if prec in _FORMATS[fmt].precision_names]  # each format gets the precisions it takes
     if not specs:
         raise ConfigError(f"no precision of {', '.join(precisions)} exists for {', '.join(formats)}; {_PRECISION_HELP}")
-    cfg = ExportConfig(artifacts=specs, **({"tflite_shapes": _shapes(shapes)} if shapes else {}))
+    cfg = ExportConfig(artifacts=specs, context_length=context_length,
+                       **({"tflite_shapes": _shapes(shapes)} if shapes else {}))
     out = output_dir(out or Path("exports") / path.name, "--out")
     if texts is not None:
         input_file(texts, "--texts", "pass a .jsonl with a 'text' field or a .txt file")
