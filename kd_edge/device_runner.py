@@ -500,7 +500,8 @@ class ExecutorchBackend:
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.program = program = Runtime.get().load_program(path)
+        data = os.path.splitext(path)[0] + ".ptd"  # the weights, beside the program
+        self.program = program = Runtime.get().load_program(path, data_path=data if os.path.isfile(data) else None)
         self.prefill = None
         if "forward" in program.method_names:
             self.method = program.load_method("forward")
@@ -826,7 +827,8 @@ def measure(args) -> dict:
 
 def _size(path: str) -> int:
     if os.path.isfile(path):
-        data = path + ".data"  # ONNX weights over the 2 GB protobuf limit live beside the graph
+        # ONNX weights over the 2 GB protobuf limit live beside the graph; a .pte's in its .ptd
+        data = path + ".data" if not path.endswith(".pte") else os.path.splitext(path)[0] + ".ptd"
         return os.path.getsize(path) + (os.path.getsize(data) if os.path.isfile(data) else 0)
     total = 0
     for root, _, files in os.walk(path):

@@ -74,6 +74,12 @@ def _runtime():
         return Runtime.get()
 
 
+def load_program(path: Path):
+    """A .pte in ExecuTorch's runtime, with its weights file."""
+    data = weights_file(path)
+    return _runtime().load_program(str(path), data_path=str(data) if data.is_file() else None)
+
+
 def runtime_kernels() -> set[str]:
     """``namespace::name.overload`` of every operator ExecuTorch's runtime has a kernel for, outside a
     delegate (the portable and quantized kernel libraries)."""
@@ -90,11 +96,32 @@ def missing_kernels(et) -> list[str]:
                    for plan in et.executorch_program.execution_plan for op in plan.operators} - kernels)
 
 
-def _lower(program, out: Path) -> dict:
-    """XNNPACK-lower an exported program, write ``out``; return which operators stayed outside it."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+def weights_file(path: Path) -> Path:
+    """The ``.ptd`` beside a ``.pte`` holding its weights (ExecuTorch's program-data separation)."""
+    return path.with_suffix(".ptd")
 
+
+def _tag_weights(program, tag: str) -> None:
+    """Mark every weight of an exported program for the named data file ``tag``: the delegate's and
+    the portable kernels' constants land in one store, which keeps identical bytes once."""
+    for ep in program.values() if isinstance(program, dict) else [program]:
+        sig = ep.graph_signature
+        weights = {*sig.inputs_to_parameters, *sig.inputs_to_buffers, *sig.inputs_to_lifted_tensor_constants}
+        for node in ep.graph.nodes:
+            if node.op == "placeholder" and node.name in weights:
+                node.meta.setdefault("custom", {})["delegate_constant_tag"] = tag
+
+
+def _lower(program, out: Path) -> dict:
+    """XNNPACK-lower an exported program, write ``out`` and its weights ``weights_file(out)``; return
+    which operators stayed outside the delegate. The weights are one named data store for XNNPACK and
+    the portable kernels alike, so that a table used by both (a tied embedding and head) and whatever
+    the methods share is stored once."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    tag = weights_file(out).stem
+    _tag_weights(program, tag)
     try:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         methods = list(program) if isinstance(program, dict) else ["forward"]
@@ -108,7 +135,7 @@ def _lower(program, out: Path) -> dict:
                           f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx or "
                           "tflite instead") from e
     try:
-        et = edge.to_executorch()
+        et = edge.to_executorch(ExecutorchBackendConfig(external_constants=lambda _: tag))
     except Exception as e:
         raise ExportError(f"ExecuTorch could not write the program: {type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200] if str(e) else ''}; export to onnx or tflite instead") from e
@@ -118,6 +145,9 @@ def _lower(program, out: Path) -> dict:
                           f"has no kernel for {'it' if len(missing) == 1 else 'them'}; export to onnx or tflite instead")
     with open(out, "wb") as f:
         et.write_to_file(f)
+    et.write_tensor_data_to_file(str(out.parent))
+    if not weights_file(out).is_file():
+        raise ExportError(f"ExecuTorch wrote no {weights_file(out).name} beside {out.name}; export to onnx instead")
     delegated = sum(1 for n in nodes if "executorch_call_delegate" in str(n.target))
     return {"delegate": "XnnpackPartitioner", "delegated_subgraphs": delegated,
             "not_delegated": dict(sorted(left.items()))}
@@ -130,43 +160,52 @@ def _failing_op(e: Exception) -> str | None:
     return m.group(1) if m else None
 
 
-def _int8_embedding(table):
-    """An ``nn.Module`` looking rows of ``table`` up from int8 (symmetric, a scale per row) through
+def _int8_embedding(weight, scales):
+    """An ``nn.Module`` looking rows of the int8 table ``weight`` (a scale per row, symmetric) up through
     ``quantized_decomposed::embedding_byte``, which ExecuTorch's quantized kernels run."""
     import torch
     from executorch.exir.passes import _quant_patterns_and_replacements  # noqa: F401  (defines the op)
 
     class Int8Embedding(torch.nn.Module):
-        def __init__(self, weight):
+        def __init__(self):
             super().__init__()
-            w = weight.detach().float()
-            scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
-            self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-            self.register_buffer("scales", scale)
+            self.register_buffer("weight", weight.detach().to(torch.int8).contiguous())
+            self.register_buffer("scales", scales.detach().float().reshape(-1).contiguous())
 
         def forward(self, ids):
-            return torch.ops.quantized_decomposed.embedding_byte.default(self.weight, self.scales, None, -127, 127, ids)
+            return torch.ops.quantized_decomposed.embedding_byte.default(self.weight, self.scales, None, -128, 127, ids)
 
-    return Int8Embedding(table)
+    return Int8Embedding()
 
 
 def int8_module(module):
-    """A copy of ``module`` at int8 (see the module docstring): linears 8da8w, embeddings int8 per row."""
+    """A copy of ``module`` at int8 (see the module docstring): linears 8da8w, embeddings int8 per row.
+    A table tied to a head (SmolLM2's) is looked up from the head's own int8 weights and scales, so that
+    the program stores it once (``_lower``: the named data of the delegate and of the lookup are one)."""
     import copy
 
     import torch
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerAxis
+    from torchao.utils import unwrap_tensor_subclass
 
     q = copy.deepcopy(module).eval()
-    for name, child in list(q.named_modules()):
-        if isinstance(child, torch.nn.Embedding):
-            parent, _, attr = name.rpartition(".")
-            setattr(q.get_submodule(parent) if parent else q, attr, _int8_embedding(child.weight))
+    linears = {id(m.weight): m for m in q.modules() if isinstance(m, torch.nn.Linear)}
+    embeddings = [(name, m, linears.get(id(m.weight))) for name, m in q.named_modules()
+                  if isinstance(m, torch.nn.Embedding)]
     with torch.no_grad():
         quantize_(q, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
                   filter_fn=lambda m, _: isinstance(m, torch.nn.Linear))
-    return q
+    for name, table, head in embeddings:
+        if head is not None and not bool(head.weight.zero_point.abs().max()):  # tied: the head's int8 rows
+            lookup = _int8_embedding(head.weight.qdata, head.weight.scale)
+        else:
+            w = table.weight.detach().float()
+            scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+            lookup = _int8_embedding(torch.round(w / scale[:, None]).clamp(-127, 127), scale)
+        parent, _, attr = name.rpartition(".")
+        setattr(q.get_submodule(parent) if parent else q, attr, lookup)
+    return unwrap_tensor_subclass(q)
 
 
 def _prebuilt(base: Path, precision: str) -> Path:
@@ -221,6 +260,7 @@ def take_int8(src: Path, dst: Path, **_: object) -> dict:
         raise ExportError("an int8 .pte is made from the model, at export: run kd-edge export on the model folder "
                           "with --format pte --precision int8")
     prebuilt.replace(dst)
+    weights_file(prebuilt).replace(weights_file(dst))
     return {**read_json(_prebuilt_info(src)), "quantization": {"method": "torchao 8da8w (linear weights int8 per output channel, activations int8 "
                                        "per token at run time) in XNNPACK; embedding tables int8 per row "
                                        "(quantized_decomposed::embedding_byte)"}}
@@ -263,7 +303,7 @@ def pte_outputs(path: Path, info: dict, ids: "Packed", pad_id: int, threads: int
     from kd_edge.export.capture import captured
 
     with captured(log_path):  # the runtime prints cpuinfo lines from C++
-        method = _runtime().load_program(str(path)).load_method("forward")
+        method = load_program(path).load_method("forward")
         rows = []
         for i in range(len(ids)):
             x = torch.as_tensor(np.asarray(ids[i], np.int64))[None]
@@ -291,7 +331,7 @@ class PteDecoder:
                 self.prefill = sorted((s["seq"], s["name"]) for s in info["signatures"] if s.get("kind") == "prefill")
                 if threads:
                     torch.set_num_threads(threads)
-                self.program = _runtime().load_program(str(path))
+                self.program = load_program(path)
                 self.runners = {}
 
             def _run(self, name, tokens, positions, kv):
@@ -308,6 +348,16 @@ class PteDecoder:
 
 class PteFormat(Format):
     lm_buckets = True  # a causal LM's prefill_<T> methods (Format.check_recipe: batch 1, room in the buffers)
+
+    def companions(self, path: Path) -> list[Path]:
+        return [weights_file(path)] if weights_file(path).is_file() else []
+
+    def copy(self, src: Path, dst: Path) -> None:
+        import shutil
+
+        shutil.copyfile(src, dst)
+        for data in self.companions(src):
+            shutil.copyfile(data, weights_file(dst))
 
 
 FORMAT = PteFormat(

@@ -47,7 +47,7 @@ def test_int8_pte_runs_its_linears_in_xnnpack_at_8_bits_and_keeps_the_embeddings
     assert side["precision"] == "int8" and "8da8w" in side["quantization"]["method"]
     assert "linear" not in side["not_delegated"] and "quantized_decomposed::embedding_byte" in side["not_delegated"]
     assert "embedding" not in side["not_delegated"]  # every table is looked up from int8
-    assert (out / "student.int8.pte").stat().st_size < 0.7 * (out / "student.fp32.pte").stat().st_size
+    assert side["size_bytes"] < 0.7 * read_json(out / "student.fp32.pte.json")["size_bytes"]  # .pte + its .ptd
     assert not list(out.glob("_*"))  # the prebuilt int8 program was taken, nothing left over
 
 
@@ -92,7 +92,7 @@ def exported_lm(tmp_path_factory):
     from kd_edge.export.config import ArtifactSpec, ExportConfig
 
     root = tmp_path_factory.mktemp("pte-lm")
-    llama = write_tiny_llama(root / "llama", layers=1, hidden=32, logit_scale=8.0)
+    llama = write_tiny_llama(root / "llama", layers=1, hidden=32, logit_scale=8.0, tie=True)  # tied, as SmolLM2
     texts = root / "texts.txt"
     texts.write_text("".join(s["text"] + "\n" for s in sentences(20, seed=5)))
     cfg = ExportConfig(artifacts=[ArtifactSpec(format="pte"), ArtifactSpec(format="pte", precision="int8")],
@@ -120,6 +120,23 @@ def test_int8_causal_lm_pte_keeps_perplexity_and_looks_its_tokens_up_at_8_bits(e
     side = read_json(out / "student.int8.pte.json")
     assert [s["name"] for s in side["signatures"]] == ["prefill_16", "decode"]
     assert "embedding" not in side["not_delegated"] and "quantized_decomposed::embedding_byte" in side["not_delegated"]
+
+
+def test_the_weights_travel_in_a_ptd_beside_the_program_and_a_tied_table_is_stored_once(exported_lm):
+    from transformers import AutoModelForCausalLM
+
+    from kd_edge.formats.pte import int8_module
+
+    out, records, llama = exported_lm
+    model = AutoModelForCausalLM.from_pretrained(llama).eval()
+    tables = {"fp32": model.lm_head.weight.detach().numpy().tobytes(),  # the head's and the lookup's
+              "int8": int8_module(model).model.embed_tokens.weight.numpy().tobytes()}  # the head's int8 rows
+    for precision, table in tables.items():
+        side = read_json(out / f"student.{precision}.pte.json")
+        ptd = (out / f"student.{precision}.ptd").read_bytes()
+        assert side["size_bytes"] == (out / f"student.{precision}.pte").stat().st_size + len(ptd)
+        # XNNPACK's head and the portable lookup read one copy (it was stored twice in the .pte before)
+        assert ptd.count(table) == 1, precision
 
 
 def test_the_device_runner_measures_a_causal_lm_pte_through_its_prefill(exported_lm):
