@@ -97,6 +97,38 @@ def test_onnx_with_external_data_goes_over_ssh_with_its_weights(sshd, tiny_teach
     assert doc["timed_runs"] == 8 and doc["file_size_bytes"] == onnx_files.size(path)
 
 
+def test_a_causal_lm_pte_goes_over_ssh_with_its_weights_and_measures_pp_and_tg(sshd, tmp_path):
+    """The .pte's weights live in <file>.ptd: both travel; the device runner measures prompt processing
+    and token generation there as it does here."""
+    from kd_edge.bench import RUNNER_PATH
+    from kd_edge.bench.targets.local import LocalTarget
+    from kd_edge.cli.export_folder import export_model_dir
+    from kd_edge.export.config import ArtifactSpec, ExportConfig
+    from tests.conftest import sentences, write_tiny_llama
+
+    llama = write_tiny_llama(tmp_path / "llama", layers=1, hidden=32, tie=True)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(s["text"] + "\n" for s in sentences(10, seed=2)))
+    cfg = ExportConfig(artifacts=[ArtifactSpec(format="pte")], tflite_shapes=[(1, 16)], kv_cache_size=40)
+    export_model_dir(llama, tmp_path / "files", cfg, texts=texts)
+    pte = tmp_path / "files" / "student.fp32.pte"
+    target = make_target(ssh_profile(sshd))
+    counting = CountingTransport(target.transport)
+    target.transport = counting
+    vocab = json.loads((llama / "config.json").read_text())["vocab_size"]
+    args = ["--runtime", "executorch", "--seq", "8", "--runs", "5", "--warmup", "1", "--threads", "1",
+            "--vocab-size", str(vocab), "--lm-pp", "8,32", "--lm-tg", "8@0,8@16", "--lm-ttft", "8"]
+    remote = target.run(RUNNER_PATH, pte, args, threads=1, timeout_s=300)
+    target.close()
+    local = LocalTarget().run(RUNNER_PATH, pte, args, threads=1, timeout_s=300)
+    assert [f for f in counting.puts if f != "device_runner.py"] == ["student.fp32.ptd", "student.fp32.pte"]
+    assert remote["target"] == "pi-on-loopback" and set(remote["lm"]) == set(local["lm"])
+    for doc in (remote, local):
+        assert doc["lm"]["pp8"]["tokens_per_s"] > 0 and doc["lm"]["tg8@0"]["tokens_per_s"] > 0
+        assert doc["lm"]["tg8@16"]["tokens_per_s"] > 0 and doc["lm"]["ttft_ms"] > 0
+        assert doc["lm"]["pp32"] == {"na": "no prefill method holds 32 tokens (longest: 16)"}
+
+
 def test_bench_command_over_ssh_writes_json(sshd, files, tmp_path):
     profile = tmp_path / "pi.yaml"
     profile.write_text(ssh_profile(sshd).model_dump_json())
