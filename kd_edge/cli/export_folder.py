@@ -10,7 +10,9 @@ generation. Nothing in the output folder is replaced unless ``--force`` is given
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +101,7 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
     from kd_edge.tasks.hub import read_config, sentence_transformers_pooling
     from kd_edge.tasks.kinds import ModelSource, kind_of_config, task_kind
 
+    model_dir = Path(model_dir).resolve()  # converters run in other folders
     if not (model_dir / "config.json").is_file():
         raise ArtifactError(f"'{model_dir}' is not a model folder (no config.json); pass a folder written by "
                             "save_pretrained, or a kd-edge run folder")
@@ -136,7 +139,7 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
     check, pytorch_fp32 = (_lm_checker(model, ids, tolerance) if kind.is_lm
                            else _encoder_checker(kind, module, ids, config, adapter.output_name, tolerance))
     records = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, _logs_kept_on_failure(tmp / "logs", out):
         sidecars = make_artifacts(module, config, cfg, tmp, source_dir=model_dir, input_names=adapter.input_names,
                                   output_name=adapter.output_name, common=common, logs=tmp / "logs",
                                   fp32_tolerance=tolerance.fp32_atol, calibration=calibration)
@@ -151,6 +154,23 @@ def export_model_dir(model_dir: Path, out: Path, cfg, *, task: str | None = None
         write_json(tmp / "verify.json", {"model": str(model_dir), "task": task, "reference": REFERENCE,
                                          "pytorch_fp32_max_abs_diff": pytorch_fp32, "artifacts": records})
     return records
+
+
+@contextlib.contextmanager
+def _logs_kept_on_failure(logs: Path, out: Path):
+    """On a failed export the half-written folder goes, but its converter logs stay, in
+    ``<out>.failed-logs/``, and the error names them there."""
+    from kd_edge.errors import KdEdgeError
+
+    try:
+        yield
+    except KdEdgeError as e:
+        if logs.is_dir() and any(logs.iterdir()):
+            kept = out.parent / f"{out.name}.failed-logs"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(logs, kept)
+            e.args = tuple(str(a).replace(str(logs), str(kept)) if isinstance(a, str) else a for a in e.args)
+        raise
 
 
 def _lm_export_config(cfg):

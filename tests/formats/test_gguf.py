@@ -161,10 +161,19 @@ def test_a_tokenizer_llama_cpp_cannot_convert_is_one_line(tmp_path):
     llama = write_tiny_llama(tmp_path / "wordpiece-llama", layers=1)  # a WordPiece tokenizer on a Llama
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(s["text"] + "\n" for s in sentences(8)))
-    line = one_line_error(_cli(["export", str(llama), "--format", "gguf", "--precision", "fp32", "--texts", str(texts),
-                           "--out", str(tmp_path / "o")]))
+    # relative paths, as a user types them: the converter runs in another folder and must still find the model
+    line = one_line_error(_cli(["export", "wordpiece-llama", "--format", "gguf", "--precision", "fp32", "--texts",
+                                "texts.txt", "--out", "o"], cwd=tmp_path))
     assert "llama.cpp's converter failed" in line and "export-gguf.log" in line, line
     assert not (tmp_path / "o").exists()
+    # the half-written folder is gone, the converter's log stays where the line says
+    import re
+
+    log = Path(re.search(r"see (\S+export-gguf\.log)", line).group(1))
+    assert log == Path("o.failed-logs/export-gguf.log")  # relative to where the user ran it
+    log = tmp_path / log
+    assert log.is_file()
+    assert "pre-tokenizer" in log.read_text()  # the converter read the model folder, then refused its tokenizer
 
 
 def test_a_4bit_file_past_its_budget_is_made_again_at_5_bits_and_says_so(tmp_path, exported):
