@@ -31,6 +31,33 @@ def runtime_of(path: Path) -> str:
     return fmt.runtime
 
 
+def is_causal_lm(path: Path) -> bool:
+    """Whether a file or folder holds a causal LM: its config, its sidecar, or a format only LMs take."""
+    import json
+
+    from kd_edge.formats import find_format
+
+    fmt = find_format(path)
+    if path.is_dir() and not (fmt and fmt.is_folder):
+        return kind_of_config(read_config(path)).is_lm
+    sidecar = path.parent / f"{path.name}.json"
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text()).get("task") == "causal_lm"
+        except (ValueError, AttributeError):
+            pass
+    return fmt is not None and not fmt.takes(False)
+
+
+def lm_args() -> list[str]:
+    """The device runner's pp / tg / TTFT arguments at the bench stage's default shapes."""
+    from kd_edge.bench.config import BenchConfig
+
+    cfg = BenchConfig()
+    return ["--lm-pp", ",".join(map(str, cfg.lm_prompt)), "--lm-tg", ",".join(f"{n}@{d}" for n, d in cfg.lm_generate),
+            "--lm-ttft", str(cfg.lm_ttft_prompt)]
+
+
 def bench_files(paths: list[Path], target, *, threads_list: list[int | None], batch: int, seq: int, runs: int,
                 warmup: int, vocab_size: int, timeout_s: float, rounds: int = 1,
                 on_result: Callable[[dict], None] | None = None) -> list[dict]:
@@ -50,6 +77,8 @@ def bench_files(paths: list[Path], target, *, threads_list: list[int | None], ba
             if runtime == "torch":  # the folder's head, from its config.json (an encoder is pooled)
                 kind = kind_of_config(read_config(path))
                 args += ["--head", kind.runner_head, "--auto-class", kind.auto_class]
+            if is_causal_lm(path):  # prompt processing and token generation, as LLM users read them
+                args += lm_args()
             jobs.append(Job(path.name, path, args, threads))
     results = run_rounds(target, RUNNER_PATH, jobs, rounds=rounds, runs=runs, timeout_s=timeout_s,
                          on_step=(lambda job, r: on_result({"name": job.name, "round": r})) if on_result else None)
@@ -75,4 +104,11 @@ def results_table(results: list[dict]) -> str:
         lines.append(f"{d['name']:<28} {d['target']:<16} {str(d.get('threads') or '-'):>3} {lat['p50_ms']:>9.2f} "
                      f"{lat['p90_ms']:>9.2f} {lat['p99_ms']:>9.2f} {lat['throughput_per_s']:>9.1f} "
                      f"{d.get('peak_rss_mb') or 0:>8.0f}{emulated}{mark}")
+    for d in results:
+        figures = [f"{k.replace('@', ' @ ')} {v['tokens_per_s']:.1f}" if "tokens_per_s" in v else f"{k} n/a ({v.get('na')})"
+                   for k, v in (d.get("lm") or {}).items() if isinstance(v, dict)]
+        if figures:
+            ttft = (d.get("lm") or {}).get("ttft_ms")
+            lines.append(f"  {d['name']} tokens/s: " + ", ".join(figures)
+                         + (f"; TTFT {ttft:.1f} ms" if isinstance(ttft, (int, float)) else ""))
     return "\n".join(lines + notes)

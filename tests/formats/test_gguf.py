@@ -105,6 +105,15 @@ def test_the_device_runner_measures_a_gguf_file_in_llama_cpp(exported):
     assert doc["lm"]["ttft_ms"] > 0
 
 
+def test_kd_edge_bench_on_an_lm_file_prints_its_prompt_and_generation_speed(exported):
+    out, _ = exported
+    proc = _cli(["bench", str(out / "student.int8.gguf"), "--runs", "5", "--seq", "16", "--threads", "1"])
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "tokens/s:" in x)
+    assert "student.int8.gguf tokens/s: pp128 " in line and "tg32 @ 0 " in line and "tg128 @ 512 " in line, line
+    assert "TTFT" in line
+
+
 def test_a_run_exports_verifies_benches_and_reports_gguf(tmp_path, gguf_llama, tiny_data):
     data = tiny_recipe_dict(gguf_llama, tiny_data, task="causal_lm",
                             teacher={"model": str(gguf_llama), "top_k": 8, "batch_size": 16},
