@@ -27,7 +27,8 @@ FOREIGN = {
     "--seed": "device_runner.py", "--vocab-size": "device_runner.py", "--threads": "device_runner.py",
     "--pooling": "device_runner.py", "--normalize": "device_runner.py", "--task": "device_runner.py",
     "--gguf-file": "device_runner.py", "--allow-pickle": "device_runner.py", "--head": "device_runner.py",
-    "--auto-class": "device_runner.py", "--help": "every command",
+    "--auto-class": "device_runner.py", "--lm-pp": "device_runner.py", "--lm-tg": "device_runner.py",
+    "--lm-ttft": "device_runner.py", "--help": "every command",
 }
 
 
