@@ -245,6 +245,10 @@ def to_markdown(report: dict) -> str:
         for row in report["rows"]:
             out.append(f"| {_md(_label(row))} | " + " | ".join(_md(fmt(row.get(k))) for k, _, fmt in cols) + " |")
         out.append("")
+    busy = unreliable_rows(report)
+    if busy:
+        out += ["\\* Unreliable timing: " + "; ".join(f"{_md(r['name'])}: {_md(', '.join(r['latency_flags']))}"
+                                              for r in busy) + ".", ""]
     lm = lm_table(report)
     if lm:
         heads, body, why = lm
@@ -252,10 +256,6 @@ def to_markdown(report: dict) -> str:
                 "|---|" + "---:|" * len(heads)]
         out += [f"| {_md(_label(r))} | " + " | ".join(cells) + " |" for r, cells in body]
         out += [""] + [f"- n/a: {_md(w)}" for w in why] + ([""] if why else [])
-    busy = unreliable_rows(report)
-    if busy:
-        out += ["\\* Unreliable timing: " + "; ".join(f"{_md(r['name'])}: {_md(', '.join(r['latency_flags']))}"
-                                              for r in busy) + ".", ""]
     checked = [r for r in report["rows"] if r.get("parity_reason")]
     if checked:
         out += ["## Parity of each exported file", "", "| file | runtime | verdict | why |", "|---|---|---|---|"]
