@@ -82,6 +82,7 @@ def main() -> None:
                 sys.exit(f"{name}: {doc.get('error') or proc.stderr[-2000:]}")
             results[name].append({**doc["lm"], "peak_rss_mb": doc["peak_rss_mb"]})
             print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
+    (args.run / "lm_speed.json").write_text(json.dumps(results, indent=1))  # the raw figures, before rendering
     table = render(results, args)
     print(table)
     if args.write:
@@ -118,7 +119,7 @@ def render(results: dict[str, list[dict]], args) -> str:
                 cells.append("n/a")
                 if v and (name, v) not in notes:
                     notes.append((name, v))
-        ttft = [d["ttft_ms"] for d in docs if "ttft_ms" in d]
+        ttft = [d["ttft_ms"] for d in docs if isinstance(d.get("ttft_ms"), (int, float))]
         peak = max(d["peak_rss_mb"] for d in docs)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.median(ttft):.1f} |" if ttft else
                      f"| {name} | " + " | ".join(cells) + " | n/a |")
