@@ -33,9 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-PP = (128, 512)
-TG = ((32, 0), (128, 0), (32, 512), (128, 512))
-TTFT_PROMPT = 128
+from kd_edge.bench.config import BenchConfig  # noqa: E402  (after the path above)
+
+SHAPES = BenchConfig()  # the bench stage's pp / tg / TTFT shapes: pp 128, 512; tg 32, 128 after 0 and 512
+PP, TG = SHAPES.lm_prompt, SHAPES.lm_generate
 
 
 def runner_command(path: Path, info: dict | None, vocab: int, threads: int) -> list[str]:
@@ -46,8 +47,7 @@ def runner_command(path: Path, info: dict | None, vocab: int, threads: int) -> l
     runtime = info["runtime"] if info else "torch"
     cmd = [sys.executable, str(RUNNER_PATH), str(path), "--runtime", runtime, "--seq", "16", "--runs", "5",
            "--warmup", "2", "--threads", str(threads), "--vocab-size", str(vocab),
-           "--lm-pp", ",".join(map(str, PP)), "--lm-tg", ",".join(f"{n}@{d}" for n, d in TG),
-           "--lm-ttft", str(TTFT_PROMPT)]
+           *SHAPES.lm_runner_args()]
     if info is None:
         cmd += ["--head", "lm_logits", "--auto-class", "AutoModelForCausalLM"]
     return cmd
@@ -103,7 +103,7 @@ def render(results: dict[str, list[dict]], args) -> str:
     import results as shared
 
     keys = [f"pp{n}" for n in PP] + [f"tg{n}@{d}" for n, d in TG]
-    head = "| model | " + " | ".join(k.replace("@", " @ ") for k in keys) + " | TTFT ms (128) | peak MB |"
+    head = "| model | " + " | ".join(k.replace("@", " @ ") for k in keys) + f" | TTFT ms ({SHAPES.lm_ttft_prompt}) | peak MB |"
     lines = [f"### {time.strftime('%Y-%m-%d')} — LM speed: `benchmarks/lm_speed.py {args.run}`", "",
              f"{shared.machine()}; {args.threads} threads; medians of {args.rounds} interleaved rounds, each file in "
              "a fresh process per round. tokens/s; \"n/a\" says why a file cannot run that shape.", "",

@@ -177,28 +177,29 @@ class OrtBackend:
         return self.session.run(None, feeds)
 
     # a causal LM's KV-cache step: the prompt from an empty past, then one token at a time
+    def lm_limit(self, prompt: int, total: int) -> str | None:
+        return None if any(n.startswith("past_key_values") for n in self.extra) else "the graph has no KV cache"
+
     def lm_prompt(self, ids: list, total: int):
-        self.past, self.done = None, 0
+        import numpy as np
+
+        self.past_names = [n for n in self.extra if n.startswith("past_key_values")]
+        self.past = [np.zeros([d if isinstance(d, int) else (1 if i == 0 else 0) for i, d in enumerate(self.extra[n])],
+                              np.float32) for n in self.past_names]
+        self.done = 0
         return self._lm(ids)
 
     def lm_step(self, token: int):
         return self._lm([token])
 
-    def lm_limit(self, prompt: int, total: int) -> str | None:
-        return None if any(n.startswith("past_key_values") for n in self.extra) else "the graph has no KV cache"
-
     def _lm(self, ids: list):
         import numpy as np
 
         t = len(ids)
-        past_names = [n for n in self.extra if n.startswith("past_key_values")]
-        if self.past is None:
-            self.past = [np.zeros([d if isinstance(d, int) else (1 if i == 0 else 0) for i, d in
-                                   enumerate(self.extra[n])], np.float32) for n in past_names]
         feeds = {"input_ids": np.asarray([ids], np.int64),
                  "attention_mask": np.ones((1, self.done + t), np.int64),
                  "position_ids": np.arange(self.done, self.done + t, dtype=np.int64)[None],
-                 **dict(zip(past_names, self.past))}
+                 **dict(zip(self.past_names, self.past))}
         out = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
         self.past, self.done = out[1:], self.done + t
         return out[0][0, -1]
@@ -583,7 +584,12 @@ class GenaiBackend:
         if threads:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
                                                                                   "inter_op_num_threads": 1}}}}))
-        self.og, self.model, self.path = og, og.Model(config), path
+        self.og, self.model = og, og.Model(config)
+        try:  # the positions a generator may hold (a folder built for fewer than the model has says so)
+            with open(os.path.join(path, "genai_config.json")) as f:
+                self.context_length = json.load(f)["model"].get("context_length")
+        except (OSError, ValueError, KeyError):
+            self.context_length = None
 
     def run(self, feeds: dict, signature: str | None = None) -> list:
         import numpy as np
@@ -601,16 +607,6 @@ class GenaiBackend:
     def lm_limit(self, prompt: int, total: int) -> str | None:
         limit = self.context_length
         return f"a context of {limit} positions" if limit and total > limit else None
-
-    @property
-    def context_length(self) -> int | None:
-        if not hasattr(self, "_context"):
-            try:
-                with open(os.path.join(self.path, "genai_config.json")) as f:
-                    self._context = json.load(f)["model"].get("context_length")
-            except (OSError, ValueError, KeyError):
-                self._context = None
-        return self._context
 
     def lm_prompt(self, ids: list, total: int):
         import numpy as np
@@ -714,7 +710,7 @@ def measure_lm(backend, pp: list, tg: list, ttft: int | None, vocab: int, seed: 
 
     out: dict = {}
     own = getattr(backend, "own_timers", None)
-    if (why := backend.lm_limit(4, 6)) is None:
+    if backend.lm_limit(4, 6) is None:
         backend.lm_prompt(_lm_ids(4, vocab, seed), 6)
         backend.lm_step(1000 % vocab)
     for n in pp:

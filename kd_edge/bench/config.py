@@ -45,3 +45,10 @@ class BenchConfig(BaseModel):
                                                "prompt of depth tokens (tg N @ depth, tokens/s); [] for none.")
     lm_ttft_prompt: int | None = Field(128, gt=0, description="A causal LM: time to first token after a prompt of "
                                        "this many tokens; null for none.")
+
+    def lm_runner_args(self) -> list[str]:
+        """The device runner's pp / tg / TTFT arguments for a causal LM at these shapes."""
+        args = ["--lm-pp", ",".join(map(str, self.lm_prompt))] if self.lm_prompt else []
+        if self.lm_generate:
+            args += ["--lm-tg", ",".join(f"{n}@{d}" for n, d in self.lm_generate)]
+        return args + (["--lm-ttft", str(self.lm_ttft_prompt)] if self.lm_ttft_prompt else [])

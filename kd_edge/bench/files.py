@@ -41,21 +41,11 @@ def is_causal_lm(path: Path) -> bool:
     if path.is_dir() and not (fmt and fmt.is_folder):
         return kind_of_config(read_config(path)).is_lm
     sidecar = path.parent / f"{path.name}.json"
-    if sidecar.is_file():
-        try:
-            return json.loads(sidecar.read_text()).get("task") == "causal_lm"
-        except (ValueError, AttributeError):
-            pass
-    return fmt is not None and not fmt.takes(False)
-
-
-def lm_args() -> list[str]:
-    """The device runner's pp / tg / TTFT arguments at the bench stage's default shapes."""
-    from kd_edge.bench.config import BenchConfig
-
-    cfg = BenchConfig()
-    return ["--lm-pp", ",".join(map(str, cfg.lm_prompt)), "--lm-tg", ",".join(f"{n}@{d}" for n, d in cfg.lm_generate),
-            "--lm-ttft", str(cfg.lm_ttft_prompt)]
+    try:
+        task = json.loads(sidecar.read_text()).get("task") if sidecar.is_file() else None
+    except (ValueError, AttributeError):  # an unreadable sidecar says nothing: the format decides
+        task = None
+    return task == "causal_lm" if task else fmt is not None and not fmt.takes(False)
 
 
 def bench_files(paths: list[Path], target, *, threads_list: list[int | None], batch: int, seq: int, runs: int,
@@ -66,9 +56,13 @@ def bench_files(paths: list[Path], target, *, threads_list: list[int | None], ba
     not hide the others."""
     from kd_edge.bench.rounds import Job, run_rounds
 
+    from kd_edge.bench.config import BenchConfig
+
     jobs = []
     for path in paths:
         runtime = runtime_of(path)
+        # a causal LM: prompt processing and token generation too, as LLM users read them
+        lm = BenchConfig().lm_runner_args() if is_causal_lm(path) else []
         for threads in threads_list:
             args = ["--runtime", runtime, "--batch", str(batch), "--seq", str(seq), "--warmup", str(warmup),
                     "--vocab-size", str(vocab_size)]
@@ -77,9 +71,7 @@ def bench_files(paths: list[Path], target, *, threads_list: list[int | None], ba
             if runtime == "torch":  # the folder's head, from its config.json (an encoder is pooled)
                 kind = kind_of_config(read_config(path))
                 args += ["--head", kind.runner_head, "--auto-class", kind.auto_class]
-            if is_causal_lm(path):  # prompt processing and token generation, as LLM users read them
-                args += lm_args()
-            jobs.append(Job(path.name, path, args, threads))
+            jobs.append(Job(path.name, path, args + lm, threads))
     results = run_rounds(target, RUNNER_PATH, jobs, rounds=rounds, runs=runs, timeout_s=timeout_s,
                          on_step=(lambda job, r: on_result({"name": job.name, "round": r})) if on_result else None)
     for doc, job in zip(results, jobs):

@@ -44,12 +44,7 @@ def runner_args(recipe: "Recipe", model: dict, vocab_size: int, threads: int | N
     if threads:
         args += ["--threads", str(threads)]
     if task_kind(recipe.task).is_lm:  # prompt processing and token generation as LLM users read them
-        if cfg.lm_prompt:
-            args += ["--lm-pp", ",".join(map(str, cfg.lm_prompt))]
-        if cfg.lm_generate:
-            args += ["--lm-tg", ",".join(f"{n}@{d}" for n, d in cfg.lm_generate)]
-        if cfg.lm_ttft_prompt:
-            args += ["--lm-ttft", str(cfg.lm_ttft_prompt)]
+        args += cfg.lm_runner_args()
     if model["runtime"] == "torch":
         args += ["--head", model["head"], "--auto-class", model["auto_class"]]
         if model["head"] == "pooled":

@@ -261,9 +261,9 @@ def take_int8(src: Path, dst: Path, **_: object) -> dict:
                           "with --format pte --precision int8")
     prebuilt.replace(dst)
     weights_file(prebuilt).replace(weights_file(dst))
-    return {**read_json(_prebuilt_info(src)), "quantization": {"method": "torchao 8da8w (linear weights int8 per output channel, activations int8 "
-                                       "per token at run time) in XNNPACK; embedding tables int8 per row "
-                                       "(quantized_decomposed::embedding_byte)"}}
+    method = ("torchao 8da8w (linear weights int8 per output channel, activations int8 per token at run time) in "
+              "XNNPACK; embedding tables int8 per row (quantized_decomposed::embedding_byte)")
+    return {**read_json(_prebuilt_info(src)), "quantization": {"method": method}}
 
 
 def _export_decoder(step, out: Path, shapes) -> dict:
