@@ -62,7 +62,7 @@ class ExportConfig(BaseModel):
         True, description="ONNX fp32/fp16: apply ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) "
         "when the fused graph still matches the unfused one within verify.fp32_atol; otherwise keep the "
         "unfused graph and say why. int8 files are always quantized from the unfused graph.")
-    calibration_size: int = Field(200, gt=0, description="int8-static: training texts used to calibrate activations.")
+    calibration_size: int = Field(200, gt=0, description="int8-static: training texts used to calibrate activations (and the ranges a .pte int8 head is smoothed by).")
     int8_fallback: bool = Field(
         True, description="When an int8 file drops the task metric by more than verify.int8_max_metric_drop, "
         "quantize again keeping sensitive nodes in float, cheapest first (static int8: the attention MatMuls; "

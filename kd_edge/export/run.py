@@ -109,7 +109,7 @@ def make_artifacts(module, model_config: dict, cfg, out: Path, *, source_dir: Pa
         info = exporter.export(module, path, input_names=input_names, output_name=output_name,
                                opset=cfg.opset, shapes=cfg.tflite_shapes, kv_cache_size=cfg.kv_cache_size,
                                context_length=cfg.context_length,
-                               source_dir=source_dir, log_path=logs / f"export-{fmt.name}.log",
+                               source_dir=source_dir, log_path=logs / f"export-{fmt.name}.log", calibration=calibration,
                                precisions=tuple(a.precision for a in cfg.artifacts if a.format == fmt.name))
         info = {**common, "format": fmt.name, "runtime": fmt.runtime, **info,
                 "export_seconds": round(time.perf_counter() - t0, 2)}

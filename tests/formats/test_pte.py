@@ -120,6 +120,39 @@ def test_int8_causal_lm_pte_keeps_perplexity_and_looks_its_tokens_up_at_8_bits(e
     side = read_json(out / "student.int8.pte.json")
     assert [s["name"] for s in side["signatures"]] == ["prefill_16", "decode"]
     assert "embedding" not in side["not_delegated"] and "quantized_decomposed::embedding_byte" in side["not_delegated"]
+    assert "SmoothQuant alpha 0.5 on the output head" in side["quantization"]["head_smoothing"]  # the texts calibrated it
+
+
+def _feeds(llama, n=8):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama)
+    return [{"input_ids": np.asarray([tok(s["text"])["input_ids"]])} for s in sentences(n, seed=5)]
+
+
+def test_smoothing_the_head_is_an_identity_in_float_and_moves_its_input_range_into_the_weights(exported_lm):
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kd_edge.formats.pte import smooth_head
+
+    _, _, llama = exported_lm
+    model = AutoModelForCausalLM.from_pretrained(llama).eval()
+    smoothed = copy.deepcopy(model)
+    with torch.no_grad():  # an outlier channel in the norm's output, as SmolLM2's has
+        model.model.norm.weight[3] *= 40
+        smoothed.model.norm.weight[3] *= 40
+    assert smooth_head(smoothed, _feeds(llama)) is not None
+    assert smoothed.lm_head.weight.data_ptr() != smoothed.model.embed_tokens.weight.data_ptr()  # the table stays
+    ids = torch.tensor([[1, 5, 9, 22, 7]])
+    with torch.no_grad():
+        assert torch.allclose(smoothed(ids).logits, model(ids).logits, atol=1e-5)
+        x = smoothed.model(ids).last_hidden_state.abs().amax((0, 1))
+    assert x[3] / x.median() < 0.5 * model.model(ids).last_hidden_state.abs().amax((0, 1))[3] / x.median()
+    assert smooth_head(copy.deepcopy(model), []) is None  # no texts: nothing done
 
 
 def test_the_weights_travel_in_a_ptd_beside_the_program_and_a_tied_table_is_stored_once(exported_lm):
@@ -130,7 +163,8 @@ def test_the_weights_travel_in_a_ptd_beside_the_program_and_a_tied_table_is_stor
     out, records, llama = exported_lm
     model = AutoModelForCausalLM.from_pretrained(llama).eval()
     tables = {"fp32": model.lm_head.weight.detach().numpy().tobytes(),  # the head's and the lookup's
-              "int8": int8_module(model).model.embed_tokens.weight.numpy().tobytes()}  # the head's int8 rows
+              # the head's int8 rows (smoothed on the texts the export calibrated on)
+              "int8": int8_module(model, _feeds(llama, 20))[0].model.embed_tokens.weight.numpy().tobytes()}
     for precision, table in tables.items():
         side = read_json(out / f"student.{precision}.pte.json")
         ptd = (out / f"student.{precision}.ptd").read_bytes()
