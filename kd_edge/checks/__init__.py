@@ -5,5 +5,6 @@ the export stage (the int8 fallback measures a file before keeping it), the veri
 - ``reference.py``: the student in float64, and the parity rule of an fp32 file;
 - ``verdicts.py``: the metric drop and the pass/fail verdict of a file;
 - ``encoder.py``: an encoder's file on every text (ONNX / TFLite), its metrics and agreement (``Checker``);
-- ``causal_lm.py``: a causal LM's file driven token by token over its KV cache (``LMChecker``).
+- ``causal_lm.py``: a causal LM's file driven token by token over its KV cache (``LMChecker``);
+- ``generations.py``: greedy samples of the PyTorch models from fixed held-out prompts, and whether they loop.
 """

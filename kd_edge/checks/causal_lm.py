@@ -201,7 +201,9 @@ class LMChecker:
         import torch
 
         self.texts, self.threads = texts, threads
-        self.prompts = [t[:PROMPT_TOKENS].tolist() for t in texts if len(t) > PROMPT_TOKENS][:N_PROMPTS]
+        from kd_edge.checks.generations import held_out_prompts
+
+        self.prompts = held_out_prompts(texts, N_PROMPTS, PROMPT_TOKENS)
         self.reference, self.predictions, nll_sum, self.tokens = [], [], 0.0, 0
         with torch.no_grad():
             for t in texts:

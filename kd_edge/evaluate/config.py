@@ -44,3 +44,11 @@ class EvaluateConfig(BaseModel):
         0.05, ge=0, description="Flag a slice when the student's gap to the teacher there exceeds its overall gap "
         "by more than this (accuracy points as a fraction; relative perplexity for causal LMs).")
     min_slice_size: int = Field(20, ge=1, description="Slices with fewer held-out texts are reported but never flagged.")
+    sample_prompts: int = Field(
+        5, ge=0, description="Causal LMs: held-out prompts (the first texts, cut to sample_prompt_tokens) that the teacher "
+        "and the student continue greedily in the report; 0 turns the samples off.")
+    sample_prompt_tokens: int = Field(8, gt=0, description="Causal LMs: tokens of each sample prompt.")
+    sample_new_tokens: int = Field(32, gt=0, description="Causal LMs: tokens each sample generates (fewer at end of text).")
+    loop_threshold: float = Field(
+        0.5, gt=0, le=1, description="Causal LMs: a sample loops when this share of its generated 4-grams repeats an "
+        "earlier one; the report flags a student whose samples loop where the teacher's do not.")

@@ -2,7 +2,8 @@
 
 Writes eval/metrics.json (per model: parameters and task metrics) and, for encoders, the student's
 test outputs (embeddings or logits) that ``verify`` compares every exported file against, plus the
-sentiment probes (JSON, no pickle) of embedding tasks.
+sentiment probes (JSON, no pickle) of embedding tasks; for causal LMs, the greedy samples of teacher and
+student from fixed held-out prompts and how much each repeats itself (``checks/generations.py``).
 """
 
 from __future__ import annotations
@@ -140,7 +141,29 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
     models["student"] = {"perplexity": math.exp(nll / count), "top1_agreement_with_teacher": agree / count,
                          "kl_from_teacher": kl_sum / count}
     models["teacher"]["top1_agreement_with_teacher"] = 1.0
+    if recipe.evaluate.sample_prompts:
+        measures, files["_samples"] = _samples(recipe, task, model, ids, ctx)
+        for name, m in measures.items():
+            models[name].update(m)
     return models
+
+
+def _samples(recipe, task, student, ids, ctx) -> tuple[dict, list[dict]]:
+    """Greedy continuations of the fixed held-out prompts by the teacher and the student (see
+    ``checks/generations.py``), and how much each repeats itself."""
+    from kd_edge.checks.generations import held_out_prompts, samples
+    from kd_edge.teachers import teacher_source
+
+    cfg = recipe.evaluate
+    texts = [np.asarray(ids[i], np.int64) for i in range(len(ids))]
+    prompts = held_out_prompts(texts, cfg.sample_prompts, cfg.sample_prompt_tokens)
+    tokenizer = task.load_tokenizer(ModelSource(RunFiles(ctx.run_dir).student))
+    teacher = task.load_model(teacher_source(recipe, ctx.run_dir)).eval()
+    measures, rows = samples({"teacher": teacher, "student": student.eval()}, prompts, cfg.sample_new_tokens,
+                             tokenizer.eos_token_id, lambda t: tokenizer.decode(t, skip_special_tokens=True),
+                             cfg.loop_threshold)
+    del teacher
+    return measures, rows
 
 
 def per_class(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray,
@@ -185,6 +208,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     models["student"]["params"] = sum(p.numel() for p in model.parameters())
     labels = cache.labels("test")
     scores, classes = files.pop("_scores", None), files.pop("_per_class", None)
+    generations = files.pop("_samples", None)
     slices = None
     if recipe.evaluate.slices and scores is not None:
         rows = read_jsonl(run_files.data.test)
@@ -199,4 +223,6 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         write_json(EvalFiles(out).metrics, {"task": recipe.task, "quality_metric": task.quality_metric,
                                           "higher_is_better": task.higher_is_better, "knn_k": recipe.evaluate.knn_k,
                                           "n_test": len(cache.ids("test")), "n_test_labelled": int((labels >= 0).sum()),
-                                          "models": models, "per_class": classes, "slices": slices})
+                                          "models": models, "per_class": classes, "slices": slices,
+                                          **({"samples": generations, "loop_threshold": recipe.evaluate.loop_threshold}
+                                             if generations is not None else {})})

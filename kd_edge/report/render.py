@@ -179,6 +179,9 @@ def headline(report: dict) -> list[str]:
         lines.append("Generating: " + ", ".join(
             f"{r['name']} {_num(0)(r.get('generation_tokens_per_s'))} tokens/s, {_pct(r['greedy_agreement'])} greedy agreement"
             for r in files) + (f" (PyTorch student: {student_tps:.0f} tokens/s)." if student_tps else "."))
+    loops = looping(report)
+    if loops:
+        lines.append(loops)
     busy = unreliable_rows(report)
     if busy:
         lines.append(f"Unreliable timings (*): {', '.join(r['name'] for r in busy)} "
@@ -193,6 +196,33 @@ def headline(report: dict) -> list[str]:
     if gate:
         lines.append(f"Gate: {'PASSED' if gate['passed'] else 'FAILED'} ({gate['n_passed']}/{gate['n_budgets']} budgets).")
     return lines
+
+
+SAMPLES_NOTE = ("Greedy continuations of the first held-out texts' opening tokens, by each PyTorch model. repeated "
+                "4-grams: the share of a continuation's 4-grams that occurred earlier in it (a loop is near 100 %); "
+                "distinct-2: distinct bigrams over all bigrams; a sample loops at {threshold}.")
+
+
+def degeneration_rows(report: dict) -> list[dict]:
+    """The PyTorch models with generation measures (teacher first)."""
+    return [r for r in report["rows"] if r["kind"] != "artifact" and r.get("sample_prompts")]
+
+
+def looping(report: dict) -> str | None:
+    """The headline's warning when the student's samples loop on more prompts than the teacher's, at
+    least half of them."""
+    rows = {r["name"]: r for r in degeneration_rows(report)}
+    s, t = rows.get("student"), rows.get("teacher")
+    if not s or s["looping_prompts"] * 2 < s["sample_prompts"] or (t and t["looping_prompts"] >= s["looping_prompts"]):
+        return None
+    teacher = f" (the teacher's on {t['looping_prompts']})" if t else ""
+    return (f"The student's generations loop on {s['looping_prompts']} of {s['sample_prompts']} held-out prompts"
+            f"{teacher}, repeating {_pct(s['repeated_4grams'])} of their 4-grams: perplexity does not show this; "
+            "see Sample generations.")
+
+
+def _sample_columns(report: dict) -> list[str]:
+    return [r["name"] for r in degeneration_rows(report)]
 
 
 def _settings(report: dict) -> str:
@@ -273,6 +303,17 @@ def to_markdown(report: dict) -> str:
         for sl in slices["slices"]:
             out.append(f"| {sl['slice']} | {sl['n']} | {_metric(slices, sl['teacher'])} | {_metric(slices, sl['student'])} | "
                        f"{_gap(slices, sl['gap'])} | {'**FLAGGED**' if sl['flagged'] else ''} |")
+        out.append("")
+    samples = report.get("samples")
+    if samples and samples.get("prompts"):
+        names = _sample_columns(report)
+        out += ["## Sample generations", "", SAMPLES_NOTE.format(threshold=_pct(samples["threshold"])), "",
+                "| model | repeated 4-grams | distinct-2 | samples that loop |", "|---|---:|---:|---:|"]
+        out += [f"| {_md(r['name'])} | {_pct(r['repeated_4grams'])} | {_pct(r['distinct_2'])} | "
+                f"{r['looping_prompts']} of {r['sample_prompts']} |" for r in degeneration_rows(report)]
+        out += ["", "| prompt | " + " | ".join(_md(n) for n in names) + " |", "|---|" + "---|" * len(names)]
+        out += [f"| {_md(p['prompt'])} | " + " | ".join(_md(p.get(n, "")) + (" **(loops)**" if p.get(f"{n}_loops") else "")
+                                                      for n in names) + " |" for p in samples["prompts"]]
         out.append("")
     classes = report.get("per_class")
     if classes:
@@ -524,6 +565,24 @@ def _slices_html(slices: dict | None) -> str:
             f"{rows}</table>")
 
 
+def _samples_html(report: dict) -> str:
+    samples = report.get("samples")
+    if not samples or not samples.get("prompts"):
+        return ""
+    e = html.escape
+    names = _sample_columns(report)
+    measures = "".join(f"<tr class='{r['kind']}'><td>{e(r['name'])}</td><td>{_pct(r['repeated_4grams'])}</td>"
+                       f"<td>{_pct(r['distinct_2'])}</td><td>{r['looping_prompts']} of {r['sample_prompts']}</td></tr>"
+                       for r in degeneration_rows(report))
+    texts = "".join("<tr><td class='wrap'>" + e(p["prompt"]) + "</td>" + "".join(
+        f"<td class='wrap'>{e(p.get(n, ''))}" + (" <span class='fail'>(loops)</span>" if p.get(f"{n}_loops") else "")
+        + "</td>" for n in names) + "</tr>" for p in samples["prompts"])
+    return (f"<h2>Sample generations</h2><p class='muted'>{e(SAMPLES_NOTE.format(threshold=_pct(samples['threshold'])))}"
+            f"</p><table><tr><th>model</th><th>repeated 4-grams</th><th>distinct-2</th><th>samples that loop</th></tr>"
+            f"{measures}</table><table class='text'><tr><th>prompt</th>{''.join(f'<th>{e(n)}</th>' for n in names)}</tr>"
+            f"{texts}</table>")
+
+
 def _lm_html(report: dict) -> str:
     lm = lm_table(report)
     if not lm:
@@ -592,6 +651,7 @@ def to_html(report: dict) -> str:
 {f"<figure><figcaption>Per class: teacher (gold) and student (blue) recall, student delta</figcaption>{_per_class_chart(report.get('per_class'))}</figure>" if report.get('per_class') else ''}
 </div>
 {_slices_html(report.get('slices'))}
+{_samples_html(report)}
 <h2>Parity of each exported file</h2>
 <table class="text"><tr><th>file</th><th>runtime</th><th>verdict</th><th>why</th><th>same prediction as student</th></tr>{parity}</table>
 {'<h2>Benchmarks that failed</h2><ul>' + errors + '</ul>' if errors else ''}

@@ -85,6 +85,13 @@ def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_l
     assert 0 <= metrics["student"]["top1_agreement_with_teacher"] <= 1
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert {r["name"] for r in report["rows"]} == {"teacher", "student"}
+    # the teacher and the student continue the same held-out prompts greedily; the report shows both
+    samples = report["samples"]["prompts"]
+    assert len(samples) == 5 and all(s["prompt"] and "teacher" in s and "student" in s for s in samples)
+    for name in ("teacher", "student"):
+        assert metrics[name]["sample_prompts"] == 5 and 0 <= metrics[name]["repeated_4grams"] <= 1
+        assert 0 < metrics[name]["distinct_2"] <= 1 and 0 <= metrics[name]["looping_prompts"] <= 5
+    assert "## Sample generations" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_second_teacher_changes_the_loss(tmp_path, tiny_classifier, tiny_data):

@@ -207,3 +207,30 @@ def test_the_html_report_in_a_real_browser(tmp_path):
     subprocess.run([*args, f"--screenshot={shot}", (tmp_path / "plain.html").as_uri()
                     if (tmp_path / "plain.html").write_text(html) else ""], capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000  # a page was drawn (docs/images holds one looked at by a person)
+
+
+def _lm_report(student_loops: int, teacher_loops: int) -> dict:
+    rows = [{**REPORT["rows"][0], "perplexity": 20.0, "repeated_4grams": 0.1, "distinct_2": 0.9,
+             "looping_prompts": teacher_loops, "sample_prompts": 5},
+            {**REPORT["rows"][1], "perplexity": 40.0, "repeated_4grams": 0.7, "distinct_2": 0.3,
+             "looping_prompts": student_loops, "sample_prompts": 5}]
+    samples = {"threshold": 0.5, "prompts": [{"prompt": "I walked away", "teacher": " from the | door",
+                                              "student": " and I am and I am", "teacher_loops": False,
+                                              "student_loops": True}]}
+    return {**REPORT, "task": "causal_lm", "quality_metric": "perplexity", "higher_is_better": False, "rows": rows,
+            "samples": samples}
+
+
+def test_a_student_whose_generations_loop_is_flagged_in_the_headline_with_its_samples():
+    report = _lm_report(student_loops=4, teacher_loops=0)
+    first = " ".join(headline(report))
+    assert ("The student's generations loop on 4 of 5 held-out prompts (the teacher's on 0), repeating 70.0 % of "
+            "their 4-grams") in first
+    md = to_markdown(report)
+    assert "## Sample generations" in md and "| student | 70.0 % | 30.0 % | 4 of 5 |" in md
+    assert "| I walked away |  from the \\| door |  and I am and I am **(loops)** |" in md
+    page = to_html(report)
+    assert "<h2>Sample generations</h2>" in page and "(loops)</span>" in page
+    # no flag when the teacher loops as much, or the student on fewer than half the prompts
+    assert "loop on" not in " ".join(headline(_lm_report(4, 4)))
+    assert "loop on" not in " ".join(headline(_lm_report(2, 0)))
