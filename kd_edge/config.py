@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kd_edge.bench.config import BenchConfig
 from kd_edge.data.config import DataConfig
@@ -63,6 +63,15 @@ class Recipe(BaseModel):
 
         TASKS.check(v)
         return v
+
+    @model_validator(mode="after")
+    def _baseline_of_a_causal_lm(self) -> "Recipe":
+        from kd_edge.tasks.kinds import task_kind
+
+        if self.distill.baseline and not task_kind(self.task).is_lm:
+            raise ValueError(f"distill.baseline trains on the next-token loss alone, which only causal LMs have "
+                             f"(task: {self.task}); remove it")
+        return self
 
 
 def default_recipe_path() -> Path:

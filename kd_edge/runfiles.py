@@ -34,6 +34,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "teacher": ("teacher_cache",),
     "student": ("student_init",),
     "distill": ("student", "train/metrics.jsonl", "train/summary.json"),
+    "baseline": ("baseline", "baseline_train"),
     "evaluate": ("eval",),
     "export": ("artifacts",),
     "verify": ("verify",),
@@ -231,6 +232,8 @@ class RunFiles:
     student_init = property(lambda self: self.root / "student_init")
     student = property(lambda self: self.root / "student")
     train = property(lambda self: TrainFiles(self.root / "train"))
+    baseline = property(lambda self: self.root / "baseline")  # the student trained without the teacher
+    baseline_train = property(lambda self: TrainFiles(self.root / "baseline_train"))
     eval = property(lambda self: EvalFiles(self.root / "eval"))
     artifacts = property(lambda self: ArtifactFiles(self.root / "artifacts"))
     verify = property(lambda self: VerifyFiles(self.root / "verify"))

@@ -16,7 +16,7 @@ from kd_edge.bench import run as bench
 from kd_edge.config import Recipe
 from kd_edge.data import run as data
 from kd_edge.distill import cache as teacher
-from kd_edge.distill import generate, prepare
+from kd_edge.distill import baseline, generate, prepare
 from kd_edge.distill import run as distill
 from kd_edge.distill import students as student
 from kd_edge.errors import ConfigError
@@ -110,7 +110,9 @@ STAGES: tuple[Stage, ...] = (
           "build the student and check its tokenizer"),
     Stage("distill", distill.run, ("teacher", "student", "prepare"), ("task", "seed", "distill", "ensemble"), _teachers,
           "train the student on the teachers' outputs"),
-    Stage("evaluate", evaluate.run, ("teacher", "distill"), ("task", "seed", "evaluate"), None,
+    Stage("baseline", baseline.run, ("teacher", "student"), ("task", "seed", "distill"), None,
+          "the same student trained without the teacher", enabled=lambda r: r.distill.baseline_for(r.task)),
+    Stage("evaluate", evaluate.run, ("teacher", "distill", "baseline"), ("task", "seed", "evaluate"), None,
           "teachers and student on held-out data"),
     Stage("export", export.run, ("teacher", "distill", "evaluate"), ("task", "seed", "export", "verify", "bench.threads"),
           None, "ONNX / TFLite files, quantized as asked"),
@@ -118,7 +120,7 @@ STAGES: tuple[Stage, ...] = (
           "parity and task metrics of every file in its runtime"),
     Stage("bench", bench.run, ("prepare", "distill", "export"), ("task", "seed", "bench"), _bench_inputs,
           "latency and memory on the target, fresh process per model", also_code=("kd_edge.device_runner",)),
-    Stage("report", report.run, ("data", "distill", "evaluate", "verify", "bench"), ("task", "name", "report", "gate"),
+    Stage("report", report.run, ("data", "distill", "baseline", "evaluate", "verify", "bench"), ("task", "name", "report", "gate"),
           None, "report.json, report.md, report.html"),
     Stage("gate", gate.run, ("report",), ("gate",), None, "check the budgets"),
 )

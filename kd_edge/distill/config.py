@@ -238,6 +238,10 @@ class DistillConfig(BaseModel):
     augment: AugmentConfig | None = Field(None, description="Encoders: teacher-labelled augmented text.")
     generate: GenerateConfig | None = Field(None, description="Causal LM: sequence-level distillation.")
     rationale: RationaleConfig | None = Field(None, description="Causal LM: rationale distillation.")
+    baseline: bool | None = Field(
+        None, description="Also train the same student without the teacher (the next-token loss only, on the same "
+        "data, steps and seed) and report it beside the distilled one: what the teacher bought. Default: on for "
+        "causal LMs (it doubles the training time), off for encoders, whose data has no targets without a teacher.")
 
     @field_validator("losses")
     @classmethod
@@ -253,3 +257,9 @@ class DistillConfig(BaseModel):
         if self.generate and self.rationale:
             raise ValueError("generate (sequence-level) and rationale distillation are separate recipes; pick one")
         return self
+
+    def baseline_for(self, task: str) -> bool:
+        """Whether a run of ``task`` trains the no-teacher baseline."""
+        from kd_edge.tasks.kinds import task_kind
+
+        return task_kind(task).is_lm if self.baseline is None else self.baseline

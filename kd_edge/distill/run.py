@@ -34,6 +34,13 @@ def dev_split(n: int, dev_size: float, seed: int) -> tuple[np.ndarray, np.ndarra
 
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Distill student_init/ into student/."""
+    files = RunFiles(ctx.run_dir)
+    train_student(recipe, ctx, files.student, files.train)
+
+
+def train_student(recipe: "Recipe", ctx: StageContext, student_dir, train) -> None:
+    """Train student_init/ on ``recipe.distill`` into ``student_dir``, its metrics, summary and
+    checkpoints in ``train`` (a TrainFiles): the distill stage's, and the baseline's (distill/baseline.py)."""
     import torch
 
     from kd_edge.distill.callbacks import EarlyStoppingCallback, MetricsFileCallback, ProgressCallback
@@ -65,7 +72,6 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     train_idx, dev_idx = dev_split(n, d.dev_size, recipe.seed) if d.eval_every else (np.arange(n), None)
     meta = {"pooling": init_meta.get("pooling"), "normalize": init_meta.get("normalize")}
     objective = Objective(recipe, task, model, meta, cache, teachers, dev_idx)
-    train = files.train
     callbacks = [ProgressCallback(ctx.progress), MetricsFileCallback(train.metrics)]
     if d.eval_every:
         callbacks.append(EarlyStoppingCallback(task.kind.dev_metric, task.higher_is_better, d.early_stopping_patience))
@@ -77,7 +83,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         return
     best = d.eval_every is not None and trainer.load_best()
     final = trainer.unwrapped_model()
-    with atomic_dir(files.student) as out:
+    with atomic_dir(student_dir) as out:
         saved = {**init_meta, "distilled_steps": state.step, "best_step": state.best_step if best else None}
         save_student(final.student.eval(), tokenizer, saved, out)
         task.save_for_libraries(out, final.student, saved)

@@ -108,7 +108,9 @@ def class_names(run_dir, model) -> list[str] | None:
 
 
 @_no_grad
-def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
+def _lm_metrics(task, model, cache, meta, batch_size: int) -> tuple[dict, np.ndarray]:
+    """Perplexity, top-1 agreement and KL from teacher 0 of ``model`` on the held-out split, and each
+    text's summed NLL."""
     import torch
 
     from kd_edge.data.packed import length_batches
@@ -116,18 +118,24 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
 
     ids, weights = cache.ids("test"), cache.weights("test")
     nll = kl_sum = agree = count = 0.0
-    student_nll = np.zeros(len(ids))
-    for idx in length_batches(ids.lengths(), recipe.evaluate.batch_size):
+    per_text = np.zeros(len(ids))
+    for idx in length_batches(ids.lengths(), batch_size):
         batch = task.make_batch(ids, idx, cache.meta["pad_id"], weights=weights)
         logits = task.forward(model, batch, meta=meta)["logits"].float()
         mask = (batch["token_weights"] > 0).float()
         tok_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"].clamp(min=0), reduction="none")
         nll += float((tok_nll * mask).sum())
-        student_nll[idx] = (tok_nll * mask).sum(-1).numpy()
+        per_text[idx] = (tok_nll * mask).sum(-1).numpy()
         teacher = task.teacher_targets({k: torch.from_numpy(v) for k, v in cache.batch(0, "test", idx).items()})
         agree += float(((logits.argmax(-1) == teacher["topk_indices"][..., 0].long()).float() * mask).sum())
         kl_sum += float(kl({"logits": logits}, teacher, {"token_weights": mask})) * float(mask.sum())
         count += float(mask.sum())
+    return {"perplexity": math.exp(nll / count), "top1_agreement_with_teacher": agree / count,
+            "kl_from_teacher": kl_sum / count}, per_text
+
+
+def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
+    ids, weights = cache.ids("test"), cache.weights("test")
     models = {}
     w = _position_mask(ids, weights)
     for i in range(cache.n_teachers()):
@@ -136,21 +144,26 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
         if i == 0:
             teacher_nll = -np.add.reduceat(lp * w, ids.offsets[:-1]) if len(ids) else np.zeros(0)
             tokens = np.add.reduceat(w, ids.offsets[:-1]) if len(ids) else np.zeros(0)
+    models["student"], student_nll = _lm_metrics(task, model, cache, meta, recipe.evaluate.batch_size)
     files["_scores"] = {"kind": "perplexity", "teacher": teacher_nll, "student": student_nll, "tokens": tokens,
                         "valid": np.ones(len(ids), dtype=bool)}
-    models["student"] = {"perplexity": math.exp(nll / count), "top1_agreement_with_teacher": agree / count,
-                         "kl_from_teacher": kl_sum / count}
     models["teacher"]["top1_agreement_with_teacher"] = 1.0
+    generators = {"student": model}
+    baseline_dir = RunFiles(ctx.run_dir).baseline
+    if recipe.distill.baseline_for(recipe.task):  # the same student trained without the teacher
+        generators["baseline"] = task.load_model(ModelSource(baseline_dir)).eval()
+        models["baseline"] = {**_lm_metrics(task, generators["baseline"], cache, meta, recipe.evaluate.batch_size)[0],
+                              "params": sum(p.numel() for p in generators["baseline"].parameters())}
     if recipe.evaluate.sample_prompts:
-        measures, files["_samples"] = _samples(recipe, task, model, ids, ctx)
+        measures, files["_samples"] = _samples(recipe, task, generators, ids, ctx)
         for name, m in measures.items():
             models[name].update(m)
     return models
 
 
-def _samples(recipe, task, student, ids, ctx) -> tuple[dict, list[dict]]:
-    """Greedy continuations of the fixed held-out prompts by the teacher and the student (see
-    ``checks/generations.py``), and how much each repeats itself."""
+def _samples(recipe, task, generators: dict, ids, ctx) -> tuple[dict, list[dict]]:
+    """Greedy continuations of the fixed held-out prompts by the teacher and each of ``generators``
+    (see ``checks/generations.py``), and how much each repeats itself."""
     from kd_edge.checks.generations import held_out_prompts, samples
     from kd_edge.teachers import teacher_source
 
@@ -159,9 +172,9 @@ def _samples(recipe, task, student, ids, ctx) -> tuple[dict, list[dict]]:
     prompts = held_out_prompts(texts, cfg.sample_prompts, cfg.sample_prompt_tokens)
     tokenizer = task.load_tokenizer(ModelSource(RunFiles(ctx.run_dir).student))
     teacher = task.load_model(teacher_source(recipe, ctx.run_dir)).eval()
-    measures, rows = samples({"teacher": teacher, "student": student.eval()}, prompts, cfg.sample_new_tokens,
-                             tokenizer.eos_token_id, lambda t: tokenizer.decode(t, skip_special_tokens=True),
-                             cfg.loop_threshold)
+    measures, rows = samples({"teacher": teacher, **{n: m.eval() for n, m in generators.items()}}, prompts,
+                             cfg.sample_new_tokens, tokenizer.eos_token_id,
+                             lambda t: tokenizer.decode(t, skip_special_tokens=True), cfg.loop_threshold)
     del teacher
     return measures, rows
 

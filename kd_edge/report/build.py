@@ -87,8 +87,8 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
     student_verify = files.verify.student
     student_lm = read_json(student_verify) if student_verify.is_file() and is_lm else {}
     for name, values in models.items():
-        kind = "student" if name == "student" else "teacher"
-        size = _weights_mb(files.student) if name == "student" else \
+        kind = name if name in ("student", "baseline") else "teacher"
+        size = _weights_mb(files.student if name == "student" else files.baseline) if kind != "teacher" else \
             (bench.get(name, {}).get("file_size_bytes", 0) / 1e6 or None)  # a teacher's size is what the runner measured
         extra = {"generation_tokens_per_s": student_lm.get("generation_tokens_per_s"),
                  "greedy_agreement": 1.0} if name == "student" and student_lm else {}
@@ -96,7 +96,7 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
                      "params": values.get("params"), "file_size_mb": size,
                      "stored_as": _stored_as(recipe, name, run_dir),
                      **{k: v for k, v in values.items() if k not in skip}, **extra, **_bench_fields(bench.get(name))})
-    rows.sort(key=lambda r: (r["kind"] != "teacher", r["name"]))
+    rows.sort(key=lambda r: (("teacher", "student", "baseline").index(r["kind"]), r["name"]))
     for sidecar in files.artifacts.sidecars():
         info = read_json(sidecar)
         ver_path = files.verify.record(info["name"])

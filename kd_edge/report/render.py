@@ -162,6 +162,12 @@ def headline(report: dict) -> list[str]:
         name = metric.replace("_", " ")
         lines.append(f"The student keeps {s[metric] / t[metric] * 100:.1f} % of the teacher's {name} "
                      f"({_pct(s[metric])} vs {_pct(t[metric])}) {size}")
+    b = rows.get("baseline", {})
+    if metric == "perplexity" and b.get(metric) and s.get(metric):
+        change = s[metric] / b[metric] - 1
+        lines.append(f"Without the teacher (the same student, data, steps and seed, next-token loss only) it reaches "
+                     f"{b[metric]:.2f}: distillation {'lowered' if change < 0 else 'raised'} perplexity by "
+                     f"{abs(change) * 100:.1f} %.")
     timed = sorted((r for r in report["rows"] if r.get("speedup_p50")), key=lambda r: -r["speedup_p50"])
     fastest = timed[0] if timed else None
     if fastest and fastest["name"] != "teacher":
@@ -347,7 +353,7 @@ table.text td,table.text th{text-align:left}
 td.wrap{white-space:normal}
 figure{margin:0}figcaption{font-weight:600;margin-bottom:.3rem}svg text{font:12px system-ui,sans-serif;fill:#1d2330}
 """
-_COLORS = {"teacher": "#c98a1b", "student": "#3b6fd4", "artifact": "#2e9d6b"}
+_COLORS = {"teacher": "#c98a1b", "student": "#3b6fd4", "baseline": "#8a8f99", "artifact": "#2e9d6b"}
 
 
 def _bar_chart(rows: list[dict], key: str, unit: str, whisker: str | None = None) -> str:

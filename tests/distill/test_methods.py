@@ -84,11 +84,15 @@ def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_l
     assert metrics["teacher"]["perplexity"] > 1 and metrics["student"]["perplexity"] > 1
     assert 0 <= metrics["student"]["top1_agreement_with_teacher"] <= 1
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert {r["name"] for r in report["rows"]} == {"teacher", "student"}
-    # the teacher and the student continue the same held-out prompts greedily; the report shows both
+    assert [r["name"] for r in report["rows"]] == ["teacher", "student", "baseline"]
+    # the baseline: the same student, data, steps and seed, without the teacher (next-token loss only)
+    assert json.loads((tmp_path / "run" / "baseline_train" / "summary.json").read_text())["steps"] == 6
+    assert metrics["baseline"]["perplexity"] != metrics["student"]["perplexity"]
+    assert "Without the teacher (the same student, data, steps and seed" in (tmp_path / "run" / "report.md").read_text()
+    # the teacher, the student and the baseline continue the same held-out prompts greedily; the report shows them
     samples = report["samples"]["prompts"]
-    assert len(samples) == 5 and all(s["prompt"] and "teacher" in s and "student" in s for s in samples)
-    for name in ("teacher", "student"):
+    assert len(samples) == 5 and all(s["prompt"] and {"teacher", "student", "baseline"} <= set(s) for s in samples)
+    for name in ("teacher", "student", "baseline"):
         assert metrics[name]["sample_prompts"] == 5 and 0 <= metrics[name]["repeated_4grams"] <= 1
         assert 0 < metrics[name]["distinct_2"] <= 1 and 0 <= metrics[name]["looping_prompts"] <= 5
     assert "## Sample generations" in (tmp_path / "run" / "report.md").read_text()
