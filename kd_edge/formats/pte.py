@@ -447,7 +447,8 @@ FORMAT = PteFormat(
     precisions=(
         Precision("fp32", "XNNPACK fp32", 32),
         Precision("int8", "XNNPACK int8: linear weights int8 per output channel, activations int8 per token at run "
-                  "time (torchao 8da8w); embedding tables int8 per row", 8, "kd_edge.formats.pte:take_int8",
+                  "time (torchao 8da8w); embedding tables int8 per row; a causal LM's head smoothed first "
+                  "(SmoothQuant, ranges from calibration texts)", 8, "kd_edge.formats.pte:take_int8",
                   ("torchao",), "executorch"),
     ),
     encoder_outputs="kd_edge.formats.pte:pte_outputs", lm_decoder="kd_edge.formats.pte:PteDecoder",
