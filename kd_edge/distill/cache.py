@@ -2,8 +2,9 @@
 
 The cache holds, per split, the token ids the whole run uses (and per-token loss weights where
 examples have segments), and per teacher the outputs its task caches: pooled embeddings, class logits,
-or for causal LMs the top-k logits with indices and log-normalisers, plus (train split) the hidden
-states the losses read, in fp16. Arrays are .npy files written and read memory-mapped.
+or for causal LMs the top-k log-probabilities (fp16) with their ids (uint16) and the log-normalisers
+(``tasks/causal_lm.py: CACHE_LAYOUT``), plus (train split) the hidden states the losses read, in fp16.
+Arrays are .npy files written and read memory-mapped; ``meta.json`` records each teacher's bytes per token.
 
 ``meta.json`` records the stage key: a digest of the teachers' files, the data and what is cached.
 With ``teacher.cache_dir`` the arrays live in ``<cache_dir>/<key>/`` and are reused by any run with
@@ -125,6 +126,20 @@ def cache_teacher(task, model, ids: dict[str, Packed], weights: dict[str, Packed
     return levels
 
 
+def bytes_per_token(out: "CacheFiles", index: int, levels: dict[str, str]) -> dict[str, int] | None:
+    """What teacher ``index`` stores per token (the train split's fields, else the test split's): the
+    logit targets and, apart, the hidden states."""
+    for split in SPLITS:
+        paths = {f: out.field(index, split, f) for f, level in levels.items() if level == "token"}
+        if paths and all(p.is_file() for p in paths.values()):
+            sizes = {"targets": 0, "hidden": 0}
+            for field, path in paths.items():
+                arr = np.load(path, mmap_mode="r")
+                sizes["hidden" if field.startswith("hidden_") else "targets"] += arr.dtype.itemsize * int(np.prod(arr.shape[1:]))
+            return {**sizes, "split": split}
+    return None
+
+
 def _train_spec(recipe: "Recipe", spec, live: bool):
     """What to cache on the train split: everything offline; in live/mutual mode only the cheap
     per-example outputs the evaluation uses (nothing for causal LMs)."""
@@ -195,6 +210,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             meta["teachers"].append({"model": cfg.model, "path": str(source.path), "class": type(model).__name__,
                                      "hidden_size": getattr(model.config, "hidden_size", None),
                                      "params": sum(p.numel() for p in model.parameters()), "fields": levels,
+                                     "bytes_per_token": bytes_per_token(out, i, levels),
+                                     "top_k": cfg.top_k if "topk_indices" in levels else None,
                                      "hidden_layers": list(hidden), "weight": cfg.weight,
                                      "num_labels": getattr(model.config, "num_labels", None) if task.label_kind == "class" else None})
             del model

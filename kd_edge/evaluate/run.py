@@ -202,6 +202,14 @@ def _position_mask(ids, weights) -> np.ndarray:
     return mask
 
 
+def _cache_summary(cache: CacheReader) -> dict:
+    """What the report says of the teacher cache: tokens, and per teacher the bytes it kept per token."""
+    meta = cache.meta
+    return {"train_tokens": meta["splits"]["train"]["tokens"], "test_tokens": meta["splits"]["test"]["tokens"],
+            "teachers": [{"model": t["model"], "fields": sorted(t["fields"]), "top_k": t.get("top_k"),
+                          "bytes_per_token": t.get("bytes_per_token")} for t in meta["teachers"]]}
+
+
 # how each task kind is evaluated (one entry per kind in tasks/kinds.py)
 EVALUATORS = {"sentence_embedding": _embedding, "sequence_classification": _classification, "causal_lm": _causal_lm}
 
@@ -237,5 +245,6 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                                           "higher_is_better": task.higher_is_better, "knn_k": recipe.evaluate.knn_k,
                                           "n_test": len(cache.ids("test")), "n_test_labelled": int((labels >= 0).sum()),
                                           "models": models, "per_class": classes, "slices": slices,
+                                          "teacher_cache": _cache_summary(cache),
                                           **({"samples": generations, "loop_threshold": recipe.evaluate.loop_threshold}
                                              if generations is not None else {})})

@@ -157,6 +157,7 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
         "rows": rows,
         "per_class": evaluation.get("per_class"),
         "slices": evaluation.get("slices"),
+        "teacher_cache": evaluation.get("teacher_cache"),
         "samples": ({"threshold": evaluation.get("loop_threshold"), "prompts": evaluation["samples"]}
                     if evaluation.get("samples") is not None else None),
         "training": {"summary": read_json(summary) if summary.is_file() else None, "curve": curve},

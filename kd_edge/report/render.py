@@ -249,7 +249,19 @@ def _settings(report: dict) -> str:
             f"({machine}, {env.get('cpu_count')} cores{load}). Quality on {report['evaluation']['n_test']} held-out texts"
             + (f" ({report['evaluation'].get('n_test_labelled')} labelled)" if report['evaluation'].get('n_test_labelled') else "")
             + (f"; neighbours: top-{report['evaluation']['knn_k']}." if _kind(report).output_field == "pooled" else ".")
-            + sizes)
+            + sizes + _cache_line(report))
+
+
+def _cache_line(report: dict) -> str:
+    """What the teacher cache kept per token, for a causal LM's top-k targets."""
+    cache = report.get("teacher_cache") or {}
+    kept = [t for t in cache.get("teachers", []) if t.get("top_k") and (t.get("bytes_per_token") or {}).get("targets")]
+    if not kept:
+        return ""
+    t = kept[0]
+    tokens = cache["train_tokens"]
+    return (f" Teacher cache: top-{t['top_k']} log-probs (fp16) and ids, {t['bytes_per_token']['targets']} bytes per "
+            f"token, {tokens:,} training tokens ({t['bytes_per_token']['targets'] * tokens / 1e6:.1f} MB).")
 
 
 def _class_name(c: dict) -> str:

@@ -20,6 +20,12 @@ from kd_edge.tasks.base import Batch, CacheSpec, Task
 from kd_edge.tasks.kinds import KINDS
 
 DEFAULT_TOP_K = 64
+# What the teacher cache keeps per token of a causal LM: the top-k log-probabilities (fp16: within 0.008
+# nats down to -16; KL from the fp32 values 1e-6 nats on the SmolLM2 teacher's cache) and their ids (uint16
+# for vocabularies up to 65,536, else int32), the log-normaliser per temperature and the target's
+# log-prob (fp32). At k = 64: 2 x 64 x 2 + 4 x (temperatures + 1) bytes, 264-268; the fp32 logits and
+# int32 ids before took 512 + the same.
+CACHE_LAYOUT = "top-k log-probs fp16 + ids uint16 (int32 past 65,536 tokens) + log-normalisers and target log-prob fp32"
 
 
 def lse_key(temperature: float) -> str:
@@ -239,11 +245,14 @@ class CausalLMTask(Task):
         k = min(spec.top_k or DEFAULT_TOP_K, logits.shape[-1])
         values, indices = logits.topk(k, dim=-1)
         labels = batch["labels"]
-        logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        fields = {"topk_logits": ("token", values), "topk_indices": ("token", indices.int()),
+        lse = {t: torch.logsumexp(logits / t, -1) for t in {1.0, *spec.temperatures}}
+        logp = (logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) - lse[1.0])
+        # the lean layout (see CACHE_LAYOUT): log-probs in fp16, ids in 16 bits when the vocabulary allows
+        ids = indices.to(torch.uint16) if logits.shape[-1] <= 1 << 16 else indices.int()
+        fields = {"topk_logprobs": ("token", (values - lse[1.0].unsqueeze(-1)).half()), "topk_indices": ("token", ids),
                   "target_logprob": ("token", torch.where(labels >= 0, logp, torch.zeros_like(logp)))}
-        for t in spec.temperatures:
-            fields[lse_key(t)] = ("token", torch.logsumexp(logits / t, -1))
+        for t in sorted({1.0, *spec.temperatures}):
+            fields[lse_key(t)] = ("token", lse[t])
         for layer, h in out.get("hidden", {}).items():
             fields[f"hidden_{layer}"] = ("token", h.half())
         return fields
@@ -259,6 +268,11 @@ class CausalLMTask(Task):
         return math.exp(mean)
 
     def teacher_targets(self, cached: dict[str, torch.Tensor]) -> dict[str, Any]:
+        cached = dict(cached)
+        if "topk_logprobs" in cached:  # the cache's layout back to what the losses read: logits, int64 ids
+            cached["topk_logits"] = cached.pop("topk_logprobs").float() + cached["lse_t1"].float().unsqueeze(-1)
+        if "topk_indices" in cached:
+            cached["topk_indices"] = cached["topk_indices"].long()
         out = super().teacher_targets({k: v for k, v in cached.items() if not k.startswith("lse_t")})
         out["lse"] = {float(k.removeprefix("lse_t")): v for k, v in cached.items() if k.startswith("lse_t")}
         return out

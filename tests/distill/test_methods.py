@@ -78,8 +78,12 @@ def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_l
                             bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 16, "rounds": 1})
     run(data, tmp_path / "run")
     cache = CacheReader(tmp_path / "run")
-    assert cache.field(0, "train", "topk_logits").shape[1] == 8
-    assert set(cache.meta["teachers"][0]["fields"]) >= {"topk_logits", "topk_indices", "lse_t1", "lse_t2", "target_logprob"}
+    assert cache.field(0, "train", "topk_logprobs").shape[1] == 8
+    assert set(cache.meta["teachers"][0]["fields"]) >= {"topk_logprobs", "topk_indices", "lse_t1", "lse_t2", "target_logprob"}
+    # the lean layout: 8 log-probs fp16 + 8 ids uint16 + two log-normalisers and the target's log-prob fp32
+    assert cache.field(0, "train", "topk_logprobs").dtype == np.float16
+    assert cache.field(0, "train", "topk_indices").dtype == np.uint16
+    assert cache.meta["teachers"][0]["bytes_per_token"]["targets"] == 8 * 2 + 8 * 2 + 3 * 4
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["models"]
     assert metrics["teacher"]["perplexity"] > 1 and metrics["student"]["perplexity"] > 1
     assert 0 <= metrics["student"]["top1_agreement_with_teacher"] <= 1
@@ -95,7 +99,34 @@ def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_l
     for name in ("teacher", "student", "baseline"):
         assert metrics[name]["sample_prompts"] == 5 and 0 <= metrics[name]["repeated_4grams"] <= 1
         assert 0 < metrics[name]["distinct_2"] <= 1 and 0 <= metrics[name]["looping_prompts"] <= 5
-    assert "## Sample generations" in (tmp_path / "run" / "report.md").read_text()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Sample generations" in md and "Teacher cache: top-8 log-probs (fp16) and ids, 44 bytes per token" in md
+
+
+def test_the_lean_cache_gives_the_losses_the_teachers_logits_back(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from kd_edge.distill.losses import kl
+    from kd_edge.tasks.kinds import CacheSpec
+
+    task = TASKS.get("causal_lm")()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.roll(ids, -1, 1)}
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    fields = task.cache_outputs({"logits": logits}, batch, CacheSpec(top_k=8, temperatures=(2.0,)))
+    stored = {k: torch.from_numpy(t.numpy()) for k, (_, t) in fields.items()}  # as the .npy files hold them
+    assert stored["topk_logprobs"].dtype == torch.float16 and stored["topk_indices"].dtype == torch.uint16
+    back = task.teacher_targets(stored)
+    top, idx = logits.topk(8, -1)
+    assert torch.equal(back["topk_indices"], idx) and back["topk_indices"].dtype == torch.int64
+    assert (back["topk_logits"] - top).abs().max() < 0.01  # fp16 log-probs, back to logits through lse_t1
+    exact = {"topk_logits": top, "topk_indices": idx, "lse": back["lse"]}
+    student = {"logits": torch.randn_like(logits)}
+    w = {"token_weights": torch.ones(2, 12)}
+    assert float(kl(student, back, w, temperature=2.0)) == pytest.approx(float(kl(student, exact, w, temperature=2.0)),
+                                                                       rel=1e-3)
 
 
 def test_second_teacher_changes_the_loss(tmp_path, tiny_classifier, tiny_data):
