@@ -71,6 +71,9 @@ class Recipe(BaseModel):
         if self.distill.baseline and not task_kind(self.task).is_lm:
             raise ValueError(f"distill.baseline trains on the next-token loss alone, which only causal LMs have "
                              f"(task: {self.task}); remove it")
+        if self.distill.on_policy and not task_kind(self.task).is_lm:
+            raise ValueError(f"distill.on_policy has the student generate text, which only causal LMs do "
+                             f"(task: {self.task}); remove it")
         return self
 
 

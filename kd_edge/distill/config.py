@@ -200,6 +200,18 @@ class RationaleConfig(BaseModel):
     answer_weight: float = Field(1.0, ge=0, description="Loss weight of answer tokens.")
 
 
+class OnPolicyConfig(BaseModel):
+    """On-policy distillation (GKD): on a share of the steps the student continues the training prompts
+    and the teacher scores its samples (distill/on_policy.py). Causal LMs, ``mode: live``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share: float = Field(0.5, gt=0, le=1, description="λ: the share of steps trained on the student's own samples.")
+    prompt_tokens: int = Field(8, ge=1, description="Tokens of each training text kept as the prompt.")
+    max_new_tokens: int = Field(32, ge=1, description="Tokens the student samples per prompt (fewer at its end token).")
+    temperature: float = Field(1.0, gt=0, description="The student's sampling temperature.")
+
+
 class DistillConfig(BaseModel):
     """The training loop."""
 
@@ -238,6 +250,9 @@ class DistillConfig(BaseModel):
     augment: AugmentConfig | None = Field(None, description="Encoders: teacher-labelled augmented text.")
     generate: GenerateConfig | None = Field(None, description="Causal LM: sequence-level distillation.")
     rationale: RationaleConfig | None = Field(None, description="Causal LM: rationale distillation.")
+    on_policy: OnPolicyConfig | None = Field(
+        None, description="Causal LM: on-policy distillation (GKD); needs mode: live. Pair it with the jsd loss "
+        "(beta) for GKD's generalised JSD.")
     baseline: bool | None = Field(
         None, description="Also train the same student without the teacher (the next-token loss only, on the same "
         "data, steps and seed) and report it beside the distilled one: what the teacher bought. Default: on for "
@@ -256,6 +271,9 @@ class DistillConfig(BaseModel):
             raise ValueError("early_stopping_patience needs eval_every (how often to evaluate on the dev split)")
         if self.generate and self.rationale:
             raise ValueError("generate (sequence-level) and rationale distillation are separate recipes; pick one")
+        if self.on_policy and self.mode != "live":
+            raise ValueError("on_policy needs the teacher to score the student's own samples as they are made: set "
+                             "distill.mode: live (a cache holds the teacher's outputs on fixed text only)")
         return self
 
     def baseline_for(self, task: str) -> bool:

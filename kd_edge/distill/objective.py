@@ -75,6 +75,11 @@ class Objective(nn.Module):
                 for s_layer, t_layer in cfg.param("layer_map"):
                     self.projections[f"{n}_{s_layer}_{t_layer}"] = nn.Linear(s_width, t_width)
         self.dev_idx = dev_idx
+        self.on_policy = recipe.distill.on_policy
+        self._on_policy_rng = np.random.default_rng([recipe.seed, 11])
+        self.eos_id = getattr(student.generation_config, "eos_token_id", None) if self.on_policy else None
+        if isinstance(self.eos_id, list):
+            self.eos_id = self.eos_id[0] if self.eos_id else None
 
     # -- teacher outputs --------------------------------------------------------------------------------------
     def _teacher_outputs(self, batch, device) -> list[dict]:
@@ -112,7 +117,15 @@ class Objective(nn.Module):
     def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(self.student.parameters()).device
         idx = idx.cpu().numpy()
-        batch = self.task.make_batch(self.ids, idx, self.pad_id, self.labels, self.weights).to(device)
+        on_policy = self.on_policy is not None and self._on_policy_rng.random() < self.on_policy.share
+        if on_policy:  # the student's own continuations of the batch's prompts, scored by the live teacher
+            from kd_edge.distill.on_policy import prompts_of, student_continuations
+
+            seqs, weights = student_continuations(self.student, prompts_of(self.ids, idx, self.on_policy.prompt_tokens),
+                                                  self.on_policy, self.pad_id, self.eos_id)
+            batch = self.task.make_batch(seqs, np.arange(len(seqs)), self.pad_id, None, weights).to(device)
+        else:
+            batch = self.task.make_batch(self.ids, idx, self.pad_id, self.labels, self.weights).to(device)
         student_out = self.task.forward(self.student, batch, meta=self.meta, hidden_layers=self.student_hidden,
                                         attentions=self.attentions)
         outs = self._teacher_outputs(batch, device) if self.uses_teacher else []
@@ -125,6 +138,8 @@ class Objective(nn.Module):
                 value = value + scale * fn(student_out, target, batch.tensors, **self.term_kwargs[n])
             logs[f"loss_{cfg.name}" if f"loss_{cfg.name}" not in logs else f"loss_{cfg.name}_{n}"] = float(value.detach())
             total = total + cfg.weight * value
+        if self.on_policy is not None:
+            logs["on_policy"] = float(on_policy)
         if self.mode == "mutual":
             teacher_loss = self._mutual_teacher_loss(outs[0], student_out, batch)
             logs["loss_teacher"] = float(teacher_loss.detach())

@@ -129,6 +129,44 @@ def test_the_lean_cache_gives_the_losses_the_teachers_logits_back(tiny_llama):
                                                                        rel=1e-3)
 
 
+def test_on_policy_steps_train_on_the_students_own_samples_scored_by_the_live_teacher(tmp_path, tiny_llama, tiny_data):
+    from transformers import AutoModelForCausalLM
+
+    from kd_edge.data.packed import Packed
+    from kd_edge.distill.config import OnPolicyConfig
+    from kd_edge.distill.on_policy import prompts_of, student_continuations
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_llama).train()
+    texts = Packed.from_lists([list(range(5, 25)), list(range(30, 33)), list(range(40, 60))])
+    prompts = prompts_of(texts, np.arange(3), 8)
+    assert [p.tolist() for p in prompts] == [list(range(5, 13)), [30, 31], list(range(40, 48))]  # one left to predict
+    torch.manual_seed(0)
+    seqs, weights = student_continuations(student, prompts, OnPolicyConfig(max_new_tokens=6), pad_id=0, eos_id=None)
+    assert student.training  # generation ran in eval mode and put it back
+    for i, p in enumerate(prompts):
+        assert seqs[i][:len(p)].tolist() == p.tolist() and len(seqs[i]) == len(p) + 6  # the prompt, then 6 sampled
+        assert weights[i].tolist() == [0.0] * len(p) + [1.0] * 6  # the loss reads only what the student wrote
+    # a run: every step on-policy, GKD's generalised JSD against the live teacher
+    data = tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm", teacher={"model": str(tiny_llama), "top_k": 8},
+                            student={"layers": 1},
+                            distill={"mode": "live", "max_steps": 3, "batch_size": 4, "lr": 1e-3, "log_every": 1,
+                                     "checkpoint_every": 100, "baseline": False,
+                                     "on_policy": {"share": 1.0, "max_new_tokens": 8},
+                                     "losses": [{"name": "jsd", "beta": 0.5}]},
+                            evaluate={"sample_prompts": 0}, export={"artifacts": []}, gate={"budgets": []})
+    run(data, tmp_path / "run", stop_after="distill")
+    logged = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "on_policy" in r]
+    assert steps and all(r["on_policy"] == 1.0 and r["loss_jsd"] > 0 for r in steps)
+
+
+def test_on_policy_needs_a_live_teacher(tiny_llama, tiny_data):
+    data = tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm", distill={"on_policy": {"share": 0.5}})
+    with pytest.raises(ConfigError, match="on_policy needs the teacher to score the student's own samples as they "
+                                          "are made: set distill.mode: live"):
+        recipe_from_dict(data, "test")
+
+
 def test_second_teacher_changes_the_loss(tmp_path, tiny_classifier, tiny_data):
     other = write_tiny_classifier(tmp_path / "other", seed=5)
     idx = torch.arange(8)
