@@ -64,6 +64,12 @@ class Recipe(BaseModel):
         TASKS.check(v)
         return v
 
+    def trains_baseline(self) -> bool:
+        """Whether the run trains the no-teacher baseline (``distill.baseline``; default: causal LMs)."""
+        from kd_edge.tasks.kinds import task_kind
+
+        return task_kind(self.task).is_lm if self.distill.baseline is None else self.distill.baseline
+
     @model_validator(mode="after")
     def _baseline_of_a_causal_lm(self) -> "Recipe":
         from kd_edge.tasks.kinds import task_kind

@@ -111,7 +111,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("distill", distill.run, ("teacher", "student", "prepare"), ("task", "seed", "distill", "ensemble"), _teachers,
           "train the student on the teachers' outputs"),
     Stage("baseline", baseline.run, ("teacher", "student"), ("task", "seed", "distill"), None,
-          "the same student trained without the teacher", enabled=lambda r: r.distill.baseline_for(r.task)),
+          "the same student trained without the teacher", enabled=lambda r: r.trains_baseline()),
     Stage("evaluate", evaluate.run, ("teacher", "distill", "baseline"), ("task", "seed", "evaluate"), None,
           "teachers and student on held-out data"),
     Stage("export", export.run, ("teacher", "distill", "evaluate"), ("task", "seed", "export", "verify", "bench.threads"),

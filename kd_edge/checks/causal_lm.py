@@ -18,6 +18,7 @@ import numpy as np
 
 from kd_edge.checks.reference import REFERENCE, Parity, in_float64
 from kd_edge.checks.verdicts import metric_drop, verdict
+from kd_edge.checks.generations import held_out_prompts, torch_greedy
 from kd_edge.errors import ExportError
 
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 5, 8, 32
@@ -143,17 +144,6 @@ class TfliteDecoder:
         return tokens
 
 
-def torch_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """PyTorch's own greedy generation (KV cache on), exactly ``n`` new tokens."""
-    import torch
-
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
-                             pad_token_id=model.config.pad_token_id or 0)
-    return out[0, len(prompt):].tolist()
-
-
 def _nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int, np.ndarray]:
     """Summed next-token NLL of one text, the token count, and the argmax predictions."""
     z = logits[:-1].astype(np.float64)
@@ -201,8 +191,6 @@ class LMChecker:
         import torch
 
         self.texts, self.threads = texts, threads
-        from kd_edge.checks.generations import held_out_prompts
-
         self.prompts = held_out_prompts(texts, N_PROMPTS, PROMPT_TOKENS)
         self.reference, self.predictions, nll_sum, self.tokens = [], [], 0.0, 0
         with torch.no_grad():

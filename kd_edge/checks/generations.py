@@ -51,13 +51,22 @@ def held_out_prompts(texts: list[np.ndarray], n: int, tokens: int) -> list[list[
     return [t[:tokens].tolist() for t in texts if len(t) > tokens][:n]
 
 
+def torch_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """PyTorch's own greedy generation (KV cache on), exactly ``n`` new tokens."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
+                             pad_token_id=model.config.pad_token_id or 0)
+    return out[0, len(prompt):].tolist()
+
+
 def samples(models: dict[str, object], prompts: list[list[int]], new_tokens: int, eos_id: int | None,
             decode, threshold: float) -> tuple[dict[str, dict], list[dict]]:
     """Greedy continuations of ``prompts`` by each of ``models`` (name -> transformers causal LM), stopped
     at ``eos_id``; returns (per model: ``degeneration``, the samples as text: prompt and each model's
     continuation)."""
-    from kd_edge.checks.causal_lm import torch_greedy
-
     out = {name: [_until(torch_greedy(m, p, new_tokens), eos_id) for p in prompts] for name, m in models.items()}
     measures = {name: degeneration(c, threshold) for name, c in out.items()}
     rows = [{"prompt": decode(p), **{name: decode(out[name][i]) for name in models},

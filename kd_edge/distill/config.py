@@ -275,9 +275,3 @@ class DistillConfig(BaseModel):
             raise ValueError("on_policy needs the teacher to score the student's own samples as they are made: set "
                              "distill.mode: live (a cache holds the teacher's outputs on fixed text only)")
         return self
-
-    def baseline_for(self, task: str) -> bool:
-        """Whether a run of ``task`` trains the no-teacher baseline."""
-        from kd_edge.tasks.kinds import task_kind
-
-        return task_kind(task).is_lm if self.baseline is None else self.baseline

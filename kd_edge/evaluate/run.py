@@ -150,7 +150,7 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
     models["teacher"]["top1_agreement_with_teacher"] = 1.0
     generators = {"student": model}
     baseline_dir = RunFiles(ctx.run_dir).baseline
-    if recipe.distill.baseline_for(recipe.task):  # the same student trained without the teacher
+    if recipe.trains_baseline():  # the same student trained without the teacher
         generators["baseline"] = task.load_model(ModelSource(baseline_dir)).eval()
         models["baseline"] = {**_lm_metrics(task, generators["baseline"], cache, meta, recipe.evaluate.batch_size)[0],
                               "params": sum(p.numel() for p in generators["baseline"].parameters())}
