@@ -1,5 +1,6 @@
 """Several processes on one run (`accelerate launch`, torchrun): every process but the first waits while
-the first runs the stages before ``distill`` (they need one process), then trains with it."""
+the first runs the stages that need one process, and trains with it: ``distill``, then ``baseline``
+when the recipe trains one (``TRAINING_STAGES``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 
 FOLLOW_POLL_S = 0.2
+TRAINING_STAGES = ("distill", "baseline")  # the stages every process runs together
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -38,29 +40,43 @@ def _lock_free(path: Path) -> bool:
         return True
 
 
-def follow_distill(recipe: "Recipe", out_dir: Path, *, progress: bool, force: bool,
-                   grace_s: float = 60.0) -> tuple[list[str], list[str]]:
-    """What every process but the first does under `accelerate launch`: wait while the first process
-    runs the stages before ``distill`` (they need one process), then train with it, then stop.
+def follow_training(recipe: "Recipe", out_dir: Path, *, progress: bool, force: bool, stop_after: str | None = None,
+                    grace_s: float = 60.0) -> tuple[list[str], list[str]]:
+    """What every process but the first does under `accelerate launch`: each training stage the run
+    reaches (``TRAINING_STAGES``, enabled, not past ``stop_after``), in order, trained with the first
+    process (``_follow``). Returns (stages ran, stages skipped)."""
+    from kd_edge.stages import STAGE_NAMES, stage
 
-    It trains when the first process marks ``distill`` as running after this process started (an
-    older mark is a stopped run's), leaves when the first process has passed ``distill`` (done or
-    up to date), and fails when the first process failed or holds the run no more. Returns (stages ran, stages skipped).
-    """
+    last = STAGE_NAMES.index(stop_after) if stop_after else len(STAGE_NAMES) - 1
     started = time.time() - 1
+    ran: list[str] = []
+    skipped: list[str] = []
+    for name in TRAINING_STAGES:
+        if STAGE_NAMES.index(name) <= last and stage(name).is_enabled(recipe):
+            (ran if _follow(name, recipe, out_dir, started, force=force, grace_s=grace_s) else skipped).append(name)
+    return ran, skipped
+
+
+def _follow(name: str, recipe: "Recipe", out_dir: Path, started: float, *, force: bool, grace_s: float) -> bool:
+    """Wait while the first process runs the stages before ``name``, then train it with it; False when
+    the first process found it up to date.
+
+    It trains when the first process marks ``name`` as running after this process started (an older
+    mark is a stopped run's), leaves when the first process has passed it (done or up to date), and
+    fails when the first process failed or holds the run no more."""
     files = RunFiles(out_dir)
     manifest = files.manifest
     while True:
         stages = read_json(manifest).get("stages", {}) if manifest.is_file() else {}
-        record = stages.get("distill") or {}
+        record = stages.get(name) or {}
         fresh = max(record.get("started_at", 0), record.get("checked_at", 0)) >= started
         if record.get("status") == "running" and record.get("started_at", 0) >= started:
             from kd_edge.stages import stage
 
-            stage("distill").run(recipe, StageContext(out_dir, record["key"], progress=False, fresh=force))
-            return ["distill"], []
+            stage(name).run(recipe, StageContext(out_dir, record["key"], progress=False, fresh=force))
+            return True
         if record.get("status") == "done" and fresh:
-            return [], ["distill"]
+            return False
         failed = [n for n, r in stages.items() if r.get("status") in ("failed", "interrupted")
                   and r.get("started_at", 0) >= started]
         if failed:

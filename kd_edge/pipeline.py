@@ -22,7 +22,7 @@ from kd_edge.artifacts import StageContext, digest_records, digest_tree, file_re
 from kd_edge.config import Recipe, recipe_to_yaml
 from kd_edge.diskspace import check_free_space
 from kd_edge.errors import ArtifactError, KdEdgeError, from_os_error
-from kd_edge.follower import distributed_rank, follow_distill
+from kd_edge.follower import distributed_rank, follow_training
 from kd_edge.manifest import RunDir, check_out_dir, library_versions
 from kd_edge import stagekeys
 from kd_edge.stagekeys import RecipeFields, code_modules, digest_of, stale_defaults
@@ -91,7 +91,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path, *, resume: bool = False, force: 
     emit = on_event or (lambda e: None)
     rank, world = distributed_rank()
     if world > 1 and rank > 0:
-        ran, skipped = follow_distill(recipe, out_dir, progress=progress, force=force)
+        ran, skipped = follow_training(recipe, out_dir, progress=progress, force=force, stop_after=stop_after)
         return RunResult(out_dir, ran=ran, skipped=skipped)
     run = RunDir(out_dir, fresh=force)
     fields = RecipeFields(recipe)

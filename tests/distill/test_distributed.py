@@ -59,3 +59,24 @@ def test_two_processes_share_the_distillation(tmp_path, tiny_data):
     assert len(two) == len(one) == 6
     for a, b in zip(two, one):
         assert abs(a - b) <= CURVE_RTOL * abs(b), (two, one)
+
+
+def test_two_processes_train_a_causal_lm_and_its_baseline_together(tmp_path, tiny_llama, tiny_data):
+    # the baseline stage trains after distill: every process must take part in it too, or the first
+    # one would wait for the others at its first gradient all-reduce
+    recipe = tmp_path / "lm.yaml"
+    distill = {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 100, "log_every": 1,
+               "losses": [{"name": "kl"}]}
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm", distill=distill,
+                                                      teacher={"model": str(tiny_llama), "top_k": 4},
+                                                      student={"layers": 1}, evaluate={"sample_prompts": 0})))
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "kd_edge", "distill", str(recipe), "--out", str(tmp_path / "run"), "-q"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert stages["distill"]["processes"] == 2 and stages["baseline"]["processes"] == 2
+    summary = json.loads((tmp_path / "run" / "baseline_train" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["samples_seen"] == 2 * 4 * 2  # both processes' examples
+    assert "baseline" in json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["models"]
