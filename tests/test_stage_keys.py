@@ -18,7 +18,7 @@ from kd_edge.preflight import resolve
 from kd_edge.report.config import ReportConfig
 from kd_edge.stages import STAGE_NAMES
 
-BEFORE_BENCH = [n for n in STAGE_NAMES[:STAGE_NAMES.index("bench")] if n not in ("prepare", "generate")]
+BEFORE_BENCH = [n for n in STAGE_NAMES[:STAGE_NAMES.index("bench")] if n not in ("prepare", "generate", "baseline")]  # an encoder: none of these
 
 
 def _copy(run: Path, dest: Path) -> Path:
