@@ -31,4 +31,4 @@ def baseline_recipe(recipe: "Recipe") -> "Recipe":
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Train student_init/ into baseline/ with the next-token loss alone."""
     files = RunFiles(ctx.run_dir)
-    train_student(baseline_recipe(recipe), ctx, files.baseline, files.baseline_train)
+    train_student(baseline_recipe(recipe), ctx, files.baseline, files.baseline_train, "baseline")

@@ -71,13 +71,13 @@ class TrainerCallback:
 class ProgressCallback(TrainerCallback):
     """A progress bar with the loss and samples per second (main process only)."""
 
-    def __init__(self, enabled: bool = True):
-        self.enabled, self.bar, self._t0, self._seen0 = enabled, None, 0.0, 0
+    def __init__(self, enabled: bool = True, desc: str = "distill"):
+        self.enabled, self.desc, self.bar, self._t0, self._seen0 = enabled, desc, None, 0.0, 0
 
     def on_train_begin(self, state, control):
         from kd_edge.progress import Progress
 
-        self.bar = Progress(total=state.max_steps, initial=state.step, desc="distill", unit="step",
+        self.bar = Progress(total=state.max_steps, initial=state.step, desc=self.desc, unit="step",
                             enabled=self.enabled)
         self._t0, self._seen0 = time.perf_counter(), state.samples_seen
 

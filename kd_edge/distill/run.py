@@ -38,9 +38,10 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     train_student(recipe, ctx, files.student, files.train)
 
 
-def train_student(recipe: "Recipe", ctx: StageContext, student_dir, train) -> None:
+def train_student(recipe: "Recipe", ctx: StageContext, student_dir, train, name: str = "distill") -> None:
     """Train student_init/ on ``recipe.distill`` into ``student_dir``, its metrics, summary and
-    checkpoints in ``train`` (a TrainFiles): the distill stage's, and the baseline's (distill/baseline.py)."""
+    checkpoints in ``train`` (a TrainFiles), its progress bar called ``name``: the distill stage's, and
+    the baseline's (distill/baseline.py)."""
     import torch
 
     from kd_edge.distill.callbacks import EarlyStoppingCallback, MetricsFileCallback, ProgressCallback
@@ -72,7 +73,7 @@ def train_student(recipe: "Recipe", ctx: StageContext, student_dir, train) -> No
     train_idx, dev_idx = dev_split(n, d.dev_size, recipe.seed) if d.eval_every else (np.arange(n), None)
     meta = {"pooling": init_meta.get("pooling"), "normalize": init_meta.get("normalize")}
     objective = Objective(recipe, task, model, meta, cache, teachers, dev_idx)
-    callbacks = [ProgressCallback(ctx.progress), MetricsFileCallback(train.metrics)]
+    callbacks = [ProgressCallback(ctx.progress, name), MetricsFileCallback(train.metrics)]
     if d.eval_every:
         callbacks.append(EarlyStoppingCallback(task.kind.dev_metric, task.higher_is_better, d.early_stopping_patience))
     trainer = Trainer(objective, train_idx, d, seed=recipe.seed, checkpoint_dir=train.checkpoints, key=ctx.key,
