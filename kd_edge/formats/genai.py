@@ -144,10 +144,20 @@ def build_int4(src: Path, dst: Path, *, source_dir: Path, log_path: Path, option
 
 def mixed_int8(src: Path, path: Path, precision: str, quantize, kw: dict, measure, budget: float, tried: list) -> dict:
     """The 4-bit fallback: the builder again, with the output head and the most sensitive layers'
-    projections at 8 bits."""
-    shutil.rmtree(path)
-    extra = quantize(src, path, **{**kw, "options": (MIXED,)})
-    drop = measure()
+    projections at 8 bits. A mixed folder that fails (the builder's, or ONNX Runtime GenAI refusing
+    it) leaves the plain int4 folder in place and says why."""
+    aside = path.with_name(path.name + ".plain")
+    path.replace(aside)
+    try:
+        extra = quantize(src, path, **{**kw, "options": (MIXED,)})
+        drop = measure()
+    except ExportError as e:
+        shutil.rmtree(path, ignore_errors=True)
+        aside.replace(path)
+        tried.append({"options": MIXED, "error": str(e)})
+        return {"fallback": {"engaged": False, "reason": f"the 8-bit head and layers did not work ({e}); the plain "
+                                                         "int4 folder is kept"}}
+    shutil.rmtree(aside)
     tried.append({"options": MIXED, "drop": round(drop, 5)})
     return {**extra, "fallback": {"engaged": True, "level": 1, "kept_in_float": "the output head and the sensitive "
                                   "layers' projections at 8 bits (the builder's mixed precision)", "nodes": [],
@@ -219,7 +229,11 @@ def check_folder(folder: Path) -> None:
     if not graph_path.is_file():
         raise ArtifactError(f"'{folder.name}': {CONFIG} names the graph {graph_path.name}, which is not in the folder; "
                             "export the folder again")
-    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    try:
+        graph = onnx.load(str(graph_path), load_external_data=False).graph
+    except Exception as e:  # protobuf's DecodeError: not an ONNX graph
+        raise ArtifactError(f"'{folder.name}': {graph_path.name} is not a readable ONNX graph ({type(e).__name__}); "
+                            "export the folder again") from e
     inputs = {i.name: i for i in graph.input}
     outputs = {o.name for o in graph.output}
     names = dec.get("inputs", {})
@@ -268,7 +282,12 @@ class GenaiDecoder:
         if threads:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
                                                                                   "inter_op_num_threads": 1}}}}))
-        self.og, self.model = og, og.Model(config)
+        try:
+            model = og.Model(config)
+        except RuntimeError as e:  # a folder the builder wrote that its runtime refuses
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"{path.name} does not load in ONNX Runtime GenAI: {first[:300]}") from e
+        self.og, self.model = og, model
         self.size = int(read_config(path)["model"].get("context_length") or 2048)
         self.record = {"genai_version": og.__version__}
 

@@ -180,3 +180,55 @@ def test_a_4bit_folder_past_its_budget_is_built_again_with_8_bit_sensitive_layer
     assert side["stored_as"] == "onnxruntime-genai int4 (mixed int4/int8)"
     assert side["fallback"]["engaged"] and side["fallback"]["within_budget"]
     assert [t["drop"] for t in side["int8_check"]["tried"]] == [0.05, 0.01]
+
+
+def test_a_4bit_fallback_folder_that_does_not_load_leaves_the_plain_int4_folder(tmp_path, exported, llama):
+    from kd_edge.errors import ExportError
+    from kd_edge.export.config import ArtifactSpec
+    from kd_edge.export.run import _fall_back
+    from kd_edge.formats import FORMATS
+    from kd_edge.quantize import QUANTIZERS
+
+    class Drops:  # the plain folder over budget; the mixed one refused as ONNX Runtime GenAI refused SmolLM2's
+        def __init__(self):
+            self.calls = 0
+
+        def drop(self, fmt, src, info, path, this):
+            self.calls += 1
+            if self.calls == 2:
+                raise ExportError("student.int4.genai does not load in ONNX Runtime GenAI: Invalid model. Node input "
+                                  "'lm_head.MatMul.weight_Q8G32' is not a graph input")
+            return 0.05, "perplexity"
+
+    out, _ = exported
+    src, path = out / "student.fp32.genai", tmp_path / "student.int4.genai"
+    shutil.copytree(out / "student.int4.genai", path)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    side = _fall_back(ArtifactSpec(format="genai", precision="int4"), FORMATS["genai"].precision("int4"), src,
+                      read_json(out / "student.fp32.genai.json"), path, QUANTIZERS.get("genai:int4"),
+                      {"log_path": tmp_path / "q.log", "source_dir": llama}, Drops(), budget=0.03)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # the plain int4 folder, as it was
+    assert not side["fallback"]["engaged"] and "lm_head.MatMul.weight_Q8G32" in side["fallback"]["reason"]
+    assert "the plain int4 folder is kept" in side["fallback"]["reason"]
+    assert not any(p.name.endswith(".plain") for p in tmp_path.iterdir())
+
+
+def test_a_folder_genai_refuses_is_one_line_naming_it(tmp_path, exported):
+    import onnx
+
+    from kd_edge.errors import ArtifactError, ExportError
+    from kd_edge.formats.genai import GenaiDecoder
+
+    out, _ = exported
+    broken = tmp_path / "student.int4.genai"
+    shutil.copytree(out / "student.int4.genai", broken)
+    model = onnx.load(str(broken / "model.onnx"))  # a node reading an initializer that is not there, as the
+    head = next(n for n in model.graph.node if n.op_type == "MatMulNBits")  # builder's tied 8-bit head did
+    gone = head.input[1]
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == gone))
+    onnx.save(model, str(broken / "model.onnx"))
+    with pytest.raises(ExportError, match=r"^student\.int4\.genai does not load in ONNX Runtime GenAI: .*" + gone):
+        GenaiDecoder(broken, read_json(out / "student.int4.genai.json"))
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ArtifactError, match=r"'student\.int4\.genai': model\.onnx is not a readable ONNX graph"):
+        GenaiDecoder(broken, read_json(out / "student.int4.genai.json"))
