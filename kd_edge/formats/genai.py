@@ -5,7 +5,10 @@ app loads.
 
 The builder makes every precision from the model folder (its fp32 graph uses GroupQueryAttention over a
 shared key/value buffer; int4 and int8 are its MatMulNBits weight-only quantization, RTN in blocks of
-32, the tied embedding table shared by the lookup and the head). A folder is checked against its own
+32, the tied embedding table shared by the lookup and the head). A 4-bit folder past its budget falls
+back to the builder's mixed 4/8-bit precision, then to kd-edge's own ONNX KV-cache graph at int4 in a
+folder whose config the builder writes (``own_graph``): ONNX Runtime GenAI runs it with a past that
+grows each step. A folder is checked against its own
 config before it is loaded: a config whose layer count, heads or file names do not match the graph is
 one line, not a crash inside the runtime.
 """
@@ -31,6 +34,8 @@ CONFIG = "genai_config.json"
 # the 4-bit fallback: the output head and llama.cpp's "mixed" set of sensitive layers (first and last
 # eighth, every third layer's qkv/v/down projections) at 8 bits (the builder's k_quant_mixed)
 MIXED = "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8"
+# the last 4-bit fallback: kd-edge's own KV-cache graph in a folder whose config the builder writes
+OWN_GRAPH = "kd-edge's own ONNX KV-cache graph"
 
 
 def _genai():
@@ -82,16 +87,18 @@ def _with_positions(source_dir: Path, positions: int, view: Path) -> Path:
     return view
 
 
-def describe(folder: Path, precision: str, options: tuple[str, ...] = ()) -> dict:
-    """What a built folder's sidecar records."""
+def describe(folder: Path, precision: str, options: tuple[str, ...] = (), own: bool = False) -> dict:
+    """What a built folder's sidecar records (``own``: the graph is kd-edge's, the config the builder's)."""
     cfg = read_config(folder)
+    builder = f"onnxruntime-genai {GENAI_VERSION} model builder -p {precision} -e cpu"
     return {"inputs": [{"name": n, "dtype": "int64"} for n in ("input_ids", "attention_mask")], "outputs": ["logits"],
             "genai_model_type": cfg["model"].get("type"), "context_length": cfg["model"].get("context_length"),
             "files": sorted(p.name for p in folder.iterdir()),
             "graph": cfg["model"]["decoder"].get("filename", "model.onnx"),
-            "stored_as": f"onnxruntime-genai {precision}" + (" (mixed int4/int8)" if MIXED in options else ""),
-            "builder": f"onnxruntime-genai {GENAI_VERSION} model builder -p {precision} -e cpu"
-                       + (f", options {' '.join(options)}" if options else "")}
+            "stored_as": f"{OWN_GRAPH} {precision} in a GenAI folder" if own else
+                         f"onnxruntime-genai {precision}" + (" (mixed int4/int8)" if MIXED in options else ""),
+            "builder": f"kd-edge's ONNX export; {builder} for genai_config.json and the tokenizer (config_only)" if own
+                       else builder + (f", options {' '.join(options)}" if options else "")}
 
 
 OPTIONS = {"fp32": (), "int8": ("block_size=64",), "int4": ()}  # the builder options of each precision
@@ -142,25 +149,106 @@ def build_int4(src: Path, dst: Path, *, source_dir: Path, log_path: Path, option
             "quantization": {"method": "onnxruntime-genai builder int4 (MatMulNBits, RTN, blocks of 32)"}}
 
 
-def mixed_int8(src: Path, path: Path, precision: str, quantize, kw: dict, measure, budget: float, tried: list) -> dict:
-    """The 4-bit fallback: the builder again, with the output head and the most sensitive layers'
-    projections at 8 bits. A mixed folder that fails (the builder's, or ONNX Runtime GenAI refusing
-    it) leaves the plain int4 folder in place and says why."""
+def own_graph(source_dir: Path, dst: Path, *, precision: str, log_path: Path, context_length: int | None = None,
+              opset: int = 17) -> dict:
+    """A GenAI folder around kd-edge's own ONNX export of the model (the KV-cache step the onnx format
+    writes: input_ids, attention_mask, position_ids and a past key/value per layer in; logits and the
+    presents out), where the builder writes only the config and tokenizer files (``config_only``: a
+    past that grows each step instead of GroupQueryAttention's shared buffer). At int4 the graph is
+    the onnx format's int4 (MatMulNBits blocks of 16 with zero points; a tied table int8, shared by
+    the lookup and the head): the fallback for a model whose builder folders lose too much."""
+    import onnx
+
+    from kd_edge.export.onnx import OnnxExporter
+    from kd_edge.quantize.onnx_precisions import quantize_onnx_int4
+    from kd_edge.tasks import TASKS
+    from kd_edge.tasks.kinds import ModelSource
+
+    build(source_dir, [(dst, precision, ("config_only=true",))], log_path, context_length)
+    scratch = dst.parent / f"_{dst.name}.graph"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        task = TASKS.get("causal_lm")()
+        module = task.export_module(task.load_model(ModelSource(source_dir), eager=True), {})
+        graph = scratch / "step.onnx"
+        OnnxExporter().export(module, graph, input_names=task.input_names, output_name=task.output_name, opset=opset)
+        quantization = None
+        if precision == "int4":
+            quantization = quantize_onnx_int4(graph, scratch / "step.int4.onnx")["quantization"]
+            graph = scratch / "step.int4.onnx"
+        elif precision != "fp32":
+            raise QuantizeError(f"kd-edge's own GenAI graph is made at fp32 or int4, not {precision}")
+        data = dst / "model.onnx.data"
+        data.unlink(missing_ok=True)
+        onnx.save_model(onnx.load(str(graph)), str(dst / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    path = dst / CONFIG
+    cfg = json.loads(path.read_text())
+    dec = cfg["model"]["decoder"]
+    dec["filename"] = "model.onnx"
+    dec["inputs"] = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                     "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+    dec["outputs"] = {"logits": "logits", "present_key_names": "present.%d.key",
+                      "present_value_names": "present.%d.value"}
+    cfg["search"]["past_present_share_buffer"] = False
+    path.write_text(json.dumps(cfg, indent=4))
+    info = describe(dst, precision, own=True)
+    return {**info, "quantization": quantization} if quantization else info
+
+
+def int4_fallback(src: Path, path: Path, precision: str, quantize, kw: dict, measure, budget: float,
+                  tried: list) -> dict:
+    """The 4-bit fallback, lightest first: (1) the builder again with the output head and the most
+    sensitive layers' projections at 8 bits; (2) kd-edge's own ONNX graph at int4 (blocks of 16 with
+    zero points, a tied table at 8 bits: the builder cannot write a tied 8-bit head, and SmolLM2's
+    students are tied). The first within the budget is kept; if none is, the one that lost least,
+    the plain folder included. An attempt that fails (the builder's, or ONNX Runtime GenAI refusing
+    the folder) is recorded with why and the next one is tried."""
+    attempts = [
+        ("builder mixed: " + MIXED, "the output head and the sensitive layers' projections at 8 bits (the builder's "
+         "mixed precision)", lambda: quantize(src, path, **{**kw, "options": (MIXED,)})),
+        (OWN_GRAPH, "kd-edge's own ONNX graph: 4-bit weights in blocks of 16 with zero points, the tied table and head "
+         "at 8 bits", lambda: own_graph(kw["source_dir"], path, precision=precision, log_path=kw["log_path"],
+                                        context_length=kw.get("context_length"))),
+    ]
     aside = path.with_name(path.name + ".plain")
     path.replace(aside)
-    try:
-        extra = quantize(src, path, **{**kw, "options": (MIXED,)})
-        drop = measure()
-    except ExportError as e:
-        shutil.rmtree(path, ignore_errors=True)
+    best: tuple[float, Path, dict, int, str] | None = None  # drop, folder, sidecar entries, level, what it keeps
+    errors = []
+    for level, (label, keeps, make) in enumerate(attempts, 1):
+        try:
+            extra = make()
+            drop = measure()
+        except (ExportError, QuantizeError) as e:
+            shutil.rmtree(path, ignore_errors=True)
+            tried.append({"attempt": label, "error": str(e)})
+            errors.append(f"{label}: {e}")
+            continue
+        tried.append({"attempt": label, "drop": round(drop, 5)})
+        if best is None or drop < best[0]:
+            if best is not None:
+                shutil.rmtree(best[1])
+            best = (drop, path.with_name(f"{path.name}.level{level}"), extra, level, keeps)
+            path.replace(best[1])
+        else:
+            shutil.rmtree(path)
+        if drop <= budget:
+            break
+    plain_drop = tried[0]["drop"] if tried and "drop" in tried[0] else float("inf")
+    if best is None or best[0] >= plain_drop:
+        if best is not None:
+            shutil.rmtree(best[1])
         aside.replace(path)
-        tried.append({"options": MIXED, "error": str(e)})
-        return {"fallback": {"engaged": False, "reason": f"the 8-bit head and layers did not work ({e}); the plain "
-                                                         "int4 folder is kept"}}
+        why = "; ".join(errors) if errors else f"none lost less than the plain folder ({plain_drop * 100:.2f} %)"
+        return {"fallback": {"engaged": False, "reason": f"the lighter 4-bit recipes did not help ({why[:600]}); the "
+                                                         "plain int4 folder is kept"}}
     shutil.rmtree(aside)
-    tried.append({"options": MIXED, "drop": round(drop, 5)})
-    return {**extra, "fallback": {"engaged": True, "level": 1, "kept_in_float": "the output head and the sensitive "
-                                  "layers' projections at 8 bits (the builder's mixed precision)", "nodes": [],
+    drop, folder, extra, level, keeps = best
+    folder.replace(path)
+    return {**extra, "fallback": {"engaged": True, "level": level, "kept_in_float": keeps, "nodes": [],
                                   "within_budget": drop <= budget}}
 
 
@@ -370,7 +458,7 @@ FORMAT = GenaiFormat(
                   "kd_edge.formats.genai:build_int8", ("onnxruntime_genai",), "genai"),
         Precision("int4", "the builder's int4: MatMulNBits 4-bit weights in blocks of 32, int8 compute "
                   "(fallback: the head and sensitive layers at 8 bits)", 4, "kd_edge.formats.genai:build_int4",
-                  ("onnxruntime_genai",), "genai", fallback="kd_edge.formats.genai:mixed_int8"),
+                  ("onnxruntime_genai",), "genai", fallback="kd_edge.formats.genai:int4_fallback"),
     ),
     lm_decoder="kd_edge.formats.genai:GenaiDecoder",
     device_modules=("onnxruntime_genai",), device_package=f"onnxruntime-genai=={GENAI_VERSION}",

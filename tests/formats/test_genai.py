@@ -210,7 +210,59 @@ def test_a_4bit_fallback_folder_that_does_not_load_leaves_the_plain_int4_folder(
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # the plain int4 folder, as it was
     assert not side["fallback"]["engaged"] and "lm_head.MatMul.weight_Q8G32" in side["fallback"]["reason"]
     assert "the plain int4 folder is kept" in side["fallback"]["reason"]
-    assert not any(p.name.endswith(".plain") for p in tmp_path.iterdir())
+    tried = side["int8_check"]["tried"]  # then kd-edge's own graph, which lost no less than the plain folder
+    assert "error" in tried[1] and tried[2] == {"attempt": "kd-edge's own ONNX KV-cache graph", "drop": 0.05}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.log", "student.int4.genai"]  # nothing left aside
+
+
+def test_past_the_builders_4bit_recipes_the_fallback_is_kd_edges_own_graph_in_a_genai_folder(tmp_path, exported,
+                                                                                            llama):
+    """The builder cannot write a tied 8-bit head (SmolLM2's students are tied): the last fallback puts
+    kd-edge's own int4 KV-cache graph (blocks of 16 with zero points, the tied table at 8 bits) in a
+    folder ONNX Runtime GenAI loads, whose config the builder writes; it generates PyTorch's tokens."""
+    import onnx
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kd_edge.errors import ExportError
+    from kd_edge.export.config import ArtifactSpec
+    from kd_edge.export.run import _fall_back
+    from kd_edge.formats import FORMATS
+    from kd_edge.formats.genai import GenaiDecoder
+    from kd_edge.quantize import QUANTIZERS
+
+    class Drops:  # the plain folder over budget, the mixed one refused, the own graph within
+        def __init__(self):
+            self.calls = 0
+
+        def drop(self, fmt, src, info, path, this):
+            self.calls += 1
+            if self.calls == 2:
+                raise ExportError("student.int4.genai does not load in ONNX Runtime GenAI: Invalid model")
+            return (0.05 if self.calls == 1 else 0.01), "perplexity"
+
+    out, _ = exported
+    src, path = out / "student.fp32.genai", tmp_path / "student.int4.genai"
+    shutil.copytree(out / "student.int4.genai", path)
+    side = _fall_back(ArtifactSpec(format="genai", precision="int4"), FORMATS["genai"].precision("int4"), src,
+                      read_json(out / "student.fp32.genai.json"), path, QUANTIZERS.get("genai:int4"),
+                      {"log_path": tmp_path / "q.log", "source_dir": llama, "context_length": 96}, Drops(),
+                      budget=0.03)
+    assert side["fallback"]["engaged"] and side["fallback"]["level"] == 2 and side["fallback"]["within_budget"]
+    assert side["stored_as"] == "kd-edge's own ONNX KV-cache graph int4 in a GenAI folder"
+    assert "blocks of 16" in side["quantization"]["method"] and "int8" in side["quantization"]["tied_table"]
+    cfg = json.loads((path / "genai_config.json").read_text())
+    assert cfg["model"]["context_length"] == 96 and not cfg["search"]["past_present_share_buffer"]
+    graph = onnx.load(str(path / "model.onnx"), load_external_data=False).graph
+    assert {"input_ids", "attention_mask", "position_ids", "past_key_values.0.key"} <= {i.name for i in graph.input}
+    assert {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"} == {4, 8}
+    # nothing left aside (export removes the "_" scratch the builder's context-length view lives in)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name[0] != "_") == ["q.log", "student.int4.genai"]
+    prompt = [1, 50, 200, 3000, 7]
+    with torch.no_grad():
+        reference = AutoModelForCausalLM.from_pretrained(str(llama)).eval().generate(
+            torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    assert GenaiDecoder(path, side).greedy(prompt, 12) == reference
 
 
 def test_a_folder_genai_refuses_is_one_line_naming_it(tmp_path, exported):
