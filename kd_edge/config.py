@@ -80,6 +80,14 @@ class Recipe(BaseModel):
         if self.distill.on_policy and not task_kind(self.task).is_lm:
             raise ValueError(f"distill.on_policy has the student generate text, which only causal LMs do "
                              f"(task: {self.task}); remove it")
+        d = self.distill
+        if self.teacher.server and not (d.generate or (d.rationale and d.rationale.source == "teacher")):
+            raise ValueError("teacher.server is set, but nothing asks the served teacher: it writes the training text "
+                             "of distill.generate (sequence-level KD) or distill.rationale (source: teacher); token-level "
+                             "KD from served log-probabilities is not built yet; add one of those or remove "
+                             "teacher.server")
+        if any(t.server for t in (self.ensemble.teachers if self.ensemble else [])):
+            raise ValueError("ensemble.teachers: a served teacher is only the recipe's `teacher`; remove server there")
         return self
 
 

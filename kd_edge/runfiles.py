@@ -228,6 +228,9 @@ class RunFiles:
     data = property(lambda self: DataFiles(self.root / "data"))
     prepared_teacher = property(lambda self: self.root / "teacher")
     generated = property(lambda self: GeneratedFiles(self.root / "generated"))
+    # a served teacher's answers, one file per request hash: kept across stages, runs and --force, so
+    # that nothing is sent twice (distill/served.py)
+    served = property(lambda self: self.root / "served")
     teacher_cache = property(lambda self: CacheFiles(self.root / "teacher_cache"))
     student_init = property(lambda self: self.root / "student_init")
     student = property(lambda self: self.root / "student")

@@ -21,6 +21,33 @@ class HeadConfig(BaseModel):
     train_encoder: bool = Field(False, description="Fine-tune the encoder too (slower); default: head only.")
 
 
+class ServerConfig(BaseModel):
+    """A teacher served behind an OpenAI-compatible endpoint (vLLM, TGI, llama.cpp's server, a hosted
+    API): it writes the sequence-level and rationale data (``distill.generate``, ``distill.rationale``
+    with ``source: teacher``). Every answer is stored on disk under the hash of its request, so an
+    interrupted or repeated run sends nothing twice (distill/served.py)."""
+
+    model_config = _FROZEN
+
+    url: str = Field(description="The API's base URL, e.g. http://127.0.0.1:8080/v1 (requests go to <url>/completions).")
+    model: str = Field(description="The served model's name, as the server's /models lists it.")
+    api_key_env: str | None = Field(
+        None, description="The environment variable that holds the API key (sent as a bearer token); null: no key. "
+        "The key itself never goes in a recipe.")
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once.")
+    rate_limit: float | None = Field(None, gt=0, description="At most this many requests per second; null: no limit.")
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer before trying again.")
+    retries: int = Field(4, ge=0, le=20, description="Tries after the first for a request that fails in a way that "
+                         "may pass (HTTP 429 and 5xx, a timeout, a dropped connection), with exponential backoff.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL; write e.g. http://127.0.0.1:8080/v1")
+        return v.rstrip("/")
+
+
 class TeacherConfig(BaseModel):
     """A model to distill from."""
 
@@ -58,6 +85,12 @@ class TeacherConfig(BaseModel):
         "(teacher files, data, cached fields). Null keeps the cache inside the run."
     )
     weight: float = Field(1.0, gt=0, description="Ensembles: this teacher's weight in the averaged target.")
+    server: ServerConfig | None = Field(
+        None, description="causal_lm: the teacher answers from an OpenAI-compatible server for the data it writes "
+        "(distill.generate, a teacher's rationales); `model` still names the local folder with its tokenizer.")
+    terms: str | None = Field(
+        None, description="The terms of use of the teacher's outputs (a commercial model's may restrict distilling "
+        "from them), recorded in the report with the teacher's provenance.")
 
 
 class EnsembleConfig(BaseModel):

@@ -8,6 +8,10 @@
   the teacher writes a rationale and an answer for each prompt; the student learns
   prompt -> rationale -> answer with separate weights.
 
+The teacher is the local model, or with ``teacher.server`` the served one (distill/served.py: its
+answers are stored under ``served/``, and the meta records the endpoint, the served model, the date
+and the recipe's ``teacher.terms``).
+
 Writes generated/train.jsonl (deduplicated, each row with its provenance) and generated/meta.json
 (method, teacher, settings, seed, counts).
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
 from kd_edge.runfiles import GeneratedFiles, RunFiles, read_jsonl, write_jsonl
@@ -25,6 +29,9 @@ if TYPE_CHECKING:
     from kd_edge.config import Recipe
 
 _WORD = re.compile(r"\S+")
+
+# a teacher that continues prompts: (prompts, max_new_tokens, do_sample, temperature) -> continuations
+Continue = Callable[[list[str], int, bool, float], list[str]]
 
 
 def augment_text(text: str, rng: random.Random, vocabulary: list[str], cfg, mask_token: str) -> str:
@@ -85,7 +92,19 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
     return texts
 
 
-def sequence_level(recipe: "Recipe", rows: list[dict], model, tokenizer, progress: bool) -> tuple[list[dict], dict]:
+def local_teacher(model, tokenizer, batch_size: int, progress: bool) -> Continue:
+    return lambda prompts, n, do_sample, temperature: _generate(
+        model, tokenizer, prompts, max_new_tokens=n, do_sample=do_sample, temperature=temperature,
+        batch_size=batch_size, progress=progress)
+
+
+def served_teacher(client, seed: int, progress: bool) -> Continue:
+    """The served teacher: greedy is temperature 0 (the completions API has no do_sample)."""
+    return lambda prompts, n, do_sample, temperature: client.complete(
+        prompts, max_tokens=n, temperature=temperature if do_sample else 0.0, seed=seed, progress=progress)
+
+
+def sequence_level(recipe: "Recipe", rows: list[dict], teacher: Continue, tokenizer) -> tuple[list[dict], dict]:
     """Prompt (the first tokens of a training text) + the teacher's continuation, deduplicated."""
     cfg = recipe.distill.generate
     prompts = []
@@ -94,8 +113,7 @@ def sequence_level(recipe: "Recipe", rows: list[dict], model, tokenizer, progres
         if ids:
             prompts.append(tokenizer.decode(ids))
     prompts = list(dict.fromkeys(prompts))
-    completions = _generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                            temperature=cfg.temperature, batch_size=recipe.teacher.batch_size, progress=progress)
+    completions = teacher(prompts, cfg.max_new_tokens, cfg.do_sample, cfg.temperature)
     out, seen, duplicates = [], set(), 0
     for prompt, completion in zip(prompts, completions):
         if not completion.strip() or (prompt, completion) in seen:
@@ -107,14 +125,13 @@ def sequence_level(recipe: "Recipe", rows: list[dict], model, tokenizer, progres
     return out, {"prompts": len(prompts), "duplicates_dropped": duplicates}
 
 
-def rationales(recipe: "Recipe", rows: list[dict], model, tokenizer, progress: bool) -> tuple[list[dict], dict]:
+def rationales(recipe: "Recipe", rows: list[dict], teacher: Continue) -> tuple[list[dict], dict]:
     """Prompt -> teacher rationale -> teacher answer, split at the answer marker; rows whose output has
     no answer marker are dropped (counted)."""
     cfg = recipe.distill.rationale
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     rendered = [cfg.template.format(prompt=p) for p in prompts]
-    outputs = _generate(model, tokenizer, rendered, max_new_tokens=cfg.max_new_tokens, do_sample=False,
-                        temperature=1.0, batch_size=recipe.teacher.batch_size, progress=progress)
+    outputs = teacher(rendered, cfg.max_new_tokens, False, 1.0)
     out, no_answer = [], 0
     for prompt, text in zip(rendered, outputs):
         rationale, marker, answer = text.partition(cfg.answer_marker)
@@ -141,21 +158,29 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     source = teacher_source(recipe, ctx.run_dir)
     tokenizer = task.load_tokenizer(source)
     settings: dict[str, Any]
+    provenance: dict[str, Any] = {"teacher": str(source.path)}
     if d.augment:
         method, settings = "augment", d.augment.model_dump()
         made, counts = augment(recipe, rows, tokenizer.mask_token or tokenizer.unk_token or "[MASK]")
     else:
-        torch.manual_seed(recipe.seed)
-        model = task.load_model(source)
+        if recipe.teacher.server:
+            from kd_edge.distill.served import ServedTeacher
+
+            client = ServedTeacher(recipe.teacher.server, files.served)
+            teacher = served_teacher(client, recipe.seed, ctx.progress)
+        else:
+            torch.manual_seed(recipe.seed)
+            teacher = local_teacher(task.load_model(source), tokenizer, recipe.teacher.batch_size, ctx.progress)
         if d.generate:
             method, settings = "sequence_level", d.generate.model_dump()
-            made, counts = sequence_level(recipe, rows, model, tokenizer, ctx.progress)
+            made, counts = sequence_level(recipe, rows, teacher, tokenizer)
         else:
             method, settings = "rationale", d.rationale.model_dump()
-            made, counts = rationales(recipe, rows, model, tokenizer, ctx.progress)
+            made, counts = rationales(recipe, rows, teacher)
+        if recipe.teacher.server:
+            provenance["served"] = {**client.provenance(), "terms": recipe.teacher.terms}
     with atomic_dir(files.generated.path) as folder:
         out = GeneratedFiles(folder)
         write_jsonl(out.rows, made)
-        write_json(out.meta, {"method": method, "teacher": str(source.path), "settings": settings,
-                                       "seed": recipe.seed, "n_source_rows": len(rows), "n_generated": len(made),
-                                       **counts})
+        write_json(out.meta, {"method": method, **provenance, "settings": settings, "seed": recipe.seed,
+                              "n_source_rows": len(rows), "n_generated": len(made), **counts})
