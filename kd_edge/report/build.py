@@ -158,7 +158,18 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
         "per_class": evaluation.get("per_class"),
         "slices": evaluation.get("slices"),
         "teacher_cache": evaluation.get("teacher_cache"),
+        "teacher_provenance": _provenance(files, recipe),
         "samples": ({"threshold": evaluation.get("loop_threshold"), "prompts": evaluation["samples"]}
                     if evaluation.get("samples") is not None else None),
         "training": {"summary": read_json(summary) if summary.is_file() else None, "curve": curve},
     }
+
+
+def _provenance(files: RunFiles, recipe: dict) -> dict | None:
+    """A served teacher's provenance (the generate stage's record), or the terms a local teacher's recipe names."""
+    meta = files.generated.meta
+    served = read_json(meta).get("served") if meta.is_file() else None
+    terms = recipe["teacher"].get("terms")
+    if served:
+        return {k: served.get(k) for k in ("endpoint", "served_model", "date", "terms", "sent", "stored")}
+    return {"terms": terms} if terms else None

@@ -249,7 +249,17 @@ def _settings(report: dict) -> str:
             f"({machine}, {env.get('cpu_count')} cores{load}). Quality on {report['evaluation']['n_test']} held-out texts"
             + (f" ({report['evaluation'].get('n_test_labelled')} labelled)" if report['evaluation'].get('n_test_labelled') else "")
             + (f"; neighbours: top-{report['evaluation']['knn_k']}." if _kind(report).output_field == "pooled" else ".")
-            + sizes + _cache_line(report))
+            + sizes + _cache_line(report) + _provenance_line(report))
+
+
+def _provenance_line(report: dict) -> str:
+    """Where the teacher's outputs came from, when a served teacher wrote them, and their terms of use."""
+    p = report.get("teacher_provenance") or {}
+    terms = f" Terms of use of the teacher's outputs: {p['terms']}." if p.get("terms") else ""
+    if not p.get("endpoint"):
+        return terms
+    return (f" Training text written by the served teacher `{p['served_model']}` at {p['endpoint']} on {p['date']} "
+            f"({p.get('sent', 0)} requests sent, {p.get('stored', 0)} answers from the store).{terms}")
 
 
 def _cache_line(report: dict) -> str:

@@ -234,6 +234,15 @@ def test_a_run_learns_from_the_served_teachers_text_and_records_where_it_came_fr
     assert served["terms"] == "SmolLM2: Apache-2.0" and served["sent"] == meta["prompts"] == proxy.posts > 0
     rows = read_jsonl(run / "generated" / "train.jsonl")
     assert rows and all(r["segments"][1][0].strip() for r in rows)
+    import yaml
+
+    from kd_edge.report.build import build_report
+    from kd_edge.report.render import to_markdown as markdown
+
+    report = build_report(run, yaml.safe_load((run / "recipe.resolved.yaml").read_text()))
+    assert report["teacher_provenance"]["endpoint"] == proxy.url and report["teacher_provenance"]["terms"]
+    assert f"written by the served teacher `smollm2` at {proxy.url}" in markdown(report)
+    assert "Terms of use of the teacher's outputs: SmolLM2: Apache-2.0." in markdown(report)
     posts = proxy.posts
     subprocess.run(["rm", "-rf", str(run / "generated")], check=True)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
