@@ -222,6 +222,11 @@ def file_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in list_files(Path(path))) / 1e6
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process as set by `accelerate launch` / torchrun; (0, 1) alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 @dataclass(frozen=True)
 class StageContext:
     """What the pipeline hands a stage besides the recipe: where the run lives and the stage's key

@@ -1,11 +1,11 @@
 """Several processes on one run (`accelerate launch`, torchrun): every process but the first waits while
-the first runs the stages that need one process, and trains with it: ``distill``, then ``baseline``
-when the recipe trains one (``TRAINING_STAGES``)."""
+the first runs the stages that need one process, and works with it on the others: ``teacher`` (each
+process caches a share of the batches), ``distill``, then ``baseline`` when the recipe trains one
+(``TRAINING_STAGES``)."""
 
 from __future__ import annotations
 
 import fcntl
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,12 +19,7 @@ if TYPE_CHECKING:
 
 
 FOLLOW_POLL_S = 0.2
-TRAINING_STAGES = ("distill", "baseline")  # the stages every process runs together
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) of this process as set by `accelerate launch` / torchrun; (0, 1) alone."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+TRAINING_STAGES = ("teacher", "distill", "baseline")  # the stages every process runs together
 
 
 def _lock_free(path: Path) -> bool:

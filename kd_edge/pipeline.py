@@ -22,7 +22,8 @@ from kd_edge.artifacts import StageContext, digest_records, digest_tree, file_re
 from kd_edge.config import Recipe, recipe_to_yaml
 from kd_edge.diskspace import check_free_space
 from kd_edge.errors import ArtifactError, KdEdgeError, from_os_error
-from kd_edge.follower import distributed_rank, follow_training
+from kd_edge.artifacts import distributed_rank
+from kd_edge.follower import follow_training
 from kd_edge.manifest import RunDir, check_out_dir, library_versions
 from kd_edge import stagekeys
 from kd_edge.stagekeys import RecipeFields, code_modules, digest_of, stale_defaults

@@ -44,7 +44,7 @@ def execute(recipe_ref, out: Path | None, overrides, *, resume: bool, force: boo
         typer.echo(f"recipe {source} is valid: {recipe.task}, teacher {recipe.teacher.model}, data {recipe.data.source}, "
                    f"{len(recipe.export.artifacts)} exported file(s); stages: {', '.join(names)}; would write {out}")
         return 0
-    from kd_edge.follower import distributed_rank
+    from kd_edge.artifacts import distributed_rank
 
     if distributed_rank()[0] > 0:  # accelerate launch: only the first process talks
         run_pipeline(recipe, out, resume=resume, force=force, stop_after=stop_after, only=only, progress=False)

@@ -6,6 +6,11 @@ or for causal LMs the top-k log-probabilities (fp16) with their ids (uint16) and
 (``tasks/causal_lm.py: CACHE_LAYOUT``), plus (train split) the hidden states the losses read, in fp16.
 Arrays are .npy files written and read memory-mapped; ``meta.json`` records each teacher's bytes per token.
 
+Under ``accelerate launch`` (or torchrun) every process runs this stage on its share of the batches
+(every ``world``-th, from its rank): the others write their outputs into ``_teacher_shards/rank-<r>/``
+and the first process, which cached its own share meanwhile, copies them into the one cache and removes
+the shards. The batches are the ones a single process makes, so the cache is the same.
+
 ``meta.json`` records the stage key: a digest of the teachers' files, the data and what is cached.
 With ``teacher.cache_dir`` the arrays live in ``<cache_dir>/<key>/`` and are reused by any run with
 the same key; the run's ``teacher_cache/meta.json`` points there. A cache with another key is never
@@ -14,12 +19,14 @@ reused.
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kd_edge.artifacts import StageContext, atomic_dir, read_json, write_json
+from kd_edge.artifacts import StageContext, atomic_dir, distributed_rank, read_json, write_json
 from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError
 from kd_edge.teachers import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
@@ -72,16 +79,19 @@ def reserve(path: Path) -> None:
 class _FieldWriter:
     """Writes a cache field batch by batch into a memory-mapped .npy (example- or token-level)."""
 
-    def __init__(self, path: Path, level: str, ids: Packed):
-        self.path, self.level, self.ids = path, level, ids
+    def __init__(self, path: Path, level: str, ids: Packed, allocate: bool = True):
+        self.path, self.level, self.ids, self.allocate = path, level, ids, allocate
         self.array: np.ndarray | None = None
 
-    def write(self, idx: np.ndarray, values: np.ndarray) -> None:
+    def _open(self, dtype, row_shape: tuple[int, ...]) -> None:
         if self.array is None:
             rows = len(self.ids) if self.level == "example" else int(self.ids.offsets[-1])
-            shape = (rows,) + (values.shape[1:] if self.level == "example" else values.shape[2:])
-            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=values.dtype, shape=shape)
-            reserve(self.path)
+            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=dtype, shape=(rows, *row_shape))
+            if self.allocate:
+                reserve(self.path)
+
+    def write(self, idx: np.ndarray, values: np.ndarray) -> None:
+        self._open(values.dtype, values.shape[1:] if self.level == "example" else values.shape[2:])
         if self.level == "example":
             self.array[idx] = values
         else:
@@ -89,39 +99,74 @@ class _FieldWriter:
                 start, end = self.ids.offsets[i], self.ids.offsets[i + 1]
                 self.array[start:end] = values[row, :end - start]
 
+    def copy(self, idx: np.ndarray, source: np.ndarray) -> None:
+        """The rows of examples ``idx`` from ``source``, a field of the same layout (another process's shard)."""
+        self._open(source.dtype, source.shape[1:])
+        if self.level == "example":
+            self.array[idx] = source[idx]
+        else:
+            for i in idx:
+                start, end = self.ids.offsets[i], self.ids.offsets[i + 1]
+                self.array[start:end] = source[start:end]
+
     def close(self) -> None:
         if self.array is not None:
             self.array.flush()
-            del self.array
+            self.array = None
 
 
 def cache_teacher(task, model, ids: dict[str, Packed], weights: dict[str, Packed | None], labels: dict[str, np.ndarray],
                   out: "CacheFiles", index: int, *, meta_task: dict, pad_id: int, batch_size: int, spec_by_split: dict,
-                  progress: bool, name: str) -> dict[str, str]:
-    """Run teacher ``index`` over every split; write its fields into the cache ``out``; return {field: level}."""
+                  progress: bool, name: str, share: tuple[int, int] = (0, 1), shards: list["CacheFiles"] = (),
+                  barrier=None) -> dict[str, str]:
+    """Run teacher ``index`` over every split; write its fields into the cache ``out``; return {field: level}.
+
+    With ``share`` (rank, world) only every world-th batch, from rank's; then, after ``barrier`` (every
+    process has cached its share), the first process copies the other processes' batches from
+    ``shards`` (their caches, rank 1 first)."""
     import torch
+
+    from kd_edge.data.packed import length_batches
+    from kd_edge.progress import Progress
 
     out.teacher(index).mkdir(parents=True, exist_ok=True)
     levels: dict[str, str] = {}
-    from kd_edge.data.packed import length_batches
-
+    rank, world = share
+    writers: dict[str, dict[str, _FieldWriter]] = {}
+    batches = {split: length_batches(ids[split].lengths(), batch_size) for split in spec_by_split}
     for split, spec in spec_by_split.items():
         if spec is None:
             continue
-        writers: dict[str, _FieldWriter] = {}
-        batches = length_batches(ids[split].lengths(), batch_size)
-        from kd_edge.progress import Progress
-
-        for idx in Progress(batches, desc=f"{name} {split}", unit="batch", enabled=progress, leave=False):
+        mine = writers.setdefault(split, {})
+        for idx in Progress(batches[split][rank::world], desc=f"{name} {split}", unit="batch", enabled=progress,
+                            leave=False):
             batch = task.make_batch(ids[split], idx, pad_id, labels[split], weights[split])
             with torch.no_grad():
                 result = task.forward(model, batch, meta=meta_task, hidden_layers=spec.hidden_layers)
             for field, (level, tensor) in task.cache_outputs(result, batch, spec).items():
-                if field not in writers:
-                    writers[field] = _FieldWriter(out.field(index, split, field), level, ids[split])
+                if field not in mine:
+                    mine[field] = _FieldWriter(out.field(index, split, field), level, ids[split], allocate=rank == 0)
                     levels[field] = level
-                writers[field].write(idx, tensor.detach().cpu().numpy())
-        for w in writers.values():
+                mine[field].write(idx, tensor.detach().cpu().numpy())
+    if rank > 0:  # what the first process reads back: the fields of each split
+        for split, mine in writers.items():
+            for w in mine.values():
+                w.close()
+        write_json(out.teacher(index) / "levels.json", {s: {f: levels[f] for f in w} for s, w in writers.items()})
+    if barrier is not None:
+        barrier()
+    for r, shard in enumerate(shards, 1):
+        for split, fields in read_json(shard.teacher(index) / "levels.json").items():
+            mine = writers.setdefault(split, {})
+            for field, level in fields.items():
+                if field not in mine:
+                    mine[field] = _FieldWriter(out.field(index, split, field), level, ids[split])
+                    levels[field] = level
+                source = np.load(shard.field(index, split, field), mmap_mode="r")
+                for idx in batches[split][r::world]:
+                    mine[field].copy(idx, source)
+    for mine in writers.values():
+        for w in mine.values():
             w.close()
     return levels
 
@@ -150,6 +195,24 @@ def _train_spec(recipe: "Recipe", spec, live: bool):
     return CacheSpec() if task_kind(recipe.task).cache_train_live() else None
 
 
+def _processes(recipe: "Recipe"):
+    """Accelerate's state of the processes of one run under `accelerate launch` (None alone), set up as
+    the trainer's Accelerator will find it (the state is one per process: the first set-up decides)."""
+    if distributed_rank()[1] == 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=recipe.distill.cpu or not torch.cuda.is_available())
+
+
+@contextmanager
+def _shard_dir(path: Path):
+    """Another process's share of the cache: a plain folder the first process reads and removes."""
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+
+
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write teacher_cache/ (or a pointer to the shared cache with this stage's key)."""
     from kd_edge.tasks.kinds import CacheSpec
@@ -167,6 +230,13 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         with atomic_dir(files.teacher_cache.path) as out:
             write_json(CacheFiles(out).meta, {**meta, "shared": str(target), "reused": True})
         return
+    processes = _processes(recipe)
+    rank, world = (processes.process_index, processes.num_processes) if processes else (0, 1)
+    shard_root = files.root / "_teacher_shards"
+    if rank == 0:
+        shutil.rmtree(shard_root, ignore_errors=True)
+    if processes:
+        processes.wait_for_everyone()  # no process writes a shard before the old ones are gone
     meta_task = {"pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize}
     rows = {"train": training_rows(recipe, ctx.run_dir), "test": read_jsonl(files.data.test)}
     if not rows["train"]:
@@ -184,7 +254,10 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
         "splits": {}, "teachers": [],
     }
     live = recipe.distill.mode != "offline"
-    with atomic_dir(target if target else files.teacher_cache.path) as folder:
+    shards = [CacheFiles(shard_root / f"rank-{r}") for r in range(1, world)]
+    holder = atomic_dir(target if target else files.teacher_cache.path) if rank == 0 else \
+        _shard_dir(shard_root / f"rank-{rank}")
+    with holder as folder:
         out = CacheFiles(folder)
         ids, weights, labels = {}, {}, {}
         for split in SPLITS:
@@ -206,7 +279,9 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
             test_spec = CacheSpec(top_k=cfg.top_k, temperatures=spec.temperatures)
             levels = cache_teacher(task, model, ids, weights, labels, out, i, meta_task=meta_task, pad_id=pad_id,
                                    batch_size=cfg.batch_size, progress=ctx.progress, name=f"teacher {i}",
-                                   spec_by_split={"train": _train_spec(recipe, spec, live), "test": test_spec})
+                                   spec_by_split={"train": _train_spec(recipe, spec, live), "test": test_spec},
+                                   share=(rank, world), shards=shards if rank == 0 else [],
+                                   barrier=processes.wait_for_everyone if processes else None)
             meta["teachers"].append({"model": cfg.model, "path": str(source.path), "class": type(model).__name__,
                                      "hidden_size": getattr(model.config, "hidden_size", None),
                                      "params": sum(p.numel() for p in model.parameters()), "fields": levels,
@@ -215,7 +290,10 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                                      "hidden_layers": list(hidden), "weight": cfg.weight,
                                      "num_labels": getattr(model.config, "num_labels", None) if task.label_kind == "class" else None})
             del model
+        if rank > 0:
+            return  # the first process has copied this process's share; it writes the cache's meta
         write_json(out.meta, meta)
+    shutil.rmtree(shard_root, ignore_errors=True)
     if target is not None:
         with atomic_dir(files.teacher_cache.path) as out:
             write_json(CacheFiles(out).meta, {**meta, "shared": str(target), "reused": False})
