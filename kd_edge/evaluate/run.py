@@ -152,13 +152,35 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
     baseline_dir = RunFiles(ctx.run_dir).baseline
     if recipe.trains_baseline():  # the same student trained without the teacher
         generators["baseline"] = task.load_model(ModelSource(baseline_dir)).eval()
-        models["baseline"] = {**_lm_metrics(task, generators["baseline"], cache, meta, recipe.evaluate.batch_size)[0],
-                              "params": sum(p.numel() for p in generators["baseline"].parameters())}
+        metrics, baseline_nll = _lm_metrics(task, generators["baseline"], cache, meta, recipe.evaluate.batch_size)
+        models["baseline"] = {**metrics, "params": sum(p.numel() for p in generators["baseline"].parameters()),
+                              **paired_ratio(student_nll, baseline_nll, tokens, seed=recipe.seed)}
     if recipe.evaluate.sample_prompts:
         measures, files["_samples"] = _samples(recipe, task, generators, ids, ctx)
         for name, m in measures.items():
             models[name].update(m)
     return models
+
+
+BOOTSTRAP = 1000  # resamples of the held-out texts for the student-vs-baseline interval
+
+
+def paired_ratio(student_nll: np.ndarray, baseline_nll: np.ndarray, tokens: np.ndarray, seed: int = 0) -> dict:
+    """The student's held-out perplexity over the baseline's, with a paired bootstrap over the texts
+    (both models scored on the same resampled texts): its standard error and 95 % interval, and
+    whether that interval leaves out 1 (the teacher changed perplexity measurably)."""
+    n = len(tokens)
+    if n < 2 or not tokens.sum():
+        return {}
+    ratio = math.exp((student_nll.sum() - baseline_nll.sum()) / tokens.sum())
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(BOOTSTRAP, n))
+    counts = tokens[draws].sum(1)
+    ratios = np.exp((student_nll[draws].sum(1) - baseline_nll[draws].sum(1)) / np.maximum(counts, 1))
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return {"student_vs_baseline": {"perplexity_ratio": ratio, "se": float(ratios.std(ddof=1)),
+                                    "ci95": [float(low), float(high)], "bootstrap": BOOTSTRAP, "texts": n,
+                                    "significant": bool(high < 1 or low > 1)}}
 
 
 def _samples(recipe, task, generators: dict, ids, ctx) -> tuple[dict, list[dict]]:

@@ -165,9 +165,17 @@ def headline(report: dict) -> list[str]:
     b = rows.get("baseline", {})
     if metric == "perplexity" and b.get(metric) and s.get(metric):
         change = s[metric] / b[metric] - 1
+        paired = b.get("student_vs_baseline") or {}
+        noise = ""
+        if paired:
+            low, high = paired["ci95"]
+            noise = (f" (paired bootstrap over {paired['texts']} held-out texts: standard error "
+                     f"{paired['se'] * 100:.2f} %, 95 % interval of the ratio {low:.3f}-{high:.3f}"
+                     + ("" if paired["significant"] else "; within noise: the teacher bought no measurable perplexity")
+                     + ")")
         lines.append(f"Without the teacher (the same student, data, steps and seed, next-token loss only) it reaches "
                      f"{b[metric]:.2f}: distillation {'lowered' if change < 0 else 'raised'} perplexity by "
-                     f"{abs(change) * 100:.1f} %.")
+                     f"{abs(change) * 100:.1f} %{noise}.")
     timed = sorted((r for r in report["rows"] if r.get("speedup_p50")), key=lambda r: -r["speedup_p50"])
     fastest = timed[0] if timed else None
     if fastest and fastest["name"] != "teacher":

@@ -93,6 +93,10 @@ def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_l
     assert json.loads((tmp_path / "run" / "baseline_train" / "summary.json").read_text())["steps"] == 6
     assert metrics["baseline"]["perplexity"] != metrics["student"]["perplexity"]
     assert "Without the teacher (the same student, data, steps and seed" in (tmp_path / "run" / "report.md").read_text()
+    paired = metrics["baseline"]["student_vs_baseline"]  # with its noise: a paired bootstrap over the held-out texts
+    assert paired["perplexity_ratio"] == pytest.approx(metrics["student"]["perplexity"] / metrics["baseline"]["perplexity"])
+    assert paired["ci95"][0] <= paired["perplexity_ratio"] <= paired["ci95"][1] and paired["se"] > 0
+    assert "paired bootstrap over" in (tmp_path / "run" / "report.md").read_text()
     # the teacher, the student and the baseline continue the same held-out prompts greedily; the report shows them
     samples = report["samples"]["prompts"]
     assert len(samples) == 5 and all(s["prompt"] and {"teacher", "student", "baseline"} <= set(s) for s in samples)
