@@ -183,6 +183,7 @@ def own_graph(source_dir: Path, dst: Path, *, precision: str, log_path: Path, co
         data.unlink(missing_ok=True)
         onnx.save_model(onnx.load(str(graph)), str(dst / "model.onnx"), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+        data.chmod(0o644)  # onnx writes its external data owner-only; the builder's files are readable by all
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     path = dst / CONFIG

