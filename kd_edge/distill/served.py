@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -258,3 +259,51 @@ def _completion_text(answer: Any, cfg: "ServerConfig") -> str:
         raise ServedTeacherError(f"the teacher server at {cfg.url} answered something that is not an OpenAI completion "
                                  f"({json.dumps(answer)[:120]}); is teacher.server.url the API's base (ending in /v1)?")
     return text
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def llama_server(gguf: Path, *, alias: str, threads: int = 1, n_ctx: int = 512, log: Path | None = None,
+                 start_timeout: float = 60.0):
+    """llama.cpp's OpenAI-compatible server (``python -m llama_cpp.server``, llama-cpp-python's server
+    extra) serving ``gguf`` as ``alias`` on 127.0.0.1; yields its base URL. How the tests and
+    ``benchmarks/served_teacher.py`` serve a teacher."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                             "--port", str(port), "--model_alias", alias, "--n_threads", str(threads), "--n_ctx",
+                             str(n_ctx), "--logits_all", "false"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1).read()
+                break
+            except OSError:
+                tail = Path(log).read_text(errors="replace")[-300:] if log else ""
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise ServedTeacherError(f"llama.cpp's server did not start on {url} (exit {proc.poll()}): "
+                                             f"{tail.strip().splitlines()[-1] if tail.strip() else 'no output'}; "
+                                             "install it with pip install 'kd-edge[served]'") from None
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            out.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -21,16 +20,10 @@ from pathlib import Path
 import pytest
 
 from kd_edge.distill.config import ServerConfig
-from kd_edge.distill.served import ServedTeacher, ServedTeacherError
+from kd_edge.distill.served import ServedTeacher, ServedTeacherError, free_port, llama_server
 from tests.conftest import one_line_error, sentences, tiny_recipe_dict, write_tiny_llama
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gguf() -> Path:
@@ -40,28 +33,8 @@ def _gguf() -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """llama.cpp's OpenAI-compatible server (llama-cpp-python's) serving SmolLM2 as "smollm2"."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host",
-                                 "127.0.0.1", "--port", str(port), "--model_alias", "smollm2", "--n_threads", "1",
-                                 "--n_ctx", "512", "--logits_all", "false"], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"llama.cpp's server exited: {log.read_text()[-2000:]}")
-                time.sleep(0.25)
-        else:
-            pytest.fail(f"llama.cpp's server did not start: {log.read_text()[-2000:]}")
+    with llama_server(_gguf(), alias="smollm2", log=tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 class Proxy:
@@ -184,7 +157,7 @@ def test_a_server_that_keeps_failing_is_one_line_and_keeps_the_answers_it_gave(t
 
 
 def test_a_server_that_is_down_a_missing_key_and_an_unknown_model_are_one_line(tmp_path, proxy, monkeypatch):
-    down = f"http://127.0.0.1:{_free_port()}/v1"
+    down = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(ServedTeacherError, match=r"^the teacher server at .* failed to list its models 2 times \(last: "
                                                  r".*Connection refused.*start it, or fix teacher\.server\.url"):
         client(down, tmp_path / "s", retries=1).complete(["x"], max_tokens=2, temperature=0.0, seed=0)
@@ -254,7 +227,7 @@ def test_a_run_learns_from_the_served_teachers_text_and_records_where_it_came_fr
 
 def test_a_run_whose_served_teacher_is_down_stops_in_one_line_and_keeps_its_stages(tmp_path, smollm2_tokenizer):
     teacher = write_tiny_llama(tmp_path / "local-teacher", layers=2, hidden=32, tokenizer_dir=smollm2_tokenizer)
-    recipe = _recipe(tmp_path, teacher, f"http://127.0.0.1:{_free_port()}/v1", retries=0)
+    recipe = _recipe(tmp_path, teacher, f"http://127.0.0.1:{free_port()}/v1", retries=0)
     done = subprocess.run([sys.executable, "-m", "kd_edge", "distill", str(recipe), "--out", str(tmp_path / "run"),
                            "-q"], capture_output=True, text=True, timeout=600)
     line = one_line_error(done)
