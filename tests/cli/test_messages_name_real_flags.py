@@ -28,7 +28,9 @@ FOREIGN = {
     "--pooling": "device_runner.py", "--normalize": "device_runner.py", "--task": "device_runner.py",
     "--gguf-file": "device_runner.py", "--allow-pickle": "device_runner.py", "--head": "device_runner.py",
     "--auto-class": "device_runner.py", "--lm-pp": "device_runner.py", "--lm-tg": "device_runner.py",
-    "--lm-ttft": "device_runner.py", "--help": "every command",
+    "--lm-ttft": "device_runner.py", "--help": "every command", "--model": "llama_cpp.server",
+    "--port": "llama_cpp.server", "--model_alias": "llama_cpp.server", "--n_threads": "llama_cpp.server",
+    "--n_ctx": "llama_cpp.server", "--logits_all": "llama_cpp.server",
 }
 
 
