@@ -81,14 +81,41 @@ class Recipe(BaseModel):
             raise ValueError(f"distill.on_policy has the student generate text, which only causal LMs do "
                              f"(task: {self.task}); remove it")
         d = self.distill
-        if self.teacher.server and not (d.generate or (d.rationale and d.rationale.source == "teacher")):
-            raise ValueError("teacher.server is set, but nothing asks the served teacher: it writes the training text "
-                             "of distill.generate (sequence-level KD) or distill.rationale (source: teacher); token-level "
-                             "KD from served log-probabilities is not built yet; add one of those or remove "
-                             "teacher.server")
+        if self.teacher.server:
+            self._check_served()
         if any(t.server for t in (self.ensemble.teachers if self.ensemble else [])):
             raise ValueError("ensemble.teachers: a served teacher is only the recipe's `teacher`; remove server there")
         return self
+
+
+    def _check_served(self) -> None:
+        """What a served teacher can give: text (sequence-level and rationale data) and, where the server
+        returns them, the prompt's top-k log-probabilities at temperature 1 (token-level KD, offline)."""
+        from kd_edge.distill import needs_of
+
+        d = self.distill
+        writes = d.generate or (d.rationale and d.rationale.source == "teacher")
+        token_level = [c for c in d.losses if needs_of(c.name) == "logits"]
+        if not writes and not token_level:
+            raise ValueError("teacher.server is set, but nothing asks the served teacher: it writes the training text "
+                             "of distill.generate or distill.rationale (source: teacher), and scores text for the kl, "
+                             "reverse_kl and jsd losses; add one of those or remove teacher.server")
+        other = [c.name for c in d.losses if needs_of(c.name) in ("hidden", "attentions", "pooled")]
+        if other:
+            raise ValueError(f"loss {other[0]} reads the teacher's layers, which a served teacher does not send; remove "
+                             "it or teacher.server")
+        if not token_level:
+            return
+        if d.mode != "offline" or d.on_policy:
+            raise ValueError("a served teacher's log-probabilities are cached once (distill.mode: offline); on-policy "
+                             "and live distillation would ask the server every step: use mode: offline")
+        for c in token_level:
+            if c.name == "logit_mse":
+                raise ValueError("logit_mse compares raw logits, which a server does not send (only log-probabilities); "
+                                 "use kl, reverse_kl or jsd with teacher.server")
+            if (c.params.get("temperature") or 1.0) != 1.0:
+                raise ValueError(f"loss {c.name}: a served teacher gives log-probabilities at temperature 1 only (its "
+                                 f"top-k at another temperature needs the whole distribution); set temperature: 1.0")
 
 
 def default_recipe_path() -> Path:

@@ -29,6 +29,7 @@ import numpy as np
 from kd_edge.artifacts import StageContext, atomic_dir, distributed_rank, read_json, write_json
 from kd_edge.data.packed import Packed
 from kd_edge.errors import ArtifactError
+from kd_edge.distill import needs_of
 from kd_edge.teachers import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
 from kd_edge.runfiles import CacheFiles, RunFiles, read_jsonl, training_rows
 from kd_edge.tasks import TASKS
@@ -171,6 +172,46 @@ def cache_teacher(task, model, ids: dict[str, Packed], weights: dict[str, Packed
     return levels
 
 
+def cache_served(client, tokenizer, ids: dict[str, Packed], out: "CacheFiles", index: int, *, top_k: int,
+                 splits: list[str], progress: bool) -> tuple[dict[str, str], dict]:
+    """Teacher ``index`` served (``teacher.server``): its top-k log-probabilities of every text, asked
+    of the server (or read from the store), written as the cache's sparse targets (the layout of
+    ``tasks/causal_lm.py: cache_outputs``, log-normaliser 0). Returns {field: level} and what the
+    server's answers needed (how entries were paired with tokens, positions without a teacher)."""
+    from kd_edge.distill.served import ServedTeacherError, entries_follow_their_token, sparse_targets, token_texts
+
+    out.teacher(index).mkdir(parents=True, exist_ok=True)
+    texts_of = token_texts(tokenizer)
+    levels: dict[str, str] = {}
+    totals: dict[str, int] = {}
+    after = None
+    for split in splits:
+        seqs = [np.asarray(ids[split][i]) for i in range(len(ids[split]))]
+        decoded = [[tokenizer.decode([int(t)]) for t in seq] for seq in seqs]
+        answers = client.score([tokenizer.decode(seq.tolist()) for seq in seqs], top_k=top_k,
+                               progress=progress)
+        if after is None:
+            after, probe = entries_follow_their_token(client, tokenizer, answers, seqs, top_k)
+        writers: dict[str, _FieldWriter] = {}
+        for i, (answer, seq, dec) in enumerate(zip(answers, seqs, decoded)):
+            fields, counts = sparse_targets(answer, seq, dec, texts_of, top_k, len(tokenizer), after)
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
+            for field, values in fields.items():
+                if field not in writers:
+                    writers[field] = _FieldWriter(out.field(index, split, field), "token", ids[split])
+                    levels[field] = "token"
+                writers[field].write(np.array([i]), values[None])
+        for w in writers.values():
+            w.close()
+    texts = sum(len(ids[s]) for s in splits)
+    if totals.get("misread", 0) > 0.05 * texts:
+        raise ServedTeacherError(f"the teacher server at {client.cfg.url} read {totals['misread']} of {texts} texts as "
+                                 "other tokens than teacher.model's tokenizer does; serve the model whose tokenizer "
+                                 "teacher.model holds")
+    return levels, {**totals, "texts": texts, "entries": "after their token" if after else "openai", **probe}
+
+
 def bytes_per_token(out: "CacheFiles", index: int, levels: dict[str, str]) -> dict[str, int] | None:
     """What teacher ``index`` stores per token (the train split's fields, else the test split's): the
     logit targets and, apart, the hidden states."""
@@ -193,6 +234,21 @@ def _train_spec(recipe: "Recipe", spec, live: bool):
     if not live:
         return spec
     return CacheSpec() if task_kind(recipe.task).cache_train_live() else None
+
+
+def _served_teacher(recipe: "Recipe", cfg, ctx: StageContext, tokenizer, ids, out: "CacheFiles", index: int,
+                    live: bool) -> dict:
+    """Cache a served teacher's targets; its entry in the cache's meta."""
+    from kd_edge.distill.served import ServedTeacher
+
+    client = ServedTeacher(cfg.server, RunFiles(ctx.run_dir).served)
+    splits = ["train", "test"] if not live else ["test"]
+    levels, answers = cache_served(client, tokenizer, ids, out, index, top_k=cfg.top_k, splits=splits,
+                                   progress=ctx.progress)
+    return {"model": cfg.model, "path": str(teacher_source(recipe, ctx.run_dir, index).path), "class": "served",
+            "hidden_size": None, "params": None, "fields": levels, "bytes_per_token": bytes_per_token(out, index, levels),
+            "top_k": cfg.top_k, "hidden_layers": [], "weight": cfg.weight, "num_labels": None,
+            "served": {**client.provenance(), "terms": cfg.terms, "answers": answers}}
 
 
 def _processes(recipe: "Recipe"):
@@ -273,6 +329,12 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                                      "weighted": weights[split] is not None}
         for i, cfg in enumerate(teacher_configs(recipe)):
             source = teacher_source(recipe, ctx.run_dir, i)
+            if cfg.server and task.kind.is_lm and any(needs_of(c.name) == "logits" for c in recipe.distill.losses):
+                if rank == 0:
+                    meta["teachers"].append(_served_teacher(recipe, cfg, ctx, tokenizer, ids, out, i, live))
+                if processes:
+                    processes.wait_for_everyone()
+                continue
             model = task.load_model(source)
             hidden = tuple(hidden_layers_needed(recipe, i)[1])
             spec = CacheSpec(hidden_layers=hidden, top_k=cfg.top_k, temperatures=tuple(logit_temperatures(recipe)))

@@ -194,29 +194,57 @@ class ServedTeacher:
         an earlier run already asked."""
         bodies = [{"model": self.cfg.model, "prompt": p, "max_tokens": max_tokens, "temperature": temperature,
                    "seed": seed, "n": 1, "stream": False} for p in prompts]
+        return self._ask(bodies, lambda answer: _completion_text(answer, self.cfg), "prompt", progress)
+
+    def score(self, texts: list[str], *, top_k: int, progress: bool = False) -> list[dict]:
+        """The served teacher's top-``top_k`` log-probabilities at every position of each text (the
+        completions API with ``echo`` and ``logprobs``, one token generated): each answer's
+        ``logprobs`` (``tokens``, ``token_logprobs``, ``top_logprobs``), from the store where an earlier
+        run already asked. A server that returns none is one line."""
+        bodies = [{"model": self.cfg.model, "prompt": t, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                   "logprobs": top_k, "n": 1, "stream": False} for t in texts]
+        return self._ask(bodies, lambda answer: _prompt_logprobs(answer, self.cfg), "text", progress)
+
+    def next_token_logprobs(self, prompts: list[str], *, top_k: int) -> list[dict]:
+        """The top-``top_k`` log-probabilities of the token after each prompt (one generated token)."""
+        bodies = [{"model": self.cfg.model, "prompt": p, "max_tokens": 1, "temperature": 0.0, "logprobs": top_k,
+                   "n": 1, "stream": False} for p in prompts]
+
+        def parse(answer: Any) -> dict:
+            entries = _prompt_logprobs(answer, self.cfg)["top_logprobs"]
+            if not entries or not isinstance(entries[-1], dict):
+                raise ServedTeacherError(f"the teacher server at {self.cfg.url} returns no log-probabilities of the "
+                                         "token it generates; serve the teacher where it does (vLLM, llama.cpp's "
+                                         "server)")
+            return entries[-1]
+
+        return self._ask(bodies, parse, "probe", False)
+
+    def _ask(self, bodies: list[dict], parse: Callable[[Any], Any], unit: str, progress: bool) -> list:
+        """``parse`` of each request's answer: stored ones read, the others sent concurrently and
+        stored once ``parse`` accepts them (an answer it refuses is not kept, and stops the stage)."""
         keys = [self.request_key(b) for b in bodies]
-        texts: list[str | None] = [None] * len(prompts)
+        results: list[Any] = [None] * len(bodies)
         todo = []
         for i, key in enumerate(keys):
             stored = self._stored(key)
             if stored is not None:
-                texts[i] = _completion_text(stored["answer"], self.cfg)
+                results[i] = parse(stored["answer"])
                 self.stats.stored += 1
             else:
                 todo.append(i)
         if not todo:
-            return texts  # type: ignore[return-value]
+            return results
         self.check_model()
         from kd_edge.progress import Progress
 
-        bar = Progress(total=len(todo), desc="served teacher", unit="prompt", enabled=progress)
+        bar = Progress(total=len(todo), desc="served teacher", unit=unit, enabled=progress)
         t0 = time.perf_counter()
 
         def one(i: int) -> None:
-            answer = self._with_retries("completions", bodies[i], f"prompt {i}")
-            text = _completion_text(answer, self.cfg)
+            answer = self._with_retries("completions", bodies[i], f"{unit} {i}")
+            results[i] = parse(answer)
             self._keep(keys[i], bodies[i], answer)
-            texts[i] = text
             with self.stats.lock:
                 self.stats.sent += 1
                 self.stats.completion_tokens += int((answer.get("usage") or {}).get("completion_tokens") or 0)
@@ -224,8 +252,8 @@ class ServedTeacher:
 
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:
             futures = [pool.submit(one, i) for i in todo]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:
                 f.cancel()
             for f in futures:
                 if f.done() and not f.cancelled() and f.exception() is not None:
@@ -233,7 +261,7 @@ class ServedTeacher:
                     raise f.exception()
         bar.close()
         self.stats.seconds += time.perf_counter() - t0
-        return texts  # type: ignore[return-value]
+        return results
 
     def provenance(self) -> dict[str, Any]:
         """What the report records of where the teacher's outputs came from."""
@@ -247,6 +275,19 @@ def _detail(e: "urllib.error.HTTPError") -> str:
     except Exception:  # noqa: BLE001 - a body we cannot read adds nothing
         body = ""
     return f": {body}" if body else ""
+
+
+def _prompt_logprobs(answer: Any, cfg: "ServerConfig") -> dict:
+    """The ``logprobs`` of a completions answer that echoes its prompt, or one line saying what is missing."""
+    _completion_text(answer, cfg)
+    logprobs = answer["choices"][0].get("logprobs")
+    if not isinstance(logprobs, dict) or not isinstance(logprobs.get("top_logprobs"), list) or \
+            not isinstance(logprobs.get("tokens"), list):
+        raise ServedTeacherError(f"the teacher server at {cfg.url} returns no log-probabilities of the prompt's tokens "
+                                 "(echo with logprobs), which token-level KD needs; serve the teacher where it does "
+                                 "(llama.cpp's server with --logits_all true, vLLM), or learn from its text instead "
+                                 "(distill.generate)")
+    return logprobs
 
 
 def _completion_text(answer: Any, cfg: "ServerConfig") -> str:
@@ -272,10 +313,11 @@ def free_port() -> int:
 
 @contextmanager
 def llama_server(gguf: Path, *, alias: str, threads: int = 1, n_ctx: int = 512, log: Path | None = None,
-                 start_timeout: float = 60.0):
+                 start_timeout: float = 60.0, logits_all: bool = False):
     """llama.cpp's OpenAI-compatible server (``python -m llama_cpp.server``, llama-cpp-python's server
-    extra) serving ``gguf`` as ``alias`` on 127.0.0.1; yields its base URL. How the tests and
-    ``benchmarks/served_teacher.py`` serve a teacher."""
+    extra) serving ``gguf`` as ``alias`` on 127.0.0.1; yields its base URL. ``logits_all``: it keeps
+    every position's logits, so that it can return a prompt's log-probabilities (token-level KD). How
+    the tests and ``benchmarks/served_teacher.py`` serve a teacher."""
     import subprocess
     import sys
 
@@ -284,7 +326,7 @@ def llama_server(gguf: Path, *, alias: str, threads: int = 1, n_ctx: int = 512, 
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                              "--port", str(port), "--model_alias", alias, "--n_threads", str(threads), "--n_ctx",
-                             str(n_ctx), "--logits_all", "false"], stdout=out, stderr=subprocess.STDOUT)
+                             str(n_ctx), "--logits_all", str(logits_all).lower()], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + start_timeout
         while True:
@@ -307,3 +349,117 @@ def llama_server(gguf: Path, *, alias: str, threads: int = 1, n_ctx: int = 512, 
             proc.kill()
         if log:
             out.close()
+
+
+# -- a served teacher's log-probabilities as the cache's sparse targets -------------------------------------
+PAD_LOGPROB = -30000.0  # a top-k slot the server filled with nothing: no mass (finite in fp16)
+NEXT_TOKEN_ENTRIES = 0.3  # share of positions whose entry holds the text's next token: past it, entries are "next"
+
+
+def token_texts(tokenizer) -> dict[str, int]:
+    """Each token's text as a server writes it in ``top_logprobs`` (the token decoded alone) -> its id.
+    A text two ids share (the bytes of a split character, tokens that decode to nothing) maps to none:
+    the server's answer cannot say which id it meant."""
+    seen: dict[str, int] = {}
+    shared: set[str] = set()
+    for i in range(len(tokenizer)):
+        text = tokenizer.decode([i])
+        if text in seen:
+            shared.add(text)
+        else:
+            seen[text] = i
+    for text in shared:
+        del seen[text]
+    return seen
+
+
+def _aligned(tokens: list, ids, decoded: list[str]) -> bool:
+    """Whether the server read the text as these ids: its tokens' texts are ours, where ours are whole."""
+    if len(tokens) < len(ids):
+        return False
+    return all(theirs == ours for theirs, ours in zip(tokens, decoded) if ours and "\ufffd" not in ours)
+
+
+def entries_follow_their_token(client: "ServedTeacher", tokenizer, answers: list[dict], seqs: list,
+                                top_k: int) -> tuple[bool, dict]:
+    """Which way a server pairs its ``top_logprobs`` with the prompt's tokens: the OpenAI way (entry i is
+    the distribution of token i given the tokens before it) or after their token (entry i is the
+    distribution of the token after token i: llama-cpp-python 0.3.36 for a model without a BOS token,
+    whose first entry is then lost). Decided by a probe: the distribution the server gives for the token
+    after the first three tokens of a text, asked as a completion (which every server pairs the same
+    way), against the echo's entries 2 and 3. Returns (after, the probe's distances)."""
+    m = 3
+    at = next((i for i, seq in enumerate(seqs) if len(seq) > m + 1), None)
+    if at is None:
+        return False, {"probe": "no text of more than 4 tokens; assumed the OpenAI way"}
+    probe = client.next_token_logprobs([tokenizer.decode(list(map(int, seqs[at][:m])))], top_k=top_k)[0]
+    entries = answers[at]["top_logprobs"]
+
+    def distance(entry: dict | None) -> float:
+        shared = set(entry or {}) & set(probe)
+        return sum(abs(entry[k] - probe[k]) for k in shared) / len(shared) if shared else float("inf")
+
+    after, openai = distance(entries[m - 1] if len(entries) > m - 1 else None), \
+        distance(entries[m] if len(entries) > m else None)
+    if min(after, openai) > 0.5:
+        raise ServedTeacherError(f"the teacher server at {client.cfg.url} gives log-probabilities for a text's tokens "
+                                 f"that match none of its next-token answers (mean |Δ| {min(after, openai):.2f}); it "
+                                 "cannot be a teacher for token-level KD as it is")
+    def shown(d: float) -> float | None:  # JSON has no infinity: no shared token is null
+        return round(d, 4) if d != float("inf") else None
+
+    return after < openai, {"probe_distance_after": shown(after), "probe_distance_openai": shown(openai)}
+
+
+def sparse_targets(answer: dict, seq, decoded: list[str], texts_of: dict[str, int], k: int, vocab: int,
+                   after: bool) -> tuple[dict[str, "np.ndarray"], dict[str, int]]:
+    """One text's cache fields from the server's answer: per position t (predicting token t + 1) the top-k
+    log-probs and ids, the target's log-prob and a zero log-normaliser (the values are log-probs).
+    A position the server gave nothing for (its first, when entries follow their token; a text it read
+    otherwise) targets the text's next token alone; a target outside the top-k gets the rest mass
+    spread evenly over the other tokens. Returns the fields and what was estimated."""
+    import numpy as np
+
+    n = len(seq)
+    logprobs = np.full((n, k), PAD_LOGPROB, np.float32)
+    indices = np.zeros((n, k), np.int64)
+    target = np.zeros(n, np.float32)
+    counts = {"positions": n, "without_teacher": 0, "target_estimated": 0, "unmapped_entries": 0}
+    entries = answer["top_logprobs"]
+    aligned = _aligned(answer["tokens"], seq, decoded)
+    for t in range(n):
+        nxt = int(seq[t + 1]) if t + 1 < n else None
+        j = t if after else t + 1
+        entry = entries[j] if aligned and j < len(entries) else None
+        pairs: list[tuple[float, int]] = []
+        if entry:
+            used: set[int] = set()
+            for text, value in sorted(entry.items(), key=lambda kv: -kv[1]):
+                i = texts_of.get(text)
+                if i is None:
+                    counts["unmapped_entries"] += 1
+                elif i not in used and len(pairs) < k:
+                    used.add(i)
+                    pairs.append((float(value), i))
+        elif nxt is not None:
+            pairs = [(0.0, nxt)]
+            counts["without_teacher"] += 1
+        taken = {i for _, i in pairs}
+        spare = (i for i in range(vocab) if i not in taken)  # distinct ids for the empty slots
+        for slot in range(k):
+            if slot < len(pairs):
+                logprobs[t, slot], indices[t, slot] = pairs[slot]
+            else:
+                indices[t, slot] = next(spare)
+        if nxt is None:
+            continue
+        hit = next((v for v, i in pairs if i == nxt), None)
+        if hit is None:
+            rest = max(1.0 - float(np.exp(logprobs[t]).sum()), 1e-12)
+            hit = float(np.log(rest / max(vocab - len(pairs), 1)))
+            counts["target_estimated"] += 1
+        target[t] = hit
+    fields = {"topk_logprobs": logprobs.astype(np.float16),
+              "topk_indices": indices.astype(np.uint16 if vocab <= 1 << 16 else np.int32),
+              "target_logprob": target, "lse_t1": np.zeros(n, np.float32)}
+    return fields, {**counts, "misread": int(not aligned)}

@@ -33,7 +33,8 @@ def _gguf() -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """llama.cpp's OpenAI-compatible server (llama-cpp-python's) serving SmolLM2 as "smollm2"."""
-    with llama_server(_gguf(), alias="smollm2", log=tmp_path_factory.mktemp("server") / "server.log") as url:
+    with llama_server(_gguf(), alias="smollm2", log=tmp_path_factory.mktemp("server") / "server.log",
+                      logits_all=True) as url:
         yield url
 
 
@@ -81,6 +82,10 @@ class Proxy:
                     return self._reply(200, b'{"object": "error", "message": "overloaded"}')
                 if fault == "slow":
                     time.sleep(1.5)
+                if fault == "no logprobs":  # a server that ignores echo and logprobs
+                    body = json.loads(data)
+                    body.pop("echo", None), body.pop("logprobs", None)
+                    data = json.dumps(body).encode()
                 self._forward(data)
 
         self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -171,7 +176,7 @@ def test_a_server_that_is_down_a_missing_key_and_an_unknown_model_are_one_line(t
     assert proxy.posts == 0 and not (tmp_path / "s").exists()
 
 
-def _recipe(tmp_path: Path, teacher: Path, url: str, **server) -> Path:
+def _recipe(tmp_path: Path, teacher: Path, url: str, distill: dict | None = None, **server) -> Path:
     import yaml
 
     data = tmp_path / "texts.jsonl"
@@ -181,9 +186,10 @@ def _recipe(tmp_path: Path, teacher: Path, url: str, **server) -> Path:
                                        "server": {"url": url, "model": "smollm2", "concurrency": 2, **server}},
                               data={"source": str(data), "label_field": None, "max_samples": 20, "test_size": 4,
                                     "max_length": 40},
-                              distill={"max_steps": 2, "batch_size": 4, "checkpoint_every": 100, "baseline": False,
-                                       "losses": [{"name": "ce"}],
-                                       "generate": {"prompt_tokens": 3, "max_new_tokens": 6, "keep_original": False}},
+                              distill=distill or {"max_steps": 2, "batch_size": 4, "checkpoint_every": 100,
+                                                  "baseline": False, "losses": [{"name": "ce"}],
+                                                  "generate": {"prompt_tokens": 3, "max_new_tokens": 6,
+                                                               "keep_original": False}},
                               export={"artifacts": []}, gate={"budgets": []})
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -241,8 +247,87 @@ def test_a_served_teacher_with_nothing_to_serve_is_refused(tmp_path):
 
     data = tiny_recipe_dict("x", tmp_path / "d.jsonl", task="causal_lm",
                             teacher={"model": "x", "server": {"url": "http://127.0.0.1:1/v1", "model": "m"}})
+    data["distill"] = {"losses": [{"name": "ce"}]}
     with pytest.raises(ConfigError, match="teacher.server is set, but nothing asks the served teacher"):
         recipe_from_dict(data, "test")
     data["teacher"]["server"]["url"] = "127.0.0.1:1"
     with pytest.raises(ConfigError, match="is not an http\\(s\\) URL"):
         recipe_from_dict(data, "test")
+
+
+def test_token_level_kd_from_the_served_teachers_log_probabilities(tmp_path, proxy, smollm2_tokenizer):
+    """KD from a served teacher's top-k: the teacher stage asks llama.cpp's server for each text's
+    log-probabilities (echo, logprobs) and writes the cache's sparse targets, which agree with the same
+    GGUF run in this process; a second teacher stage sends nothing."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kd_edge.runfiles import CacheReader
+
+    teacher = write_tiny_llama(tmp_path / "local-teacher", layers=2, hidden=32, tokenizer_dir=smollm2_tokenizer)
+    kd = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 100, "baseline": False,
+          "losses": [{"name": "kl", "temperature": 1.0}, {"name": "ce", "weight": 0.5}]}
+    recipe = _recipe(tmp_path, teacher, proxy.url, distill=kd)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kd_edge", "distill", str(recipe), "--out", str(run), "-q"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cache = CacheReader(run)
+    entry = cache.meta["teachers"][0]
+    assert entry["class"] == "served" and entry["served"]["served_model"] == "smollm2"
+    answers = entry["served"]["answers"]
+    assert answers["entries"] == "after their token" and answers["misread"] == 0  # llama-cpp-python, no BOS
+    assert answers["probe_distance_after"] == 0 and answers["without_teacher"] == answers["texts"]  # first positions
+    assert entry["served"]["sent"] == answers["texts"] + 1 == proxy.posts == len(cache.ids("train")) + len(cache.ids("test")) + 1  # + the probe
+    assert entry["bytes_per_token"]["targets"] == 4 * 2 + 4 * 2 + 2 * 4  # the lean layout, one temperature
+    # the served top-1 is the in-process teacher's (the same GGUF, dequantized) at almost every position
+    local = AutoModelForCausalLM.from_pretrained(str(_gguf().parent), gguf_file=GGUF).eval()
+    ids = cache.ids("train")
+    served_top = np.asarray(cache.field(0, "train", "topk_indices"))[:, 0]
+    same = total = 0
+    for i in range(len(ids)):
+        seq = np.asarray(ids[i])
+        with torch.no_grad():
+            top = local(torch.from_numpy(seq)[None].long()).logits[0].argmax(-1).numpy()
+        start = int(ids.offsets[i])
+        for t in range(1, len(seq) - 1):  # the server gives no first entry (see entries_follow_their_token)
+            same, total = same + int(served_top[start + t] == top[t]), total + 1
+    # (llama.cpp computes with the 4-bit weights, transformers with them dequantized to fp32: the word-salad test
+    # sentences leave near-ties that the two break differently; 84 of 95 here, 35 of 36 on natural sentences)
+    assert total > 50 and same / total >= 0.8, (same, total)
+    assert json.loads((run / "train" / "summary.json").read_text())["steps"] == 2
+    posts = proxy.posts
+    subprocess.run(["rm", "-rf", str(run / "teacher_cache")], check=True)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert proxy.posts == posts and CacheReader(run).meta["teachers"][0]["served"]["sent"] == 0
+
+
+def test_a_server_that_returns_no_log_probabilities_is_one_line(tmp_path, proxy):
+    proxy.faults = ["no logprobs"]
+    with pytest.raises(ServedTeacherError, match=r"returns no log-probabilities of the prompt's tokens .*llama\.cpp's "
+                                                 r"server with --logits_all true"):
+        client(proxy.url, tmp_path / "store").score(["The movie was good"], top_k=4)
+    assert not list((tmp_path / "store").rglob("*.json"))  # the useless answer is not kept
+
+
+def test_what_a_served_teacher_cannot_give_is_refused_in_one_line(tmp_path):
+    from kd_edge.config import recipe_from_dict
+    from kd_edge.errors import ConfigError
+
+    def recipe(losses, **distill):
+        return recipe_from_dict(tiny_recipe_dict("x", tmp_path / "d.jsonl", task="causal_lm",
+                                                 teacher={"model": "x", "server": {"url": "http://127.0.0.1:1/v1",
+                                                                                   "model": "m"}},
+                                                 distill={"losses": losses, **distill}), "test")
+
+    recipe([{"name": "kl"}])  # token-level KD at temperature 1: fine
+    with pytest.raises(ConfigError, match="at temperature 1 only"):
+        recipe([{"name": "kl", "temperature": 2.0}])
+    with pytest.raises(ConfigError, match="hidden_cosine reads the teacher's layers"):
+        recipe([{"name": "kl"}, {"name": "hidden_cosine", "layer_map": "last"}])
+    with pytest.raises(ConfigError, match="logit_mse compares raw logits"):
+        recipe([{"name": "logit_mse"}])
+    with pytest.raises(ConfigError, match="distill.mode: offline"):
+        recipe([{"name": "kl"}], mode="live")
