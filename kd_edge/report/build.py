@@ -169,7 +169,12 @@ def _provenance(files: RunFiles, recipe: dict) -> dict | None:
     """A served teacher's provenance (the generate stage's record), or the terms a local teacher's recipe names."""
     meta = files.generated.meta
     served = read_json(meta).get("served") if meta.is_file() else None
+    cache = files.teacher_cache.meta
+    if served is None and cache.is_file():  # token-level KD: the teacher stage asked the server
+        teachers = read_json(cache).get("teachers") or [{}]
+        served = teachers[0].get("served")
     terms = recipe["teacher"].get("terms")
     if served:
-        return {k: served.get(k) for k in ("endpoint", "served_model", "date", "terms", "sent", "stored")}
+        return {**{k: served.get(k) for k in ("endpoint", "served_model", "date", "terms", "sent", "stored")},
+                "kind": "text" if meta.is_file() and read_json(meta).get("served") else "log-probabilities"}
     return {"terms": terms} if terms else None

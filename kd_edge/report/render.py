@@ -266,7 +266,8 @@ def _provenance_line(report: dict) -> str:
     terms = f" Terms of use of the teacher's outputs: {p['terms']}." if p.get("terms") else ""
     if not p.get("endpoint"):
         return terms
-    return (f" Training text written by the served teacher `{p['served_model']}` at {p['endpoint']} on {p['date']} "
+    what = "Training text written" if p.get("kind") == "text" else "Teacher log-probabilities given"
+    return (f" {what} by the served teacher `{p['served_model']}` at {p['endpoint']} on {p['date']} "
             f"({p.get('sent', 0)} requests sent, {p.get('stored', 0)} answers from the store).{terms}")
 
 

@@ -297,6 +297,14 @@ def test_token_level_kd_from_the_served_teachers_log_probabilities(tmp_path, pro
     # sentences leave near-ties that the two break differently; 84 of 95 here, 35 of 36 on natural sentences)
     assert total > 50 and same / total >= 0.8, (same, total)
     assert json.loads((run / "train" / "summary.json").read_text())["steps"] == 2
+    import yaml
+
+    from kd_edge.report.build import build_report
+    from kd_edge.report.render import to_markdown
+
+    report = build_report(run, yaml.safe_load((run / "recipe.resolved.yaml").read_text()))
+    assert report["teacher_provenance"]["kind"] == "log-probabilities"
+    assert f"Teacher log-probabilities given by the served teacher `smollm2` at {proxy.url}" in to_markdown(report)
     posts = proxy.posts
     subprocess.run(["rm", "-rf", str(run / "teacher_cache")], check=True)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
