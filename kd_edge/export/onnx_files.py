@@ -39,6 +39,7 @@ def save(model, path: Path, external: bool) -> None:
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=0)
+        data.chmod(0o644)  # onnx writes external data readable by its owner only; the graph beside it is not
     else:
         onnx.save_model(model, str(path))
 
