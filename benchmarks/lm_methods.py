@@ -40,8 +40,8 @@ def recipe_for(method: str, args, url: str | None) -> dict:
     base["name"] = f"methods-{method}"
     base["data"].update(max_samples=args.train + args.test, test_size=args.test)
     base["teacher"]["cache_dir"] = str(args.out / "shared-cache")
-    base["distill"].update(epochs=100, max_steps=args.steps, batch_size=args.batch, baseline=False, checkpoint_every=1000,
-                           log_every=10)
+    base["distill"].update(epochs=100, max_steps=args.steps, batch_size=args.batch, baseline=False,  # steps decide
+                           checkpoint_every=1000, log_every=10)
     base["evaluate"] = {"sample_prompts": 0}
     base["export"] = {"artifacts": []}
     base.pop("bench", None)
