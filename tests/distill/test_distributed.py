@@ -22,6 +22,16 @@ from tests.conftest import tiny_recipe_dict
 CURVE_RTOL = 1e-3
 
 
+def _two_processes(recipe: Path, out: Path) -> subprocess.CompletedProcess:
+    """`kd-edge distill` on ``recipe`` in two CPU processes under `accelerate launch`; it must succeed."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "kd_edge", "distill", str(recipe), "--out", str(out), "-q"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out.parent)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    return p
+
+
 def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "train" / "metrics.jsonl").read_text().splitlines()
             if "loss" in json.loads(line)]
@@ -42,11 +52,7 @@ def test_two_processes_share_the_distillation(tmp_path, tiny_data):
     single = tmp_path / "single.yaml"
     single.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_teacher, tiny_data,
                                                       distill={**distill, "grad_accum_steps": 2})))
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "kd_edge", "distill", str(recipe), "--out", str(tmp_path / "run"), "-q"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    p = _two_processes(recipe, tmp_path / "run")
     assert p.stdout.count("[ 4/5] distill   done") == 1  # one process talks
     summary = json.loads((tmp_path / "run" / "train" / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["samples_seen"] == 6 * 4 * 2
@@ -70,11 +76,7 @@ def test_two_processes_train_a_causal_lm_and_its_baseline_together(tmp_path, tin
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm", distill=distill,
                                                       teacher={"model": str(tiny_llama), "top_k": 4},
                                                       student={"layers": 1}, evaluate={"sample_prompts": 0})))
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "kd_edge", "distill", str(recipe), "--out", str(tmp_path / "run"), "-q"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    p = _two_processes(recipe, tmp_path / "run")
     stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
     assert stages["distill"]["processes"] == 2 and stages["baseline"]["processes"] == 2
     summary = json.loads((tmp_path / "run" / "baseline_train" / "summary.json").read_text())
@@ -94,11 +96,7 @@ def test_two_processes_cache_the_teacher_in_shares_and_the_cache_is_the_one_proc
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm", distill=distill,
                                                       teacher={"model": str(tiny_llama), "top_k": 4, "batch_size": 8},
                                                       student={"layers": 1}, evaluate={"sample_prompts": 0})))
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "kd_edge", "distill", str(recipe), "--out", str(tmp_path / "two"), "-q"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    p = _two_processes(recipe, tmp_path / "two")
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["stages"]["teacher"]["processes"] == 2
     assert not (tmp_path / "two" / "_teacher_shards").exists()
     p = subprocess.run([sys.executable, "-m", "kd_edge", "distill", str(recipe), "--out", str(tmp_path / "one"), "-q"],
