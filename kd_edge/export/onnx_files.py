@@ -29,8 +29,9 @@ def needs_external(weight_bytes: int) -> bool:
     return weight_bytes > PROTO_LIMIT
 
 
-def save(model, path: Path, external: bool) -> None:
-    """Write an ``onnx.ModelProto`` to ``path``; with ``external``, every tensor goes to ``<path>.data``."""
+def save(model, path: Path, external: bool, inline_below: int = 0) -> None:
+    """Write an ``onnx.ModelProto`` to ``path``; with ``external``, every tensor of ``inline_below`` bytes
+    or more goes to ``<path>.data``."""
     import onnx
 
     data = data_file(path)
@@ -38,7 +39,7 @@ def save(model, path: Path, external: bool) -> None:
         data.unlink()
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=0)
+                        location=data.name, size_threshold=inline_below)
         data.chmod(0o644)  # onnx writes external data readable by its owner only; the graph beside it is not
     else:
         onnx.save_model(model, str(path))

@@ -160,6 +160,7 @@ def own_graph(source_dir: Path, dst: Path, *, precision: str, log_path: Path, co
     import onnx
 
     from kd_edge.export.onnx import OnnxExporter
+    from kd_edge.export.onnx_files import save
     from kd_edge.quantize.onnx_precisions import quantize_onnx_int4
     from kd_edge.tasks import TASKS
     from kd_edge.tasks.kinds import ModelSource
@@ -179,11 +180,9 @@ def own_graph(source_dir: Path, dst: Path, *, precision: str, log_path: Path, co
             graph = scratch / "step.int4.onnx"
         elif precision != "fp32":
             raise QuantizeError(f"kd-edge's own GenAI graph is made at fp32 or int4, not {precision}")
-        data = dst / "model.onnx.data"  # as the builder writes; small tensors (shapes) stay in the graph, where
-        data.unlink(missing_ok=True)      # GenAI's shape inference reads them
-        onnx.save_model(onnx.load(str(graph)), str(dst / "model.onnx"), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-        data.chmod(0o644)  # onnx writes external data readable by its owner only
+        # model.onnx.data, as the builder writes; small tensors (shapes) stay in the graph, where GenAI's
+        # shape inference reads them
+        save(onnx.load(str(graph)), dst / "model.onnx", external=True, inline_below=1024)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     path = dst / CONFIG
