@@ -81,12 +81,32 @@ class Recipe(BaseModel):
             raise ValueError(f"distill.on_policy has the student generate text, which only causal LMs do "
                              f"(task: {self.task}); remove it")
         d = self.distill
+        if self.student.tokenizer:
+            self._check_cross_tokenizer()
         if self.teacher.server:
             self._check_served()
         if any(t.server for t in (self.ensemble.teachers if self.ensemble else [])):
             raise ValueError("ensemble.teachers: a served teacher is only the recipe's `teacher`; remove server there")
         return self
 
+    def _check_cross_tokenizer(self) -> None:
+        """What a student with its own tokenizer can learn from: the teacher's cached distributions at the
+        positions both tokenizations share, through a loss that accepts two vocabularies."""
+        from kd_edge.distill import CROSS_TOKENIZER
+        from kd_edge.tasks.kinds import task_kind
+
+        if not task_kind(self.task).is_lm:
+            raise ValueError(f"student.tokenizer is for causal LMs (task: {self.task}); an encoder student reads "
+                             "the teacher's tokens: remove it")
+        d = self.distill
+        other = [c.name for c in d.losses if c.name not in CROSS_TOKENIZER]
+        if other:
+            raise ValueError(f"loss {other[0]} pairs teacher and student token ids of one vocabulary, which a student "
+                             f"with its own tokenizer (student.tokenizer) does not share; the losses that accept "
+                             f"another tokenizer are {', '.join(CROSS_TOKENIZER)}")
+        if d.mode != "offline" or d.on_policy:
+            raise ValueError("a student with its own tokenizer learns from the teacher's cached outputs, aligned "
+                             "once to its tokens (distill.mode: offline); remove on_policy / set mode: offline")
 
     def _check_served(self) -> None:
         """What a served teacher can give: text (sequence-level and rationale data) and, where the server

@@ -19,7 +19,7 @@ from kd_edge.teachers import pick_layers, resolve_teacher, teacher_configs
 from kd_edge.tasks import TASKS
 from kd_edge.tasks.kinds import task_kind
 from kd_edge.tasks.hub import (check_weights, hidden_size, num_layers, read_config, resolve_model_dir,
-                               sentence_transformers_pooling)
+                               resolve_tokenizer_dir, sentence_transformers_pooling)
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
 
@@ -121,6 +121,8 @@ def resolve(recipe: Recipe) -> Recipe:
         shapes.append(shape_of(read_config(tdir) if not cfg.gguf_file else _gguf_config(tdir, cfg.gguf_file),
                                f"{what} config in {tdir}"))
     student_shape, student_layers = _student_shape(recipe, shapes[0])
+    if recipe.student.tokenizer:
+        resolve_tokenizer_dir(recipe.student.tokenizer)
     labelled = kind.labelled(recipe)
     losses = []
     for loss in recipe.distill.losses:

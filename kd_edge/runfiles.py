@@ -105,6 +105,19 @@ class CacheFiles(_Folder):
     def weights(self, split: str) -> Path:
         return self.path / f"{split}_weights.npy"
 
+    def teacher_ids_name(self, split: str) -> str:
+        """A student with its own tokenizer: the teachers' token ids (the run's ids are the student's)."""
+        return f"{split}_teacher_ids"
+
+    def alignment(self, split: str) -> Path:
+        """Per student token, the packed index of the teacher token that read the same text, or -1."""
+        return self.path / f"{split}_alignment.npy"
+
+    @property
+    def vocab_map(self) -> Path:
+        """Per teacher token id, the student's id of the token spelled alike, or -1."""
+        return self.path / "vocab_map.npy"
+
     def teacher(self, index: int) -> Path:
         return self.path / f"t{index}"
 
@@ -355,11 +368,46 @@ class CacheReader:
     def has(self, teacher: int, split: str) -> bool:
         return any(self.files.teacher(teacher).glob(f"{split}_*.npy"))
 
+    @property
+    def cross_tokenizer(self) -> bool:
+        """Whether the student reads text with its own tokenizer (the teachers' tokens are kept apart)."""
+        return "cross_tokenizer" in self.meta
+
+    def teacher_ids(self, split: str) -> "Packed":
+        """The token ids the teachers read: the run's own, or theirs for a student with its own tokenizer."""
+        from kd_edge.data.packed import Packed
+
+        if not self.cross_tokenizer:
+            return self.ids(split)
+        key = f"teacher:{split}"
+        if key not in self._packed:
+            self._packed[key] = Packed.load(self.folder, self.files.teacher_ids_name(split), mmap=False)
+        return self._packed[key]
+
+    def alignment(self, split: str) -> np.ndarray:
+        """Per student token (packed), the packed index of the teacher token that read the same text, or -1."""
+        key = f"alignment:{split}"
+        if key not in self._packed:
+            self._packed[key] = np.load(self.files.alignment(split))
+        return self._packed[key]
+
+    def vocab_map(self) -> np.ndarray:
+        """Per teacher token id, the student's id of the token spelled alike, or -1."""
+        if "vocab_map" not in self._packed:
+            self._packed["vocab_map"] = np.load(self.files.vocab_map)
+        return self._packed["vocab_map"]
+
     def batch(self, teacher: int, split: str, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Every cached field of teacher ``teacher`` for examples ``idx``, token-level ones padded."""
+        """Every cached field of teacher ``teacher`` for examples ``idx``, token-level ones padded to the
+        student's tokens. For a student with its own tokenizer, a token-level field holds, at each student
+        position, the teacher's value at the aligned position (zeros where none), with ``aligned`` (1/0)
+        saying where, and the teacher's top-k ids come with the student's ids of the same tokens
+        (``topk_student_ids``, -1 where the student's vocabulary has no such token), with which student
+        tokens have a teacher counterpart (``student_matched``, [vocabulary])."""
         from kd_edge.data.packed import Packed, pad
 
         offsets = self.ids(split).offsets
+        where = self.alignment(split) if self.cross_tokenizer else None
         out = {}
         for name, level in self.meta["teachers"][teacher]["fields"].items():
             if not self.files.field(teacher, split, name).is_file():
@@ -367,7 +415,22 @@ class CacheReader:
             arr = self.field(teacher, split, name)
             if level == "example":
                 out[name] = np.ascontiguousarray(arr[idx])
-            else:
+            elif where is None:
                 packed = Packed(arr, offsets)
                 out[name] = pad([np.asarray(packed[i]) for i in idx], 0)[0]
+            else:
+                rows = []
+                for i in idx:
+                    at = where[offsets[i]:offsets[i + 1]]
+                    row = np.array(arr[np.maximum(at, 0)])
+                    row[at < 0] = 0
+                    rows.append(row)
+                out[name] = pad(rows, 0)[0]
+        if where is not None:
+            out["aligned"] = pad([(where[offsets[i]:offsets[i + 1]] >= 0).astype(np.float32) for i in idx], 0.0)[0]
+            if "topk_indices" in out:
+                mapping = self.vocab_map()
+                out["topk_student_ids"] = mapping[np.minimum(out["topk_indices"].astype(np.int64), len(mapping) - 1)]
+                out["student_matched"] = np.zeros(self.meta["vocab_size"], bool)
+                out["student_matched"][mapping[(mapping >= 0) & (mapping < self.meta["vocab_size"])]] = True
         return out

@@ -33,6 +33,15 @@ def _teachers(recipe: Recipe) -> dict[str, Path]:
     return {f"teacher{i}": resolve_teacher(cfg) for i, cfg in enumerate(teacher_configs(recipe))}
 
 
+def _teachers_and_tokenizer(recipe: Recipe) -> dict[str, Path]:
+    """The teachers, and the student's own tokenizer when it has one (``student.tokenizer``)."""
+    from kd_edge.tasks.hub import resolve_tokenizer_dir
+
+    own = {"student_tokenizer": resolve_tokenizer_dir(recipe.student.tokenizer)} \
+        if recipe.student.tokenizer else {}
+    return {**_teachers(recipe), **own}
+
+
 def _primary_teacher(recipe: Recipe) -> dict[str, Path]:
     from kd_edge.teachers import resolve_teacher
 
@@ -105,9 +114,9 @@ STAGES: tuple[Stage, ...] = (
            "teacher.server.url", "teacher.server.model", "teacher.terms"),
           _primary_teacher, "make training data from the teacher", enabled=_generates),
     Stage("teacher", teacher.run, ("data", "prepare", "generate"),
-          ("task", "teacher", "ensemble", "data.max_length", "distill.mode"), _teachers,
+          ("task", "teacher", "ensemble", "data.max_length", "distill.mode", "student.tokenizer"), _teachers_and_tokenizer,
           "tokenize once and cache the teachers' outputs", derived=_cached),
-    Stage("student", student.run, ("prepare",), ("task", "seed", "teacher", "ensemble", "student"), _teachers,
+    Stage("student", student.run, ("prepare",), ("task", "seed", "teacher", "ensemble", "student"), _teachers_and_tokenizer,
           "build the student and check its tokenizer"),
     Stage("distill", distill.run, ("teacher", "student", "prepare"), ("task", "seed", "distill", "ensemble"), _teachers,
           "train the student on the teachers' outputs"),

@@ -86,7 +86,9 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     if profile.kind != "local":  # a device
         # PyTorch models are the baselines of this machine; the device runs the exported files
         models = [m for m in models if m["runtime"] != "torch"]
-    vocab_size = load_cache(ctx.run_dir)[0]["vocab_size"]
+    cache_meta = load_cache(ctx.run_dir)[0]
+    # random token ids every model can read (a student with its own tokenizer has another vocabulary)
+    vocab_size = min(cache_meta["vocab_size"], cache_meta.get("cross_tokenizer", {}).get("teacher_vocab_size", 1 << 62))
     macs = torch_macs(recipe, ctx)
     jobs = [Job(m["name"], m["path"], runner_args(recipe, m, vocab_size, threads), threads) for m in models]
     try:

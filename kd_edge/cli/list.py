@@ -40,6 +40,8 @@ def describe(kind: str) -> list[str]:
     """One line per entry of a registry (losses: what each reads and its parameters with their defaults)."""
     if kind == "formats":
         return _formats()
+    from kd_edge.distill import CROSS_TOKENIZER
+
     registry = _registry(kind)
     lines = []
     for name in registry.names():
@@ -48,6 +50,8 @@ def describe(kind: str) -> list[str]:
         if kind == "losses":
             params = ", ".join(f"{p.name}={p.default!r}" for p in meta.get("params", ()))
             line += f"\n{'':<24} reads {meta['needs']}" + (f"; parameters: {params}" if params else "; no parameters")
+            if name in CROSS_TOKENIZER:
+                line += "; accepts a student with its own tokenizer"
         missing = registry.missing(name)
         if missing:
             line += f"\n{'':<24} (needs {', '.join(missing)}, not installed)"

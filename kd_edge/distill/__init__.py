@@ -28,6 +28,10 @@ for _name, _needs, _params, _summary in (
     ("jsd", "logits", (TEMPERATURE, BETA), "Generalised Jensen-Shannon divergence with beta (GKD, Agarwal et al. 2024)."),
     ("logit_mse", "logits", (), "MSE between logits (Ba & Caruana 2014)."),
     ("ce", "labels", (), "Hard-label cross-entropy (class labels or next tokens); its weight is the alpha."),
+    ("uld", "logits", (TEMPERATURE,), "Universal logit distillation: L1 between sorted teacher and student "
+     "probabilities, for a student with another tokenizer (Boizard et al. 2024)."),
+    ("gold", "logits", (TEMPERATURE,), "Cross-tokenizer hybrid (TRL's GOLD): KL over the tokens both vocabularies "
+     "spell alike, sorted-probability L1 over the rest."),
     ("hidden_mse", "hidden", (LAYER_MAP,), "MSE between mapped hidden states, projected when widths differ (TinyBERT)."),
     ("hidden_cosine", "hidden", (LAYER_MAP,), "1 - cosine between mapped hidden states per token (DistilBERT)."),
     ("attention_kl", "attentions", (LAYER_MAP, HEADS), "KL between mapped attention distributions (MiniLM, Wang et al. 2020)."),
@@ -35,6 +39,11 @@ for _name, _needs, _params, _summary in (
 ):
     LOSSES.declare(_name, f"kd_edge.distill.losses:{_name}", requires=_T, summary=_summary, needs=_needs,
                    params=_params)
+
+
+# The losses that compare a teacher and a student reading text with different tokenizers (and ce, which
+# reads the student's own next tokens): every other token-level loss pairs ids of one vocabulary.
+CROSS_TOKENIZER = ("uld", "gold", "ce")
 
 
 def needs_of(name: str) -> str:

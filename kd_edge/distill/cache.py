@@ -28,11 +28,13 @@ import numpy as np
 
 from kd_edge.artifacts import StageContext, atomic_dir, distributed_rank, read_json, write_json
 from kd_edge.data.packed import Packed
+from kd_edge.distill.alignment import align, aligned_share, encode, vocab_map
 from kd_edge.errors import ArtifactError
 from kd_edge.distill import needs_of
 from kd_edge.teachers import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
 from kd_edge.runfiles import CacheFiles, RunFiles, read_jsonl, training_rows
 from kd_edge.tasks import TASKS
+from kd_edge.tasks.hub import resolve_model_dir, resolve_tokenizer_dir
 from kd_edge.tasks.kinds import task_kind
 
 if TYPE_CHECKING:
@@ -44,22 +46,8 @@ SPLITS = ("train", "test")
 def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> tuple[Packed, Packed | None]:
     """Token ids of each row (special tokens added, truncated, unpadded) and, when any row has
     weighted segments, the loss weight of every token."""
-    if not any("segments" in r for r in rows):
-        enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length, add_special_tokens=True)
-        return Packed.from_lists(enc["input_ids"]), None
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and \
-        tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id] else []
-    all_ids, all_w = [], []
-    for r in rows:
-        segments = r.get("segments") or [[r["text"], 1.0]]
-        ids, w = list(bos), [0.0] * len(bos)
-        for text, weight in segments:
-            t = tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids += t
-            w += [float(weight)] * len(t)
-        all_ids.append(ids[:max_length])
-        all_w.append(w[:max_length])
-    return Packed.from_lists(all_ids), Packed.from_lists(all_w, dtype=np.float32)
+    ids, weights, _ = encode(tokenizer, rows, max_length, ends=False)
+    return ids, weights
 
 
 def reserve(path: Path) -> None:
@@ -251,6 +239,33 @@ def _served_teacher(recipe: "Recipe", cfg, ctx: StageContext, tokenizer, ids, ou
             "served": {**client.provenance(), "terms": cfg.terms, "answers": answers}}
 
 
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _student_tokenizer(recipe: "Recipe", task):
+    """The student's own tokenizer (``student.tokenizer``), or None when it reads the teacher's tokens."""
+    if not recipe.student.tokenizer:
+        return None
+    from kd_edge.tasks.kinds import ModelSource
+
+    return task.load_tokenizer(ModelSource(resolve_tokenizer_dir(recipe.student.tokenizer)))
+
+
+def _two_tokenizations(teacher_tok, student_tok, rows: list[dict], max_length: int, out: "CacheFiles", split: str,
+                       ids: dict, weights: dict) -> tuple[Packed, Packed | None, dict]:
+    """Tokenize a split both ways: the teacher's tokens (into ``ids``/``weights``, saved as the cache's
+    teacher ids) and the student's (returned), with each student position's aligned teacher position
+    saved as the split's alignment."""
+    ids[split], weights[split], teacher_ends = encode(teacher_tok, rows, max_length)
+    student_ids, student_weights, student_ends = encode(student_tok, rows, max_length)
+    alignment = align(student_ends, teacher_ends)
+    ids[split].save(out.path, out.teacher_ids_name(split))
+    np.save(out.alignment(split), alignment)
+    return student_ids, student_weights, {"teacher_tokens": int(ids[split].offsets[-1]),
+                                          "aligned": aligned_share(student_ends, alignment)}
+
+
 def _processes(recipe: "Recipe"):
     """Accelerate's state of the processes of one run under `accelerate launch` (None alone), set up as
     the trainer's Accelerator will find it (the state is one per process: the first set-up decides)."""
@@ -276,7 +291,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     task = TASKS.get(recipe.task)()
     primary = teacher_source(recipe, ctx.run_dir)
     tokenizer = task.load_tokenizer(primary)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = _pad_id(tokenizer)
     shared_root = recipe.teacher.cache_dir
     files = RunFiles(ctx.run_dir)
     target = Path(shared_root).expanduser().resolve() / ctx.key[:24] if shared_root else None
@@ -304,29 +319,45 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                       f"output; {g.get('without_answer_dropped', g.get('duplicates_dropped', 0))} dropped)")
         raise ArtifactError(f"no training rows{detail}; check the generation settings (answer_marker, template, "
                             "max_new_tokens) or give rationales in the data (rationale.source: data)")
+    student_tok = _student_tokenizer(recipe, task)
     meta: dict[str, Any] = {
         "key": ctx.key, "task": recipe.task, "tokenizer_class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer), "pad_id": pad_id, "max_length": recipe.data.max_length, **meta_task,
         "splits": {}, "teachers": [],
     }
+    if student_tok is not None:  # the run's tokens (ids, pad, vocabulary) are the student's
+        meta.update({"tokenizer_class": type(student_tok).__name__, "vocab_size": len(student_tok),
+                     "pad_id": _pad_id(student_tok)})
+        meta["cross_tokenizer"] = {"student_tokenizer": str(resolve_tokenizer_dir(recipe.student.tokenizer)),
+                                   "teacher_vocab_size": len(tokenizer), "teacher_pad_id": pad_id, "splits": {}}
     live = recipe.distill.mode != "offline"
     shards = [CacheFiles(shard_root / f"rank-{r}") for r in range(1, world)]
     holder = atomic_dir(target if target else files.teacher_cache.path) if rank == 0 else \
         _shard_dir(shard_root / f"rank-{rank}")
     with holder as folder:
         out = CacheFiles(folder)
-        ids, weights, labels = {}, {}, {}
+        ids, weights, labels = {}, {}, {}  # what the teachers read
         for split in SPLITS:
-            ids[split], weights[split] = tokenize_rows(tokenizer, rows[split], recipe.data.max_length)
             labels[split] = np.array([-1 if r.get("label") is None else r["label"] for r in rows[split]], np.int64)
-            ids[split].save(folder, out.ids_name(split))
-            if weights[split] is not None:
-                np.save(out.weights(split), weights[split].values)
+            if student_tok is None:
+                ids[split], weights[split] = tokenize_rows(tokenizer, rows[split], recipe.data.max_length)
+                run_ids, run_weights = ids[split], weights[split]
+            else:  # the run reads the student's tokens; the teachers read theirs, aligned to the student's
+                run_ids, run_weights, split_meta = _two_tokenizations(tokenizer, student_tok, rows[split],
+                                                                      recipe.data.max_length, out, split, ids, weights)
+                meta["cross_tokenizer"]["splits"][split] = split_meta
+            run_ids.save(folder, out.ids_name(split))
+            if run_weights is not None:
+                np.save(out.weights(split), run_weights.values)
             np.save(out.labels(split), labels[split])
-            lengths = ids[split].lengths()
+            lengths = run_ids.lengths()
             meta["splits"][split] = {"n": len(rows[split]), "tokens": int(lengths.sum()),
                                      "truncated": int((lengths >= recipe.data.max_length).sum()),
-                                     "weighted": weights[split] is not None}
+                                     "weighted": run_weights is not None}
+        if student_tok is not None:
+            mapping = vocab_map(tokenizer, student_tok)
+            np.save(out.vocab_map, mapping)
+            meta["cross_tokenizer"]["matched_tokens"] = int((mapping >= 0).sum())
         for i, cfg in enumerate(teacher_configs(recipe)):
             source = teacher_source(recipe, ctx.run_dir, i)
             if cfg.server and task.kind.is_lm and any(needs_of(c.name) == "logits" for c in recipe.distill.losses):

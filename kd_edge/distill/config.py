@@ -139,11 +139,22 @@ class StudentConfig(BaseModel):
         False, description="pretrained: load a pickle checkpoint (pytorch_model.bin) when the folder has no "
         "safetensors. Unpickling can run code from the file: only for files you trust."
     )
+    tokenizer: str | None = Field(
+        None, description="causal LMs: a folder holding the student's own tokenizer (one trained with `tokenizers` "
+        "on the training text, a pretrained student's). The student then reads every text its own way and learns "
+        "from the teacher through a loss that accepts another tokenizer (gold, uld; with ce), at the positions "
+        "where both tokenizations start a token at the same character. init: config gives the student this "
+        "vocabulary (embedding rows start from the teacher's rows of the same token, else the mean of its "
+        "teacher pieces, with shrink_from_teacher)."
+    )
 
     @model_validator(mode="after")
     def _pretrained_needs_model(self) -> "StudentConfig":
         if self.init == "pretrained" and not self.model:
             raise ValueError("init: pretrained needs `model`: the student's folder")
+        if self.tokenizer and self.init == "teacher_layers":
+            raise ValueError("student.tokenizer gives the student another vocabulary, which the teacher's copied "
+                             "embedding table cannot read; use init: config (or pretrained)")
         return self
 
 

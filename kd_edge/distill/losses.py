@@ -125,6 +125,77 @@ def logit_mse(student_out: dict, teacher_out: dict, batch: dict, **_: object) ->
     return _weighted_mean(per, batch)
 
 
+# -- across tokenizers --------------------------------------------------------------------------------------------
+# A student with its own tokenizer (``student.tokenizer``) sees, at each of its positions, the teacher's
+# sparse distribution at the position that read the same text (``aligned`` 1/0: zeros elsewhere), the
+# teacher's top-k ids also as the student's ids of the same tokens (``topk_student_ids``, -1 where its
+# vocabulary has none) and which of its own tokens have a teacher counterpart (``student_matched`` [V]).
+# Without those (one tokenizer) every position is aligned and every token matched.
+def _cross_weights(teacher_out: dict, batch: dict) -> dict:
+    """The batch with its token weights limited to the positions that have a teacher."""
+    if "aligned" not in teacher_out:
+        return batch
+    return {**batch, "token_weights": batch["token_weights"] * teacher_out["aligned"].to(batch["token_weights"].dtype)}
+
+
+def _teacher_top(teacher_out: dict, temperature: float) -> torch.Tensor:
+    """The teacher's top-k probabilities at ``temperature`` [B, T, k]."""
+    lse = teacher_out["lse"].get(float(temperature))
+    if lse is None:
+        raise KeyError(f"the teacher cache holds no log-normaliser at temperature {temperature:g}")
+    return (teacher_out["topk_logits"].float() / temperature - lse.float().unsqueeze(-1)).exp()
+
+
+def _sorted_l1(q: torch.Tensor, p_top: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of |q sorted - p sorted| for the k largest of each (q over a whole vocabulary)."""
+    k = p_top.shape[-1]
+    q_top = q.topk(min(k, q.shape[-1]), dim=-1).values
+    if q_top.shape[-1] < k:
+        q_top = F.pad(q_top, (0, k - q_top.shape[-1]))
+    return (q_top - p_top.sort(-1, descending=True).values).abs().sum(-1)
+
+
+def uld(student_out: dict, teacher_out: dict, batch: dict, *, temperature: float = 1.0, **_: object) -> torch.Tensor:
+    """Universal logit distillation (Boizard et al. 2024): L = sum over ranks r of |q_(r) - p_(r)|, the
+    student's and teacher's probabilities each sorted, so no token of one vocabulary is paired with one
+    of the other. Over the teacher's top-k, plus the difference of what lies outside it (a lower bound of
+    the whole sorted distance, which the unkept teacher tail does not allow)."""
+    p_top = _teacher_top(teacher_out, temperature)
+    q = torch.softmax(student_out["logits"].float() / temperature, -1)
+    per = _sorted_l1(q, p_top)
+    q_top = q.topk(min(p_top.shape[-1], q.shape[-1]), dim=-1).values
+    per = per + ((1 - q_top.sum(-1)) - (1 - p_top.sum(-1))).abs()
+    return _weighted_mean(per, _cross_weights(teacher_out, batch))
+
+
+def gold(student_out: dict, teacher_out: dict, batch: dict, *, temperature: float = 1.0, **_: object) -> torch.Tensor:
+    """The matched/unmatched hybrid of TRL's GOLD: L = T^2 · KL(p || q) over the buckets {each of the
+    teacher's top-k tokens the student's vocabulary spells alike} and {everything else}, plus the sorted
+    L1 (``uld``) between the teacher's unmatched top-k probabilities and the student's largest
+    probabilities on its tokens without a teacher counterpart. With one vocabulary it is ``kl``."""
+    t = temperature
+    p_top = _teacher_top(teacher_out, t)
+    sid = teacher_out.get("topk_student_ids", teacher_out["topk_indices"]).long()
+    matched = sid >= 0
+    log_q = torch.log_softmax(student_out["logits"].float() / t, -1)
+    log_q_m = log_q.gather(-1, sid.clamp(min=0))
+    p_m = torch.where(matched, p_top, torch.zeros_like(p_top))
+    q_m = torch.where(matched, log_q_m.exp(), torch.zeros_like(p_top))
+    p_rest = (1 - p_m.sum(-1, keepdim=True)).clamp(min=0)
+    q_rest = (1 - q_m.sum(-1, keepdim=True)).clamp(min=0)
+    log_p = torch.cat([torch.where(matched, torch.log(p_m.clamp(min=_EPS)), torch.full_like(p_m, -math.inf)),
+                       torch.where(p_rest > 0, torch.log(p_rest.clamp(min=_EPS)), torch.full_like(p_rest, -math.inf))], -1)
+    log_q_b = torch.cat([torch.where(matched, log_q_m, torch.zeros_like(log_q_m)), torch.log(q_rest.clamp(min=_EPS))], -1)
+    per = t ** 2 * _kl(log_p, log_q_b)
+    student_matched = teacher_out.get("student_matched")
+    if student_matched is not None and not bool(matched.all()):
+        own = student_matched.bool()
+        own = F.pad(own, (0, log_q.shape[-1] - own.shape[-1]), value=False) if own.shape[-1] < log_q.shape[-1] else own
+        q_unmatched = log_q.exp().masked_fill(own, 0.0)
+        per = per + _sorted_l1(q_unmatched, torch.where(matched, torch.zeros_like(p_top), p_top))
+    return _weighted_mean(per, _cross_weights(teacher_out, batch))
+
+
 def ce(student_out: dict, teacher_out: dict, batch: dict, **_: object) -> torch.Tensor:
     """Hard-label cross-entropy: class labels (ignored where -1) or, for language models, the next
     token weighted by ``token_weights``. Mixed with a soft loss by the weights (α = weight of ce)."""

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kd_edge.artifacts import StageContext, atomic_dir, write_json
+from kd_edge.distill import CROSS_TOKENIZER
 from kd_edge.errors import ArtifactError, ConfigError
 from kd_edge.teachers import pick_layers, teacher_configs, teacher_source
 from kd_edge.runfiles import STUDENT_META, RunFiles
 from kd_edge.tasks import TASKS
 from kd_edge.tasks.kinds import ModelSource
-from kd_edge.tasks.hub import resolve_model_dir
+from kd_edge.tasks.hub import resolve_model_dir, resolve_tokenizer_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -89,9 +90,10 @@ def resized_config(teacher_config, cfg):
     return config
 
 
-def shrink_weights(student: nn.Module, teacher: nn.Module, layer_pick: list[int]) -> None:
+def shrink_weights(student: nn.Module, teacher: nn.Module, layer_pick: list[int], skip_vocabulary: bool = False) -> None:
     """Copy each teacher tensor into the student's tensor of the same name, cut to the student's shape
-    (leading slice in every dimension); student layer j takes teacher layer ``layer_pick[j]``."""
+    (leading slice in every dimension); student layer j takes teacher layer ``layer_pick[j]``. With
+    ``skip_vocabulary`` (a student with another vocabulary) the embedding table and head are left alone."""
     import torch
 
     n_teacher = teacher.config.num_hidden_layers
@@ -107,6 +109,8 @@ def shrink_weights(student: nn.Module, teacher: nn.Module, layer_pick: list[int]
             t = teacher_state.get(source)
             if t is None or t.dim() != tensor.dim():
                 continue
+            if skip_vocabulary and t.shape[0] == teacher.config.vocab_size:
+                continue
             tensor.copy_(t[tuple(slice(0, s) for s in tensor.shape)])
 
 
@@ -118,12 +122,14 @@ def check_tokenizers(student_tok, teachers: list[tuple[str, object]]) -> None:
         other = tok.get_vocab()
         if len(vocab) != len(other):
             raise ConfigError(f"the student's tokenizer has {len(vocab)} tokens, {name}'s has {len(other)}; "
-                              "distillation needs one vocabulary: use a student built from the teacher or one "
-                              "with the same tokenizer")
+                              f"token-level distillation needs one vocabulary: use a student built from the teacher, "
+                              f"or set student.tokenizer to the student's own and a loss that accepts another "
+                              f"tokenizer ({', '.join(CROSS_TOKENIZER)})")
         differ = [t for t, i in vocab.items() if other.get(t) != i]
         if differ:
             raise ConfigError(f"the student's tokenizer maps {len(differ)} tokens to other ids than {name}'s "
-                              f"(e.g. {differ[:3]}); distillation needs one vocabulary")
+                              f"(e.g. {differ[:3]}); token-level distillation needs one vocabulary, or set "
+                              f"student.tokenizer and a loss that accepts another ({', '.join(CROSS_TOKENIZER)})")
         for attr in _SPECIAL:
             if getattr(student_tok, attr, None) != getattr(tok, attr, None):
                 raise ConfigError(f"the student's {attr} is {getattr(student_tok, attr, None)} but {name}'s is "
@@ -137,8 +143,38 @@ def save_student(model: nn.Module, tokenizer, meta: dict, out: Path) -> None:
     write_json(out / STUDENT_META, meta)
 
 
-def build(recipe: "Recipe", task, teacher: nn.Module) -> tuple[nn.Module, dict]:
-    """The untrained student and notes on how it was made."""
+def own_vocabulary(config, tokenizer) -> None:
+    """Give a student config the vocabulary and special tokens of its own tokenizer."""
+    config.vocab_size = len(tokenizer)
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(config, attr, getattr(tokenizer, attr, None))
+
+
+def transplant_embeddings(student: nn.Module, teacher: nn.Module, teacher_tok, student_tok) -> int:
+    """Start the student's embedding rows (and an untied head's) from the teacher's rows of the same
+    token, else the mean of its teacher pieces (``alignment.transplant_rows``), cut to the student's
+    width. Returns how many rows were copied whole."""
+    import torch
+
+    from kd_edge.distill.alignment import transplant_rows
+
+    copied = 0
+    pairs = [(student.get_input_embeddings(), teacher.get_input_embeddings())]
+    s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+    if s_head is not None and t_head is not None and s_head.weight is not pairs[0][0].weight:
+        pairs.append((s_head, t_head))
+    with torch.no_grad():
+        for s_mod, t_mod in pairs:
+            width = s_mod.weight.shape[1]
+            rows, copied = transplant_rows(t_mod.weight[:, :width].float().numpy(), teacher_tok, student_tok,
+                                           s_mod.weight.shape[0])
+            s_mod.weight.copy_(torch.from_numpy(rows).to(s_mod.weight.dtype))
+    return copied
+
+
+def build(recipe: "Recipe", task, teacher: nn.Module, tokenizers: tuple | None = None) -> tuple[nn.Module, dict]:
+    """The untrained student and notes on how it was made; ``tokenizers`` (teacher's, student's) when
+    the student has its own."""
     s = recipe.student
     if s.init == "teacher_layers":
         return keep_layers(teacher, list(s.layers)), {"teacher_layers": list(s.layers)}
@@ -147,14 +183,20 @@ def build(recipe: "Recipe", task, teacher: nn.Module) -> tuple[nn.Module, dict]:
         import transformers
 
         config = resized_config(teacher.config, s)
+        if tokenizers:
+            own_vocabulary(config, tokenizers[1])
         torch.manual_seed(recipe.seed)
         student = getattr(transformers, task.auto_class).from_config(config)
         picked = pick_layers(s.layers, teacher.config.num_hidden_layers)
+        notes = {}
         if s.shrink_from_teacher:
-            shrink_weights(student, teacher, picked)
+            shrink_weights(student, teacher, picked, skip_vocabulary=bool(tokenizers))
+            if tokenizers:
+                notes["embedding_rows_from_teacher"] = transplant_embeddings(student, teacher, *tokenizers)
         return student.eval(), {"config": {k: getattr(config, k) for k in ("num_hidden_layers", "hidden_size",
-                                                                          "num_attention_heads", "intermediate_size")},
-                                "shrunk_from_teacher_layers": picked if s.shrink_from_teacher else None}
+                                                                          "num_attention_heads", "intermediate_size",
+                                                                          "vocab_size")},
+                                "shrunk_from_teacher_layers": picked if s.shrink_from_teacher else None, **notes}
     path = resolve_model_dir(s.model, what="student.model")
     student = task.load_model(ModelSource(path, allow_pickle=s.allow_pickle))
     t_labels, s_labels = getattr(teacher.config, "num_labels", None), getattr(student.config, "num_labels", None)
@@ -169,14 +211,24 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     primary = teacher_source(recipe, ctx.run_dir)
     teacher = task.load_model(primary)
     tokenizer = task.load_tokenizer(primary)
-    student, origin = build(recipe, task, teacher)
-    if recipe.student.init == "pretrained":
-        tokenizer = task.load_tokenizer(ModelSource(resolve_model_dir(recipe.student.model, what="student.model")))
+    own = recipe.student.tokenizer
+    student_tok = task.load_tokenizer(ModelSource(resolve_tokenizer_dir(own))) if own else None
+    student, origin = build(recipe, task, teacher, (tokenizer, student_tok) if own else None)
     others = [(f"teacher {i} ({cfg.model})", task.load_tokenizer(teacher_source(recipe, ctx.run_dir, i)))
               for i, cfg in enumerate(teacher_configs(recipe)) if i > 0]
-    if recipe.student.init == "pretrained":
-        others.insert(0, (f"the teacher ({recipe.teacher.model})", task.load_tokenizer(primary)))
-    check_tokenizers(tokenizer, others)
+    if own:  # the student reads its own tokens; the teachers must still read one vocabulary
+        check_tokenizers(tokenizer, others)
+        if student.get_input_embeddings().weight.shape[0] < len(student_tok):
+            raise ConfigError(f"student.model has {student.get_input_embeddings().weight.shape[0]} embedding rows, "
+                              f"student.tokenizer {len(student_tok)} tokens; give the student the tokenizer it was "
+                              "trained with")
+        tokenizer = student_tok
+        origin["tokenizer"] = str(resolve_tokenizer_dir(own))
+    else:
+        if recipe.student.init == "pretrained":
+            tokenizer = task.load_tokenizer(ModelSource(resolve_model_dir(recipe.student.model, what="student.model")))
+            others.insert(0, (f"the teacher ({recipe.teacher.model})", task.load_tokenizer(primary)))
+        check_tokenizers(tokenizer, others)
     meta = {"task": recipe.task, "init": recipe.student.init, "teacher": str(primary.path), **origin,
             "pooling": recipe.teacher.pooling, "normalize": recipe.teacher.normalize,
             "params": sum(p.numel() for p in student.parameters())}

@@ -126,37 +126,70 @@ def _lm_metrics(task, model, cache, meta, batch_size: int) -> tuple[dict, np.nda
         tok_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"].clamp(min=0), reduction="none")
         nll += float((tok_nll * mask).sum())
         per_text[idx] = (tok_nll * mask).sum(-1).numpy()
+        count += float(mask.sum())
+        if cache.cross_tokenizer:  # token ids of two vocabularies: no top-1 or KL to compare
+            continue
         teacher = task.teacher_targets({k: torch.from_numpy(v) for k, v in cache.batch(0, "test", idx).items()})
         agree += float(((logits.argmax(-1) == teacher["topk_indices"][..., 0].long()).float() * mask).sum())
         kl_sum += float(kl({"logits": logits}, teacher, {"token_weights": mask})) * float(mask.sum())
-        count += float(mask.sum())
+    if cache.cross_tokenizer:
+        return {"perplexity": math.exp(nll / count), "top1_agreement_with_teacher": None, "kl_from_teacher": None}, per_text
     return {"perplexity": math.exp(nll / count), "top1_agreement_with_teacher": agree / count,
             "kl_from_teacher": kl_sum / count}, per_text
 
 
+def predicted_bytes(tokenizer, ids) -> np.ndarray | None:
+    """Per held-out text, the UTF-8 bytes of the text its tokens after the first stand for (what a
+    causal LM predicts), so that models with different tokenizers compare as bits per byte."""
+    def size(tokens) -> int:
+        return len(tokenizer.decode(tokens, skip_special_tokens=True).encode("utf-8"))
+
+    return np.array([size(ids[i].tolist()) - size(ids[i][:1].tolist()) for i in range(len(ids))], np.float64)
+
+
+def bits_per_byte(nll: np.ndarray, nbytes: np.ndarray | None) -> float | None:
+    """Summed NLL (nats) over the bytes it predicted, in bits."""
+    return float(nll.sum() / math.log(2) / nbytes.sum()) if nbytes is not None and nbytes.sum() > 0 else None
+
+
 def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
+    from kd_edge.teachers import teacher_source
+
     ids, weights = cache.ids("test"), cache.weights("test")
+    teacher_ids = cache.teacher_ids("test")
+    teacher_weights = None if cache.cross_tokenizer else weights
     models = {}
-    w = _position_mask(ids, weights)
+    w = _position_mask(teacher_ids, teacher_weights)
+    # bits per byte: what compares models that read text with different tokenizers
+    whole = weights is None  # (texts with weighted segments predict only part of their bytes)
+    student_tok = task.load_tokenizer(ModelSource(RunFiles(ctx.run_dir).student))
+    student_bytes = predicted_bytes(student_tok, ids) if whole else None
+    teacher_bytes = student_bytes if not cache.cross_tokenizer or not whole else \
+        predicted_bytes(task.load_tokenizer(teacher_source(recipe, ctx.run_dir)), teacher_ids)
     for i in range(cache.n_teachers()):
         lp = np.asarray(cache.field(i, "test", "target_logprob"), np.float64)
-        models[f"teacher_{i}" if i else "teacher"] = {"perplexity": math.exp(-float((lp * w).sum()) / w.sum())}
+        nll_i = -np.add.reduceat(lp * w, teacher_ids.offsets[:-1]) if len(teacher_ids) else np.zeros(0)
+        models[f"teacher_{i}" if i else "teacher"] = {"perplexity": math.exp(-float((lp * w).sum()) / w.sum()),
+                                                      "bits_per_byte": bits_per_byte(nll_i, teacher_bytes)}
         if i == 0:
-            teacher_nll = -np.add.reduceat(lp * w, ids.offsets[:-1]) if len(ids) else np.zeros(0)
-            tokens = np.add.reduceat(w, ids.offsets[:-1]) if len(ids) else np.zeros(0)
+            teacher_nll = nll_i
+    tokens = np.add.reduceat(_position_mask(ids, weights), ids.offsets[:-1]) if len(ids) else np.zeros(0)
     models["student"], student_nll = _lm_metrics(task, model, cache, meta, recipe.evaluate.batch_size)
-    files["_scores"] = {"kind": "perplexity", "teacher": teacher_nll, "student": student_nll, "tokens": tokens,
-                        "valid": np.ones(len(ids), dtype=bool)}
-    models["teacher"]["top1_agreement_with_teacher"] = 1.0
+    models["student"]["bits_per_byte"] = bits_per_byte(student_nll, student_bytes)
+    if not cache.cross_tokenizer:  # per-text perplexities of two tokenizations do not compare
+        files["_scores"] = {"kind": "perplexity", "teacher": teacher_nll, "student": student_nll, "tokens": tokens,
+                            "valid": np.ones(len(ids), dtype=bool)}
+        models["teacher"]["top1_agreement_with_teacher"] = 1.0
     generators = {"student": model}
     baseline_dir = RunFiles(ctx.run_dir).baseline
     if recipe.trains_baseline():  # the same student trained without the teacher
         generators["baseline"] = task.load_model(ModelSource(baseline_dir)).eval()
         metrics, baseline_nll = _lm_metrics(task, generators["baseline"], cache, meta, recipe.evaluate.batch_size)
-        models["baseline"] = {**metrics, "params": sum(p.numel() for p in generators["baseline"].parameters()),
+        models["baseline"] = {**metrics, "bits_per_byte": bits_per_byte(baseline_nll, student_bytes),
+                              "params": sum(p.numel() for p in generators["baseline"].parameters()),
                               **paired_ratio(student_nll, baseline_nll, tokens, seed=recipe.seed)}
     if recipe.evaluate.sample_prompts:
-        measures, files["_samples"] = _samples(recipe, task, generators, ids, ctx)
+        measures, files["_samples"] = _samples(recipe, task, generators, ids, ctx, student_tok)
         for name, m in measures.items():
             models[name].update(m)
     return models
@@ -183,22 +216,32 @@ def paired_ratio(student_nll: np.ndarray, baseline_nll: np.ndarray, tokens: np.n
                                     "significant": bool(high < 1 or low > 1)}}
 
 
-def _samples(recipe, task, generators: dict, ids, ctx) -> tuple[dict, list[dict]]:
+def _samples(recipe, task, generators: dict, ids, ctx, tokenizer) -> tuple[dict, list[dict]]:
     """Greedy continuations of the fixed held-out prompts by the teacher and each of ``generators``
-    (see ``checks/generations.py``), and how much each repeats itself."""
+    (see ``checks/generations.py``), and how much each repeats itself. A teacher with another tokenizer
+    than the student's continues the same prompt text, read with its own."""
     from kd_edge.checks.generations import held_out_prompts, samples
     from kd_edge.teachers import teacher_source
 
     cfg = recipe.evaluate
     texts = [np.asarray(ids[i], np.int64) for i in range(len(ids))]
     prompts = held_out_prompts(texts, cfg.sample_prompts, cfg.sample_prompt_tokens)
-    tokenizer = task.load_tokenizer(ModelSource(RunFiles(ctx.run_dir).student))
-    teacher = task.load_model(teacher_source(recipe, ctx.run_dir)).eval()
-    measures, rows = samples({"teacher": teacher, **{n: m.eval() for n, m in generators.items()}}, prompts,
-                             cfg.sample_new_tokens, tokenizer.eos_token_id,
-                             lambda t: tokenizer.decode(t, skip_special_tokens=True), cfg.loop_threshold)
+    source = teacher_source(recipe, ctx.run_dir)
+    teacher = task.load_model(source).eval()
+    decode = lambda tok: lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
+    students = {n: m.eval() for n, m in generators.items()}
+    if tokenizer.get_vocab() == (teacher_tok := task.load_tokenizer(source)).get_vocab():
+        students = {"teacher": teacher, **students}
+    else:
+        teacher_prompts = [teacher_tok(decode(tokenizer)(p))["input_ids"] for p in prompts]
+        measures, rows = samples({"teacher": teacher}, teacher_prompts, cfg.sample_new_tokens, teacher_tok.eos_token_id,
+                                 decode(teacher_tok), cfg.loop_threshold)
+    own, own_rows = samples(students, prompts, cfg.sample_new_tokens, tokenizer.eos_token_id, decode(tokenizer),
+                            cfg.loop_threshold)
     del teacher
-    return measures, rows
+    if "teacher" in students:
+        return own, own_rows
+    return {**measures, **own}, [{**t, **s} for t, s in zip(rows, own_rows)]
 
 
 def per_class(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray,
@@ -227,9 +270,17 @@ def _position_mask(ids, weights) -> np.ndarray:
 def _cache_summary(cache: CacheReader) -> dict:
     """What the report says of the teacher cache: tokens, and per teacher the bytes it kept per token."""
     meta = cache.meta
-    return {"train_tokens": meta["splits"]["train"]["tokens"], "test_tokens": meta["splits"]["test"]["tokens"],
-            "teachers": [{"model": t["model"], "fields": sorted(t["fields"]), "top_k": t.get("top_k"),
-                          "bytes_per_token": t.get("bytes_per_token")} for t in meta["teachers"]]}
+    out = {"train_tokens": meta["splits"]["train"]["tokens"], "test_tokens": meta["splits"]["test"]["tokens"],
+           "teachers": [{"model": t["model"], "fields": sorted(t["fields"]), "top_k": t.get("top_k"),
+                         "bytes_per_token": t.get("bytes_per_token")} for t in meta["teachers"]]}
+    cross = meta.get("cross_tokenizer")
+    if cross:  # the train/test tokens above are the student's; the teachers' are apart
+        out["cross_tokenizer"] = {"student_tokenizer": cross["student_tokenizer"], "student_vocab_size": meta["vocab_size"],
+                                  "teacher_vocab_size": cross["teacher_vocab_size"],
+                                  "matched_tokens": cross["matched_tokens"],
+                                  "teacher_train_tokens": cross["splits"]["train"]["teacher_tokens"],
+                                  "aligned": {s: v["aligned"] for s, v in cross["splits"].items()}}
+    return out
 
 
 # how each task kind is evaluated (one entry per kind in tasks/kinds.py)

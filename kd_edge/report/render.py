@@ -156,7 +156,12 @@ def headline(report: dict) -> list[str]:
     metric = report.get("quality_metric", "probe_accuracy")
     lines = []
     size = f"with {_params(s.get('params'))} of {_params(t.get('params'))} parameters."
-    if metric == "perplexity" and t.get(metric) and s.get(metric):
+    own_tokens = bool((report.get("teacher_cache") or {}).get("cross_tokenizer"))
+    if metric == "perplexity" and own_tokens and t.get("bits_per_byte") and s.get("bits_per_byte"):
+        # per-token perplexities of two tokenizations do not compare; bits per byte of the same text do
+        lines.append(f"The student, reading text with its own tokenizer, needs {s['bits_per_byte']:.3f} bits per byte "
+                     f"of held-out text against the teacher's {t['bits_per_byte']:.3f}, {size}")
+    elif metric == "perplexity" and t.get(metric) and s.get(metric):
         lines.append(f"The student's perplexity is {s[metric]:.2f} against the teacher's {t[metric]:.2f}, {size}")
     elif t.get(metric) and s.get(metric) is not None:
         name = metric.replace("_", " ")
@@ -278,9 +283,16 @@ def _cache_line(report: dict) -> str:
     if not kept:
         return ""
     t = kept[0]
-    tokens = cache["train_tokens"]
-    return (f" Teacher cache: top-{t['top_k']} log-probs (fp16) and ids, {t['bytes_per_token']['targets']} bytes per "
+    cross = cache.get("cross_tokenizer")
+    tokens = cross["teacher_train_tokens"] if cross else cache["train_tokens"]
+    line = (f" Teacher cache: top-{t['top_k']} log-probs (fp16) and ids, {t['bytes_per_token']['targets']} bytes per "
             f"token, {tokens:,} training tokens ({t['bytes_per_token']['targets'] * tokens / 1e6:.1f} MB).")
+    if cross:
+        line += (f" The student reads text with its own tokenizer ({cross['student_vocab_size']:,} tokens, "
+                 f"{cross['matched_tokens']:,} spelled as the teacher's; {cache['train_tokens']:,} training tokens): "
+                 f"{cross['aligned']['train'] * 100:.1f} % of its training predictions have the teacher's at the same "
+                 f"text, and models compare in bits per byte.")
+    return line
 
 
 def _class_name(c: dict) -> str:

@@ -62,6 +62,21 @@ def resolve_model_dir(ref: str, *, revision: str | None = None, what: str = "tea
     return path.resolve()
 
 
+def resolve_tokenizer_dir(ref: str, what: str = "student.tokenizer") -> Path:
+    """A local folder holding a fast tokenizer (its tokenizer.json): where each token's text ends is what
+    aligns two tokenizations."""
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise ArtifactError(f"{what} '{ref}' does not exist; pass the folder a tokenizer was saved to "
+                            "(tokenizer.save_pretrained)")
+    if not path.is_dir():
+        raise ArtifactError(f"{what} '{ref}' is a file, not a folder; pass the folder holding tokenizer.json")
+    if not (path / "tokenizer.json").is_file():
+        raise ArtifactError(f"{what} '{ref}' has no tokenizer.json; save a fast tokenizer there "
+                            "(PreTrainedTokenizerFast(...).save_pretrained)")
+    return path.resolve()
+
+
 def read_config(model_dir: Path) -> dict[str, Any]:
     """The model's config.json as a dict."""
     try:

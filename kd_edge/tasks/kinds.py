@@ -238,7 +238,8 @@ class CausalLMKind(TaskKind):
     starter_summary = "a causal language model -> a smaller one"
     takes_label_column = False
     generates_text = True
-    report_columns = (Column("perplexity", "perplexity", "num2"), Column("top1_agreement_with_teacher", "top-1 agree", "pct"),
+    report_columns = (Column("perplexity", "perplexity", "num2"), Column("bits_per_byte", "bits/byte", "num4"),
+                      Column("top1_agreement_with_teacher", "top-1 agree", "pct"),
                       Column("kl_from_teacher", "KL from teacher", "num4"),
                       Column("greedy_agreement", "greedy agree w/ student", "pct"))
 
