@@ -71,7 +71,7 @@ def main() -> None:
     tokenizer = args.out / "student-tokenizer"
     train_tokenizer([r["text"] for r in read_jsonl(run / "data" / "train.jsonl")], args.vocab, tokenizer)
     recipe = resolve(recipe_from_dict(recipe_for(args, tokenizer), "cross-tokenizer recipe"))
-    run_pipeline(recipe, run, stop_after="evaluate", progress=False)
+    run_pipeline(recipe, run, stop_after="evaluate", progress=False, resume=True)  # keeps the data stage
     minutes = (time.perf_counter() - t0) / 60
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     models, cache = metrics["models"], metrics["teacher_cache"]
