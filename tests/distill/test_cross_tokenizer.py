@@ -220,3 +220,31 @@ def test_a_mismatched_tokenizer_names_the_losses_that_accept_one():
 
     with pytest.raises(ConfigError, match="student.tokenizer.*uld, gold, ce"):
         check_tokenizers(Tok({"a": 0, "b": 1}), [("the teacher", Tok({"a": 0}))])
+
+
+def test_the_teachers_own_tokenizer_given_as_the_students_trains_the_same_student(tmp_path, teacher_on_smollm2_tokens,
+                                                                                   tiny_data):
+    """The cross-tokenizer path (two tokenizations, alignment, gathered targets, gold) with the teacher's
+    tokenizer as the student's is the one-vocabulary path (kl): the same trained weights."""
+    from safetensors.torch import load_file
+
+    from kd_edge.pipeline import run_pipeline
+    from kd_edge.preflight import resolve
+
+    def train(out, **student):
+        data = _cross_recipe(teacher_on_smollm2_tokens, tiny_data, None,
+                             student={"init": "config", "layers": 2, **student},
+                             distill={"max_steps": 5, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 100,
+                                      "losses": [{"name": "gold" if student else "kl"}, {"name": "ce", "weight": 0.5}]})
+        run_pipeline(resolve(recipe_from_dict(data, "test")), out, stop_after="distill", progress=False)
+        return load_file(str(out / "student" / "model.safetensors"))
+
+    one = train(tmp_path / "one")
+    two = train(tmp_path / "two", tokenizer=str(teacher_on_smollm2_tokens))
+    cache = CacheReader(tmp_path / "two")
+    assert cache.cross_tokenizer and cache.meta["cross_tokenizer"]["splits"]["train"]["aligned"] == 1.0
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    start = load_file(str(tmp_path / "one" / "student_init" / "model.safetensors"))
+    assert any(not torch.allclose(start[n], one[n], atol=1e-4) for n in one)  # training moved the weights
