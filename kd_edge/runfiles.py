@@ -365,6 +365,9 @@ class CacheReader:
                                 "rerun the teacher stage (kd-edge run --force)")
         return np.load(path, mmap_mode="r")
 
+    def has_field(self, teacher: int, split: str, name: str) -> bool:
+        return self.files.field(teacher, split, name).is_file()
+
     def has(self, teacher: int, split: str) -> bool:
         return any(self.files.teacher(teacher).glob(f"{split}_*.npy"))
 

@@ -202,10 +202,11 @@ def cache_served(client, tokenizer, ids: dict[str, Packed], out: "CacheFiles", i
 
 def bytes_per_token(out: "CacheFiles", index: int, levels: dict[str, str]) -> dict[str, int] | None:
     """What teacher ``index`` stores per token (the train split's fields, else the test split's): the
-    logit targets and, apart, the hidden states."""
+    logit targets and, apart, the hidden states (the held-out split's own target log-prob not counted)."""
     for split in SPLITS:
-        paths = {f: out.field(index, split, f) for f, level in levels.items() if level == "token"}
-        if paths and all(p.is_file() for p in paths.values()):
+        paths = {f: out.field(index, split, f) for f, level in levels.items()
+                 if level == "token" and out.field(index, split, f).is_file()}
+        if paths:
             sizes = {"targets": 0, "hidden": 0}
             for field, path in paths.items():
                 arr = np.load(path, mmap_mode="r")
@@ -368,8 +369,10 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                 continue
             model = task.load_model(source)
             hidden = tuple(hidden_layers_needed(recipe, i)[1])
-            spec = CacheSpec(hidden_layers=hidden, top_k=cfg.top_k, temperatures=tuple(logit_temperatures(recipe)))
-            test_spec = CacheSpec(top_k=cfg.top_k, temperatures=spec.temperatures)
+            # the held-out split keeps the target's log-prob (the teacher's perplexity), no training loss reads it
+            spec = CacheSpec(hidden_layers=hidden, top_k=cfg.top_k, temperatures=tuple(logit_temperatures(recipe)),
+                             values=cfg.cache_values, target=False)
+            test_spec = CacheSpec(top_k=cfg.top_k, temperatures=spec.temperatures, values=cfg.cache_values)
             levels = cache_teacher(task, model, ids, weights, labels, out, i, meta_task=meta_task, pad_id=pad_id,
                                    batch_size=cfg.batch_size, progress=ctx.progress, name=f"teacher {i}",
                                    spec_by_split={"train": _train_spec(recipe, spec, live), "test": test_spec},

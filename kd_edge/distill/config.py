@@ -80,6 +80,11 @@ class TeacherConfig(BaseModel):
     )
     batch_size: int = Field(32, gt=0, description="Batch size when computing the teacher cache.")
     top_k: int = Field(64, gt=0, description="causal_lm: logits kept per position in the cache (with the rest mass).")
+    cache_values: Literal["fp16", "curve"] = Field(
+        "fp16", description="causal_lm: how the cache keeps each position's top-k log-probabilities. fp16: each one "
+        "(2 bytes each; 260 bytes per token at k = 64 with the ids). curve: the 4 largest in fp16 and the rest as a "
+        "degree-4 Legendre polynomial of log rank fitted to them, 5 fp16 coefficients (DistillKit's approach: 150 "
+        "bytes per token at k = 64; a KL of about 1e-3 nats from the fp16 values on SmolLM2).")
     cache_dir: str | None = Field(
         None, description="Share teacher caches between runs: a folder where each cache is stored under its key "
         "(teacher files, data, cached fields). Null keeps the cache inside the run."
@@ -91,6 +96,19 @@ class TeacherConfig(BaseModel):
     terms: str | None = Field(
         None, description="The terms of use of the teacher's outputs (a commercial model's may restrict distilling "
         "from them), recorded in the report with the teacher's provenance.")
+
+    @model_validator(mode="after")
+    def _curve_fits(self) -> "TeacherConfig":
+        from kd_edge.tasks.kinds import CURVE_EXACT, CURVE_DEGREE
+
+        if self.cache_values == "curve" and self.top_k < 2 * (CURVE_EXACT + CURVE_DEGREE + 1):
+            raise ValueError(f"cache_values: curve fits {CURVE_DEGREE + 1} coefficients to the top-k after the "
+                             f"{CURVE_EXACT} largest; it needs top_k >= {2 * (CURVE_EXACT + CURVE_DEGREE + 1)} "
+                             "(or cache_values: fp16)")
+        if self.cache_values == "curve" and self.server:
+            raise ValueError("cache_values: curve is for a teacher loaded here; a served teacher's log-probabilities "
+                             "are kept as it sent them: remove one of the two")
+        return self
 
 
 class EnsembleConfig(BaseModel):

@@ -285,7 +285,8 @@ def _cache_line(report: dict) -> str:
     t = kept[0]
     cross = cache.get("cross_tokenizer")
     tokens = cross["teacher_train_tokens"] if cross else cache["train_tokens"]
-    line = (f" Teacher cache: top-{t['top_k']} log-probs (fp16) and ids, {t['bytes_per_token']['targets']} bytes per "
+    values = "(the 4 largest in fp16, the rest as a fitted curve)" if "topk_curve" in t.get("fields", ()) else "(fp16)"
+    line = (f" Teacher cache: top-{t['top_k']} log-probs {values} and ids, {t['bytes_per_token']['targets']} bytes per "
             f"token, {tokens:,} training tokens ({t['bytes_per_token']['targets'] * tokens / 1e6:.1f} MB).")
     if cross:
         line += (f" The student reads text with its own tokenizer ({cross['student_vocab_size']:,} tokens, "

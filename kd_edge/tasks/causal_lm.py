@@ -5,6 +5,7 @@ Metric: perplexity on held-out text (lower is better), top-1 agreement with the 
 
 from __future__ import annotations
 
+import functools
 import math
 
 from typing import Any
@@ -17,15 +18,42 @@ from transformers.cache_utils import Cache
 
 from kd_edge.data.packed import Packed, pad
 from kd_edge.tasks.base import Batch, CacheSpec, Task
-from kd_edge.tasks.kinds import KINDS
+from kd_edge.tasks.kinds import CURVE_DEGREE, CURVE_EXACT, KINDS
 
 DEFAULT_TOP_K = 64
 # What the teacher cache keeps per token of a causal LM: the top-k log-probabilities (fp16: within 0.008
 # nats down to -16; KL from the fp32 values 1e-6 nats on the SmolLM2 teacher's cache) and their ids (uint16
-# for vocabularies up to 65,536, else int32), the log-normaliser per temperature and the target's
-# log-prob (fp32). At k = 64: 2 x 64 x 2 + 4 x (temperatures + 1) bytes, 264-268; the fp32 logits and
-# int32 ids before took 512 + the same.
+# for vocabularies up to 65,536, else int32), the log-normaliser per temperature (fp32) and, on the held-out
+# split, the target's log-prob (fp32). At k = 64: 2 x 64 x 2 + 4 x temperatures bytes, 260-264 on the
+# training split; the fp32 logits and int32 ids before took 512 + the same.
+# With teacher.cache_values: curve, the values are the CURVE_EXACT largest in fp16 and CURVE_DEGREE + 1 fp16
+# Legendre coefficients in log rank for the rest (DistillKit compresses top-k log-probs the same way):
+# 2 x 64 + 2 x 4 + 2 x 5 + 4 = 150 bytes at k = 64.
 CACHE_LAYOUT = "top-k log-probs fp16 + ids uint16 (int32 past 65,536 tokens) + log-normalisers and target log-prob fp32"
+
+
+@functools.lru_cache(maxsize=8)
+def curve_basis(k: int, exact: int, degree: int) -> torch.Tensor:
+    """[k - exact, degree + 1]: the Legendre polynomials at the log ranks exact..k-1, mapped onto [-1, 1]:
+    the basis a curve-kept top-k is fitted in (least squares) and read back from."""
+    from numpy.polynomial import legendre
+
+    u = np.log(np.arange(exact, k) + 1.0)
+    x = 2 * (u - u[0]) / (u[-1] - u[0]) - 1
+    return torch.from_numpy(legendre.legvander(x, degree))
+
+
+def curve_fit(logprobs: torch.Tensor, exact: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the ``exact`` largest log-probs, the coefficients of the rest) of sorted top-k log-probs [..., k], fp16."""
+    basis = curve_basis(logprobs.shape[-1], exact, degree)
+    coefficients = logprobs[..., exact:].double() @ torch.linalg.pinv(basis).T
+    return logprobs[..., :exact].half(), coefficients.half()
+
+
+def curve_values(head: torch.Tensor, coefficients: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-k log-probs [..., k] a curve keeps (``curve_fit``'s inverse, up to the fit)."""
+    basis = curve_basis(k, head.shape[-1], coefficients.shape[-1] - 1).float()
+    return torch.cat([head.float(), coefficients.float() @ basis.T], -1)
 
 
 def lse_key(temperature: float) -> str:
@@ -247,10 +275,17 @@ class CausalLMTask(Task):
         labels = batch["labels"]
         lse = {t: torch.logsumexp(logits / t, -1) for t in {1.0, *spec.temperatures}}
         logp = (logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) - lse[1.0])
-        # the lean layout (see CACHE_LAYOUT): log-probs in fp16, ids in 16 bits when the vocabulary allows
+        # the lean layout (see CACHE_LAYOUT): log-probs in fp16 or as a curve, ids in 16 bits when the vocabulary allows
         ids = indices.to(torch.uint16) if logits.shape[-1] <= 1 << 16 else indices.int()
-        fields = {"topk_logprobs": ("token", (values - lse[1.0].unsqueeze(-1)).half()), "topk_indices": ("token", ids),
-                  "target_logprob": ("token", torch.where(labels >= 0, logp, torch.zeros_like(logp)))}
+        logprobs = values - lse[1.0].unsqueeze(-1)
+        fields = {"topk_indices": ("token", ids)}
+        if spec.values == "curve":
+            head, coefficients = curve_fit(logprobs, CURVE_EXACT, CURVE_DEGREE)
+            fields.update({"topk_head": ("token", head), "topk_curve": ("token", coefficients)})
+        else:
+            fields["topk_logprobs"] = ("token", logprobs.half())
+        if spec.target:
+            fields["target_logprob"] = ("token", torch.where(labels >= 0, logp, torch.zeros_like(logp)))
         for t in sorted({1.0, *spec.temperatures}):
             fields[lse_key(t)] = ("token", lse[t])
         for layer, h in out.get("hidden", {}).items():
@@ -269,6 +304,9 @@ class CausalLMTask(Task):
 
     def teacher_targets(self, cached: dict[str, torch.Tensor]) -> dict[str, Any]:
         cached = dict(cached)
+        if "topk_curve" in cached:  # a curve-kept top-k back to its log-probs
+            cached["topk_logprobs"] = curve_values(cached.pop("topk_head"), cached.pop("topk_curve"),
+                                                   cached["topk_indices"].shape[-1])
         if "topk_logprobs" in cached:  # the cache's layout back to what the losses read: logits, int64 ids
             cached["topk_logits"] = cached.pop("topk_logprobs").float() + cached["lse_t1"].float().unsqueeze(-1)
         if "topk_indices" in cached:

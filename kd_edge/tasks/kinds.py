@@ -42,6 +42,13 @@ class CacheSpec:
     hidden_layers: tuple[int, ...] = ()
     top_k: int = 0  # causal LM: keep the k largest logits per position (0 = task default)
     temperatures: tuple[float, ...] = (1.0,)  # causal LM: log-normalisers kept for these temperatures
+    values: str = "fp16"  # causal LM: the top-k log-probs each in fp16, or as a curve (teacher.cache_values)
+    target: bool = True  # causal LM: the log-prob of the text's own next token (held-out perplexity)
+
+
+# teacher.cache_values: curve keeps the CURVE_EXACT largest log-probs of a position as they are and the
+# rest as a Legendre polynomial of degree CURVE_DEGREE in log rank (tasks/causal_lm.py: curve_basis)
+CURVE_EXACT, CURVE_DEGREE = 4, 4
 
 
 @dataclass(frozen=True)

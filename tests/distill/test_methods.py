@@ -80,10 +80,11 @@ def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_l
     cache = CacheReader(tmp_path / "run")
     assert cache.field(0, "train", "topk_logprobs").shape[1] == 8
     assert set(cache.meta["teachers"][0]["fields"]) >= {"topk_logprobs", "topk_indices", "lse_t1", "lse_t2", "target_logprob"}
-    # the lean layout: 8 log-probs fp16 + 8 ids uint16 + two log-normalisers and the target's log-prob fp32
+    # the lean layout: 8 log-probs fp16 + 8 ids uint16 + two log-normalisers fp32 (the target's log-prob: test only)
     assert cache.field(0, "train", "topk_logprobs").dtype == np.float16
     assert cache.field(0, "train", "topk_indices").dtype == np.uint16
-    assert cache.meta["teachers"][0]["bytes_per_token"]["targets"] == 8 * 2 + 8 * 2 + 3 * 4
+    assert cache.meta["teachers"][0]["bytes_per_token"]["targets"] == 8 * 2 + 8 * 2 + 2 * 4
+    assert cache.has_field(0, "test", "target_logprob") and not cache.has_field(0, "train", "target_logprob")
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["models"]
     assert metrics["teacher"]["perplexity"] > 1 and metrics["student"]["perplexity"] > 1
     assert 0 <= metrics["student"]["top1_agreement_with_teacher"] <= 1
@@ -104,7 +105,7 @@ def test_causal_lm_pipeline_caches_top_k_and_reports_perplexity(tmp_path, tiny_l
         assert metrics[name]["sample_prompts"] == 5 and 0 <= metrics[name]["repeated_4grams"] <= 1
         assert 0 < metrics[name]["distinct_2"] <= 1 and 0 <= metrics[name]["looping_prompts"] <= 5
     md = (tmp_path / "run" / "report.md").read_text()
-    assert "## Sample generations" in md and "Teacher cache: top-8 log-probs (fp16) and ids, 44 bytes per token" in md
+    assert "## Sample generations" in md and "Teacher cache: top-8 log-probs (fp16) and ids, 40 bytes per token" in md
 
 
 def test_the_lean_cache_gives_the_losses_the_teachers_logits_back(tiny_llama):
@@ -131,6 +132,36 @@ def test_the_lean_cache_gives_the_losses_the_teachers_logits_back(tiny_llama):
     w = {"token_weights": torch.ones(2, 12)}
     assert float(kl(student, back, w, temperature=2.0)) == pytest.approx(float(kl(student, exact, w, temperature=2.0)),
                                                                        rel=1e-3)
+
+
+def test_a_curve_kept_cache_gives_the_losses_nearly_the_teachers_logits_back(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from kd_edge.distill.losses import kl
+    from kd_edge.tasks.kinds import CURVE_DEGREE, CURVE_EXACT, CacheSpec
+
+    task = TASKS.get("causal_lm")()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.roll(ids, -1, 1)}
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float() * 4  # peaked, as a trained LM's are
+    fields = task.cache_outputs({"logits": logits}, batch, CacheSpec(top_k=32, values="curve", target=False))
+    assert set(fields) == {"topk_indices", "topk_head", "topk_curve", "lse_t1"}  # no fp16 value per rank
+    stored = {k: torch.from_numpy(t.numpy()) for k, (_, t) in fields.items()}
+    assert stored["topk_head"].shape[-1] == CURVE_EXACT and stored["topk_curve"].shape[-1] == CURVE_DEGREE + 1
+    assert stored["topk_curve"].dtype == torch.float16
+    back = task.teacher_targets(stored)
+    top, idx = logits.topk(32, -1)
+    assert torch.equal(back["topk_indices"], idx)
+    assert (back["topk_logits"][..., :CURVE_EXACT] - top[..., :CURVE_EXACT]).abs().max() < 0.01  # kept as they are
+    err = (back["topk_logits"] - top).abs()
+    assert 0 < err.mean() < 0.1  # the rest: a fitted curve, not the values
+    exact = {"topk_logits": top, "topk_indices": idx, "lse": back["lse"]}
+    student = {"logits": torch.randn_like(logits)}
+    w = {"token_weights": torch.ones(2, 12)}
+    assert float(kl(student, back, w)) == pytest.approx(float(kl(student, exact, w)), rel=2e-2)
 
 
 def test_on_policy_steps_train_on_the_students_own_samples_scored_by_the_live_teacher(tmp_path, tiny_llama, tiny_data):
