@@ -248,3 +248,15 @@ def test_the_teachers_own_tokenizer_given_as_the_students_trains_the_same_studen
         assert torch.allclose(one[name], two[name], atol=1e-5), name
     start = load_file(str(tmp_path / "one" / "student_init" / "model.safetensors"))
     assert any(not torch.allclose(start[n], one[n], atol=1e-4) for n in one)  # training moved the weights
+
+
+def test_kd_edge_tokenizer_trains_a_students_own_vocabulary(tmp_path, tiny_data):
+    out = tmp_path / "own"
+    done = subprocess.run([sys.executable, "-m", "kd_edge", "tokenizer", str(tiny_data), "--out", str(out),
+                           "--vocab-size", "300"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    tok = _tok(out)
+    assert len(tok) == 300 and tok.eos_token == "<|endoftext|>" and tok.is_fast
+    again = subprocess.run([sys.executable, "-m", "kd_edge", "tokenizer", str(tiny_data), "--out", str(out)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
