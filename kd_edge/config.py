@@ -81,6 +81,8 @@ class Recipe(BaseModel):
             raise ValueError(f"distill.on_policy has the student generate text, which only causal LMs do "
                              f"(task: {self.task}); remove it")
         d = self.distill
+        if self.teacher.cache_values == "curve":
+            self._check_curve()
         if self.student.tokenizer:
             self._check_cross_tokenizer()
         if self.teacher.server:
@@ -88,6 +90,18 @@ class Recipe(BaseModel):
         if any(t.server for t in (self.ensemble.teachers if self.ensemble else [])):
             raise ValueError("ensemble.teachers: a served teacher is only the recipe's `teacher`; remove server there")
         return self
+
+    def _check_curve(self) -> None:
+        """A curve-kept cache fits a few coefficients to the ranks after the exactly kept ones."""
+        from kd_edge.tasks.kinds import CURVE_DEGREE, CURVE_EXACT
+
+        least = 2 * (CURVE_EXACT + CURVE_DEGREE + 1)
+        if self.teacher.top_k < least:
+            raise ValueError(f"teacher.cache_values: curve fits {CURVE_DEGREE + 1} coefficients to the top-k after the "
+                             f"{CURVE_EXACT} largest; it needs teacher.top_k >= {least} (or cache_values: fp16)")
+        if self.teacher.server:
+            raise ValueError("teacher.cache_values: curve is for a teacher loaded here; a served teacher's "
+                             "log-probabilities are kept as it sent them: remove one of the two")
 
     def _check_cross_tokenizer(self) -> None:
         """What a student with its own tokenizer can learn from: the teacher's cached distributions at the

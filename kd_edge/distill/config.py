@@ -97,19 +97,6 @@ class TeacherConfig(BaseModel):
         None, description="The terms of use of the teacher's outputs (a commercial model's may restrict distilling "
         "from them), recorded in the report with the teacher's provenance.")
 
-    @model_validator(mode="after")
-    def _curve_fits(self) -> "TeacherConfig":
-        from kd_edge.tasks.kinds import CURVE_EXACT, CURVE_DEGREE
-
-        if self.cache_values == "curve" and self.top_k < 2 * (CURVE_EXACT + CURVE_DEGREE + 1):
-            raise ValueError(f"cache_values: curve fits {CURVE_DEGREE + 1} coefficients to the top-k after the "
-                             f"{CURVE_EXACT} largest; it needs top_k >= {2 * (CURVE_EXACT + CURVE_DEGREE + 1)} "
-                             "(or cache_values: fp16)")
-        if self.cache_values == "curve" and self.server:
-            raise ValueError("cache_values: curve is for a teacher loaded here; a served teacher's log-probabilities "
-                             "are kept as it sent them: remove one of the two")
-        return self
-
 
 class EnsembleConfig(BaseModel):
     """More teachers besides `teacher` (same label space or vocabulary)."""

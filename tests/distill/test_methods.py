@@ -164,6 +164,17 @@ def test_a_curve_kept_cache_gives_the_losses_nearly_the_teachers_logits_back(tin
     assert float(kl(student, back, w)) == pytest.approx(float(kl(student, exact, w)), rel=2e-2)
 
 
+def test_a_curve_kept_cache_refuses_what_it_cannot_keep(tiny_llama, tiny_data):
+    data = tiny_recipe_dict(tiny_llama, tiny_data, task="causal_lm",
+                            teacher={"model": str(tiny_llama), "top_k": 8, "cache_values": "curve"},
+                            distill={"losses": [{"name": "kl"}]})
+    with pytest.raises(ConfigError, match="needs teacher.top_k >= 18"):
+        recipe_from_dict(data, "test")
+    data["teacher"].update(top_k=32, server={"url": "http://127.0.0.1:1/v1", "model": "m"})
+    with pytest.raises(ConfigError, match="a served teacher's log-probabilities are kept as it sent them"):
+        recipe_from_dict(data, "test")
+
+
 def test_on_policy_steps_train_on_the_students_own_samples_scored_by_the_live_teacher(tmp_path, tiny_llama, tiny_data):
     from transformers import AutoModelForCausalLM
 
