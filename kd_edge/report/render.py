@@ -460,6 +460,8 @@ def _pareto_chart(report: dict) -> str:
     metric = report.get("quality_metric", "probe_accuracy")
     higher = report.get("higher_is_better", True)
     pts = [r for r in report["rows"] if r.get("latency_p50_ms") and r.get(metric) is not None]
+    if (report.get("teacher_cache") or {}).get("cross_tokenizer"):  # a teacher's perplexity is over other tokens
+        pts = [r for r in pts if r.get("kind") != "teacher"]
     if len(pts) < 2:
         return "<p class='muted'>no data</p>"
     width, height, pad = 560, 300, 52
