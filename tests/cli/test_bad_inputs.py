@@ -255,6 +255,32 @@ CASES: list[Case] = [
                                                        distill={"augment": {}, "losses": [{"name": "kl"}]})], "for encoders"),
     ("generate-on-embeddings", lambda w, d: [R, w.recipe(d, distill={"generate": {}, "losses": [{"name": "embedding_cosine"}]})],
      "for task causal_lm"),
+    # -- a student with its own tokenizer, a curve-kept cache ---------------------------------------------------
+    ("own-tokenizer-missing", lambda w, d: [R, w.recipe(d, model=w.llama, task="causal_lm", data={"source": str(w.data), "label_field": None},
+                                                        student={"init": "config", "layers": 2, "tokenizer": str(d / "none")},
+                                                        distill={"losses": [{"name": "gold"}, {"name": "ce"}]})],
+     "student.tokenizer"),
+    ("own-tokenizer-without-tokenizer-json", lambda w, d: [R, w.recipe(d, model=w.llama, task="causal_lm",
+                                                                       data={"source": str(w.data), "label_field": None},
+                                                                       student={"init": "config", "layers": 2,
+                                                                                "tokenizer": str(_folder(d / "empty"))},
+                                                                       distill={"losses": [{"name": "gold"}]})],
+     "has no tokenizer.json"),
+    ("own-tokenizer-with-kl", lambda w, d: [R, w.recipe(d, model=w.llama, task="causal_lm", data={"source": str(w.data), "label_field": None},
+                                                        student={"init": "config", "layers": 2, "tokenizer": str(w.llama)},
+                                                        distill={"losses": [{"name": "kl"}]})],
+     "the losses that accept another tokenizer are uld, gold, ce"),
+    ("own-tokenizer-on-an-encoder", lambda w, d: [R, w.recipe(d, student={"init": "config", "layers": 2, "tokenizer": str(w.teacher)},
+                                                              distill={"losses": [{"name": "ce"}]})],
+     "is for causal LMs"),
+    ("curve-cache-small-top-k", lambda w, d: [R, w.recipe(d, model=w.llama, task="causal_lm", data={"source": str(w.data), "label_field": None},
+                                                          teacher={"model": str(w.llama), "top_k": 8, "cache_values": "curve"},
+                                                          distill={"losses": [{"name": "kl"}]})],
+     "teacher.top_k >= 18"),
+    ("tokenizer-data-missing", lambda w, d: ["tokenizer", d / "nope.jsonl", "--out", d / "tok"], "does not exist"),
+    ("tokenizer-out-exists", lambda w, d: ["tokenizer", w.data, "--out", _folder(d / "tok")], "already exists"),
+    ("tokenizer-out-is-a-file", lambda w, d: ["tokenizer", w.data, "--out", w.data_file(d, "f.txt", "x")], "already exists"),
+    ("tokenizer-empty-data", lambda w, d: ["tokenizer", w.data_file(d, "empty.txt", ""), "--out", d / "tok"], "empty"),
     # -- export, bench and gate sections ----------------------------------------------------------------
     ("export-unknown-format", lambda w, d: [R, w.recipe(d, export={"artifacts": [{"format": "coreml", "precision": "fp32"}]})], "coreml"),
     ("export-unknown-precision", lambda w, d: [R, w.recipe(d, export={"artifacts": [{"format": "onnx", "precision": "int3"}]})], "int3"),
@@ -465,7 +491,8 @@ def test_the_table_covers_every_command_and_more_than_120_inputs(world, tmp_path
         folder = tmp_path / str(i)
         folder.mkdir()
         commands.add(str(build(world, folder)[0]))
-    assert {"run", "init", "export", "quantize", "bench", "report", "gate", "distill", "doctor", "list"} <= commands, commands
+    assert {"run", "init", "export", "quantize", "bench", "report", "gate", "distill", "doctor", "list",
+            "tokenizer"} <= commands, commands
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
