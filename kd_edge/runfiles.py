@@ -109,6 +109,9 @@ class CacheFiles(_Folder):
         """A student with its own tokenizer: the teachers' token ids (the run's ids are the student's)."""
         return f"{split}_teacher_ids"
 
+    def teacher_weights(self, split: str) -> Path:
+        return self.path / f"{split}_teacher_weights.npy"
+
     def alignment(self, split: str) -> Path:
         """Per student token, the packed index of the teacher token that read the same text, or -1."""
         return self.path / f"{split}_alignment.npy"
@@ -386,6 +389,16 @@ class CacheReader:
         if key not in self._packed:
             self._packed[key] = Packed.load(self.folder, self.files.teacher_ids_name(split), mmap=False)
         return self._packed[key]
+
+    def teacher_weights(self, split: str) -> "Packed | None":
+        """The teachers' per-token loss weights (the run's own, or on their tokens for a student with its own
+        tokenizer), None when no row has weighted segments."""
+        from kd_edge.data.packed import Packed
+
+        if not self.cross_tokenizer:
+            return self.weights(split)
+        path = self.files.teacher_weights(split)
+        return Packed(np.load(path), self.teacher_ids(split).offsets) if path.is_file() else None
 
     def alignment(self, split: str) -> np.ndarray:
         """Per student token (packed), the packed index of the teacher token that read the same text, or -1."""

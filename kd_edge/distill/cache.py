@@ -262,6 +262,8 @@ def _two_tokenizations(teacher_tok, student_tok, rows: list[dict], max_length: i
     student_ids, student_weights, student_ends = encode(student_tok, rows, max_length)
     alignment = align(student_ends, teacher_ends)
     ids[split].save(out.path, out.teacher_ids_name(split))
+    if weights[split] is not None:
+        np.save(out.teacher_weights(split), weights[split].values)
     np.save(out.alignment(split), alignment)
     return student_ids, student_weights, {"teacher_tokens": int(ids[split].offsets[-1]),
                                           "aligned": aligned_share(student_ends, alignment)}

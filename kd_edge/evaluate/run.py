@@ -157,7 +157,7 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
 
     ids, weights = cache.ids("test"), cache.weights("test")
     teacher_ids = cache.teacher_ids("test")
-    teacher_weights = None if cache.cross_tokenizer else weights
+    teacher_weights = cache.teacher_weights("test")
     models = {}
     w = _position_mask(teacher_ids, teacher_weights)
     # bits per byte: what compares models that read text with different tokenizers
