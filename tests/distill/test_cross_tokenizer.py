@@ -260,3 +260,19 @@ def test_kd_edge_tokenizer_trains_a_students_own_vocabulary(tmp_path, tiny_data)
     again = subprocess.run([sys.executable, "-m", "kd_edge", "tokenizer", str(tiny_data), "--out", str(out)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_rows_with_weighted_segments_align_across_segments(smollm2_tokenizer, student_tokenizer):
+    teacher, student = _tok(smollm2_tokenizer), _tok(student_tokenizer)
+    rows = [{"text": "the plot was weak because the acting is awful",
+             "segments": [["the plot was weak", 0.0], [" because the acting", 0.5], [" is awful", 1.0]]}]
+    t_ids, t_w, t_ends = encode(teacher, rows, 64)
+    s_ids, s_w, s_ends = encode(student, rows, 64)
+    where = align(s_ends, t_ends)
+    s, t = s_ids[0].tolist(), t_ids[0].tolist()
+    pairs = [(k, int(where[k])) for k in range(len(s)) if where[k] >= 0]
+    assert len(pairs) >= 5
+    for k, j in pairs:
+        assert student.decode(s[:k + 1]) == teacher.decode(t[:j + 1])
+    # each side's weights follow its own tokens: the last segment's tokens weigh 1 on both
+    assert sorted(set(np.asarray(s_w[0]).tolist())) == sorted(set(np.asarray(t_w[0]).tolist())) == [0.0, 0.5, 1.0]
