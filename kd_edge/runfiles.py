@@ -413,6 +413,15 @@ class CacheReader:
             self._packed["vocab_map"] = np.load(self.files.vocab_map)
         return self._packed["vocab_map"]
 
+    def student_matched(self) -> np.ndarray:
+        """Per student token id, whether a teacher token is spelled alike (``vocab_map`` the other way)."""
+        if "student_matched" not in self._packed:
+            mapping, size = self.vocab_map(), self.meta["vocab_size"]
+            matched = np.zeros(size, bool)
+            matched[mapping[(mapping >= 0) & (mapping < size)]] = True
+            self._packed["student_matched"] = matched
+        return self._packed["student_matched"]
+
     def batch(self, teacher: int, split: str, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Every cached field of teacher ``teacher`` for examples ``idx``, token-level ones padded to the
         student's tokens. For a student with its own tokenizer, a token-level field holds, at each student
@@ -447,6 +456,5 @@ class CacheReader:
             if "topk_indices" in out:
                 mapping = self.vocab_map()
                 out["topk_student_ids"] = mapping[np.minimum(out["topk_indices"].astype(np.int64), len(mapping) - 1)]
-                out["student_matched"] = np.zeros(self.meta["vocab_size"], bool)
-                out["student_matched"][mapping[(mapping >= 0) & (mapping < self.meta["vocab_size"])]] = True
+                out["student_matched"] = self.student_matched()
         return out

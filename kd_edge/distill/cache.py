@@ -34,7 +34,7 @@ from kd_edge.distill import needs_of
 from kd_edge.teachers import hidden_layers_needed, logit_temperatures, teacher_configs, teacher_source
 from kd_edge.runfiles import CacheFiles, RunFiles, read_jsonl, training_rows
 from kd_edge.tasks import TASKS
-from kd_edge.tasks.hub import resolve_model_dir, resolve_tokenizer_dir
+from kd_edge.tasks.hub import resolve_tokenizer_dir
 from kd_edge.tasks.kinds import task_kind
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     if student_tok is not None:  # the run's tokens (ids, pad, vocabulary) are the student's
         meta.update({"tokenizer_class": type(student_tok).__name__, "vocab_size": len(student_tok),
                      "pad_id": _pad_id(student_tok)})
-        meta["cross_tokenizer"] = {"student_tokenizer": str(resolve_tokenizer_dir(recipe.student.tokenizer)),
+        meta["cross_tokenizer"] = {"student_tokenizer": str(student_tok.name_or_path),
                                    "teacher_vocab_size": len(tokenizer), "teacher_pad_id": pad_id, "splits": {}}
     live = recipe.distill.mode != "offline"
     shards = [CacheFiles(shard_root / f"rank-{r}") for r in range(1, world)]

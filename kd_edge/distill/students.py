@@ -212,7 +212,8 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     teacher = task.load_model(primary)
     tokenizer = task.load_tokenizer(primary)
     own = recipe.student.tokenizer
-    student_tok = task.load_tokenizer(ModelSource(resolve_tokenizer_dir(own))) if own else None
+    own_dir = resolve_tokenizer_dir(own) if own else None
+    student_tok = task.load_tokenizer(ModelSource(own_dir)) if own else None
     student, origin = build(recipe, task, teacher, (tokenizer, student_tok) if own else None)
     others = [(f"teacher {i} ({cfg.model})", task.load_tokenizer(teacher_source(recipe, ctx.run_dir, i)))
               for i, cfg in enumerate(teacher_configs(recipe)) if i > 0]
@@ -223,7 +224,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                               f"student.tokenizer {len(student_tok)} tokens; give the student the tokenizer it was "
                               "trained with")
         tokenizer = student_tok
-        origin["tokenizer"] = str(resolve_tokenizer_dir(own))
+        origin["tokenizer"] = str(own_dir)
     else:
         if recipe.student.init == "pretrained":
             tokenizer = task.load_tokenizer(ModelSource(resolve_model_dir(recipe.student.model, what="student.model")))

@@ -189,7 +189,7 @@ def _causal_lm(recipe, task, model, cache, meta, ctx, files) -> dict:
                               "params": sum(p.numel() for p in generators["baseline"].parameters()),
                               **paired_ratio(student_nll, baseline_nll, tokens, seed=recipe.seed)}
     if recipe.evaluate.sample_prompts:
-        measures, files["_samples"] = _samples(recipe, task, generators, ids, ctx, student_tok)
+        measures, files["_samples"] = _samples(recipe, task, generators, ids, ctx, student_tok, cache.cross_tokenizer)
         for name, m in measures.items():
             models[name].update(m)
     return models
@@ -216,7 +216,7 @@ def paired_ratio(student_nll: np.ndarray, baseline_nll: np.ndarray, tokens: np.n
                                     "significant": bool(high < 1 or low > 1)}}
 
 
-def _samples(recipe, task, generators: dict, ids, ctx, tokenizer) -> tuple[dict, list[dict]]:
+def _samples(recipe, task, generators: dict, ids, ctx, tokenizer, own_tokens: bool) -> tuple[dict, list[dict]]:
     """Greedy continuations of the fixed held-out prompts by the teacher and each of ``generators``
     (see ``checks/generations.py``), and how much each repeats itself. A teacher with another tokenizer
     than the student's continues the same prompt text, read with its own."""
@@ -230,9 +230,10 @@ def _samples(recipe, task, generators: dict, ids, ctx, tokenizer) -> tuple[dict,
     teacher = task.load_model(source).eval()
     decode = lambda tok: lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
     students = {n: m.eval() for n, m in generators.items()}
-    if tokenizer.get_vocab() == (teacher_tok := task.load_tokenizer(source)).get_vocab():
+    if not own_tokens:
         students = {"teacher": teacher, **students}
     else:
+        teacher_tok = task.load_tokenizer(source)
         teacher_prompts = [teacher_tok(decode(tokenizer)(p))["input_ids"] for p in prompts]
         measures, rows = samples({"teacher": teacher}, teacher_prompts, cfg.sample_new_tokens, teacher_tok.eos_token_id,
                                  decode(teacher_tok), cfg.loop_threshold)
