@@ -87,6 +87,8 @@ class Recipe(BaseModel):
             self._check_cross_tokenizer()
         if self.teacher.server:
             self._check_served()
+        if self.student.vocabulary == "trim":
+            self._check_trim()
         if any(t.server for t in (self.ensemble.teachers if self.ensemble else [])):
             raise ValueError("ensemble.teachers: a served teacher is only the recipe's `teacher`; remove server there")
         return self
@@ -121,6 +123,23 @@ class Recipe(BaseModel):
         if d.mode != "offline" or d.on_policy:
             raise ValueError("a student with its own tokenizer learns from the teacher's cached outputs, aligned "
                              "once to its tokens (distill.mode: offline); remove on_policy / set mode: offline")
+
+    def _check_trim(self) -> None:
+        """A trimmed vocabulary is cut from the teacher's table once, for a student that learns from cached outputs."""
+        from kd_edge.tasks.kinds import task_kind
+
+        if task_kind(self.task).is_lm:
+            raise ValueError("student.vocabulary: trim is for encoders in this version; a causal LM can be given a "
+                             "smaller tokenizer of its own (`kd-edge tokenizer`, student.tokenizer)")
+        if self.student.tokenizer:
+            raise ValueError("student.vocabulary: trim cuts the teacher's vocabulary; student.tokenizer gives another "
+                             "one: remove one of the two")
+        if self.student.init == "pretrained":
+            raise ValueError("student.vocabulary: trim cuts the teacher's embedding table for a student built from "
+                             "it (init: teacher_layers, config or prune); a pretrained student keeps its own")
+        if self.distill.mode != "offline":
+            raise ValueError("student.vocabulary: trim renumbers the tokens the student reads, which a live teacher "
+                             "cannot read; set distill.mode: offline")
 
     def _check_served(self) -> None:
         """What a served teacher can give: text (sequence-level and rationale data) and, where the server

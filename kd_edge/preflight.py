@@ -64,11 +64,19 @@ def resolve_layer_map(loss: LossConfig, n_student: int, n_teacher: int, first: i
     return [tuple(p) for p in lm]
 
 
-def _student_shape(recipe: Recipe, teacher: Shape) -> tuple[Shape, Any]:
+def _student_shape(recipe: Recipe, teacher: Shape, teacher_config: dict[str, Any]) -> tuple[Shape, Any]:
     s = recipe.student
     if s.init == "teacher_layers":
         layers = pick_layers(s.layers, teacher.layers)
         return Shape(len(layers), teacher.hidden, teacher.heads, teacher.labels), layers
+    if s.init == "prune":
+        from kd_edge.distill.pruning import check_sizes
+
+        check_sizes(s, teacher_config)
+        n = pick_layers(s.layers, teacher.layers)  # checks a count or a list of teacher layers
+        layers = s.layers if isinstance(s.layers, int) else n
+        return Shape(len(n), s.hidden_size or teacher.hidden, s.num_attention_heads or teacher.heads,
+                     teacher.labels), layers
     if s.init == "config":
         if not isinstance(s.layers, int):
             raise ConfigError("student.init: config takes student.layers as a number of layers, not a list; write "
@@ -120,7 +128,9 @@ def resolve(recipe: Recipe) -> Recipe:
                               "sequence_classification recipe takes; remove it or set task: sequence_classification")
         shapes.append(shape_of(read_config(tdir) if not cfg.gguf_file else _gguf_config(tdir, cfg.gguf_file),
                                f"{what} config in {tdir}"))
-    student_shape, student_layers = _student_shape(recipe, shapes[0])
+    first = teacher_configs(recipe)[0]
+    student_shape, student_layers = _student_shape(
+        recipe, shapes[0], read_config(resolve_teacher(first)) if not first.gguf_file else {})
     if recipe.student.tokenizer:
         resolve_tokenizer_dir(recipe.student.tokenizer)
     labelled = kind.labelled(recipe)

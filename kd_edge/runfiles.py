@@ -121,6 +121,16 @@ class CacheFiles(_Folder):
         """Per teacher token id, the student's id of the token spelled alike, or -1."""
         return self.path / "vocab_map.npy"
 
+    @property
+    def trimmed_tokenizer(self) -> Path:
+        """``student.vocabulary: trim``: the student's tokenizer, the teacher's with the unused tokens removed."""
+        return self.path / "student_tokenizer"
+
+    @property
+    def kept_ids(self) -> Path:
+        """``student.vocabulary: trim``: the teacher ids the student keeps, in the order of its own ids."""
+        return self.path / "kept_ids.npy"
+
     def teacher(self, index: int) -> Path:
         return self.path / f"t{index}"
 
@@ -379,10 +389,26 @@ class CacheReader:
         """Whether the student reads text with its own tokenizer (the teachers' tokens are kept apart)."""
         return "cross_tokenizer" in self.meta
 
+    @property
+    def trimmed(self) -> bool:
+        """Whether the student reads a trimmed copy of the teacher's vocabulary (``student.vocabulary: trim``)."""
+        return (self.meta.get("vocabulary") or {}).get("method") == "trim"
+
+    def kept_ids(self) -> np.ndarray:
+        """A trimmed vocabulary: the teacher id of each of the student's ids."""
+        return np.load(self.files.kept_ids)
+
     def teacher_ids(self, split: str) -> "Packed":
-        """The token ids the teachers read: the run's own, or theirs for a student with its own tokenizer."""
+        """The token ids the teachers read: the run's own, or theirs for a student with its own tokenizer
+        (a trimmed vocabulary: the training split's, which it reads exactly as the teacher does)."""
         from kd_edge.data.packed import Packed
 
+        if self.trimmed:
+            if split != "train":
+                raise ArtifactError("a trimmed vocabulary reads held-out text its own way; only the training split's "
+                                    "teacher ids are kept")
+            ids = self.ids(split)
+            return Packed(self.kept_ids()[ids.values].astype(ids.values.dtype), ids.offsets)
         if not self.cross_tokenizer:
             return self.ids(split)
         key = f"teacher:{split}"

@@ -269,6 +269,48 @@ def _two_tokenizations(teacher_tok, student_tok, rows: list[dict], max_length: i
                                           "aligned": aligned_share(student_ends, alignment)}
 
 
+def _check_trimmed(split: str, teacher_ids: Packed, student_ids: Packed, keep: np.ndarray, vocab_size: int) -> None:
+    """The trimmed tokenizer reads every training text as the teacher does (renumbered): the student's
+    tokens and the teacher's hidden states line up position by position."""
+    from kd_edge.distill.vocabulary import remap_table
+
+    if split != "train":
+        return
+    same = (len(teacher_ids.values) == len(student_ids.values)
+            and np.array_equal(teacher_ids.offsets, student_ids.offsets)
+            and np.array_equal(remap_table(keep, vocab_size)[teacher_ids.values], student_ids.values))
+    if not same:
+        raise ArtifactError("the trimmed tokenizer reads a training text differently from the teacher's; this is a "
+                            "bug in kd-edge's vocabulary trim, please report it (student.vocabulary: teacher avoids it)")
+
+
+def _trim(recipe: "Recipe", tokenizer, rows: dict, out: "CacheFiles") -> tuple[Any, dict]:
+    """``student.vocabulary: trim``: write the student's tokenizer (the teacher's, keeping the tokens the
+    training text uses) and the kept ids into the cache; refuse one that loses too much of the held-out text.
+    Returns the trimmed tokenizer and what the cache's meta records of it."""
+    from kd_edge.distill import vocabulary as vocab
+    from kd_edge.errors import ConfigError
+
+    s = recipe.student
+    vocab.check_trimmable(tokenizer)
+    n = len(tokenizer)
+    train, _ = tokenize_rows(tokenizer, rows["train"], recipe.data.max_length)
+    test, _ = tokenize_rows(tokenizer, rows["test"], recipe.data.max_length)
+    keep = vocab.kept_ids(tokenizer, vocab.token_counts(train.values, n), s.vocabulary_min_count)
+    special = [i for i in tokenizer.all_special_ids if i is not None]
+    share, lost = vocab.unknown_share(test.values, keep, n, special)
+    if share > s.vocabulary_max_unknown:
+        raise ConfigError(f"student.vocabulary: trim keeps {len(keep):,} of {n:,} tokens, but {share:.1%} of the "
+                          f"held-out tokens ({lost:,}) are outside it, more than student.vocabulary_max_unknown="
+                          f"{s.vocabulary_max_unknown:g}; lower student.vocabulary_min_count, train on more text, or "
+                          "raise the limit")
+    trimmed = vocab.write_trimmed(tokenizer, keep, out.trimmed_tokenizer)
+    np.save(out.kept_ids, keep)
+    return trimmed, {"method": "trim", "teacher_vocab_size": n, "kept": int(len(keep)),
+                     "min_count": s.vocabulary_min_count, "held_out_outside": round(share, 6),
+                     "held_out_tokens_outside": lost, "max_unknown": s.vocabulary_max_unknown}
+
+
 def _processes(recipe: "Recipe"):
     """Accelerate's state of the processes of one run under `accelerate launch` (None alone), set up as
     the trainer's Accelerator will find it (the state is one per process: the first set-up decides)."""
@@ -340,11 +382,18 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     with holder as folder:
         out = CacheFiles(folder)
         ids, weights, labels = {}, {}, {}  # what the teachers read
+        trimmed = None
+        if recipe.student.vocabulary == "trim":  # the run reads the trimmed tokenizer's ids, the teachers theirs
+            trimmed, meta["vocabulary"] = _trim(recipe, tokenizer, rows, out)
+            meta.update({"vocab_size": len(trimmed), "pad_id": _pad_id(trimmed)})
         for split in SPLITS:
             labels[split] = np.array([-1 if r.get("label") is None else r["label"] for r in rows[split]], np.int64)
             if student_tok is None:
                 ids[split], weights[split] = tokenize_rows(tokenizer, rows[split], recipe.data.max_length)
                 run_ids, run_weights = ids[split], weights[split]
+                if trimmed is not None:
+                    run_ids, run_weights = tokenize_rows(trimmed, rows[split], recipe.data.max_length)
+                    _check_trimmed(split, ids[split], run_ids, np.load(out.kept_ids), len(tokenizer))
             else:  # the run reads the student's tokens; the teachers read theirs, aligned to the student's
                 run_ids, run_weights, split_meta = _two_tokenizations(tokenizer, student_tok, rows[split],
                                                                       recipe.data.max_length, out, split, ids, weights)

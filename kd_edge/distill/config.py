@@ -122,19 +122,27 @@ class StudentConfig(BaseModel):
 
     model_config = _FROZEN
 
-    init: Literal["teacher_layers", "config", "pretrained"] = Field(
+    init: Literal["teacher_layers", "config", "prune", "pretrained"] = Field(
         "teacher_layers",
         description="teacher_layers: the teacher's embeddings and head plus a subset of its layers "
         "(DistilBERT-style); config: the teacher's architecture resized (layers/width/heads/FFN); "
-        "pretrained: an existing model folder (`model`).",
+        "prune: the teacher cut to the sizes below, keeping the layers, FFN neurons, heads and channels its "
+        "activations on the training text use most (Minitron-style); pretrained: an existing model folder (`model`).",
     )
     layers: int | list[int] = Field(
         2, description="teacher_layers: how many layers (spread evenly, ending with the last) or the 0-based "
-        "teacher layers to copy, e.g. [2, 5]. config: the number of layers.",
+        "teacher layers to copy, e.g. [2, 5]. config: the number of layers. prune: how many (those of highest "
+        "block importance) or which teacher layers.",
     )
-    hidden_size: int | None = Field(None, gt=0, description="config: width (default: the teacher's).")
-    num_attention_heads: int | None = Field(None, gt=0, description="config: attention heads (default: the teacher's).")
-    intermediate_size: int | None = Field(None, gt=0, description="config: FFN width (default: 4 × width).")
+    hidden_size: int | None = Field(None, gt=0, description="config: width (default: the teacher's). prune: hidden "
+                                    "channels kept (decoders).")
+    num_attention_heads: int | None = Field(None, gt=0, description="config: attention heads (default: the "
+                                            "teacher's). prune: query heads kept per layer (decoders).")
+    intermediate_size: int | None = Field(None, gt=0, description="config: FFN width (default: 4 × width). prune: "
+                                          "FFN neurons kept per layer.")
+    params: int | None = Field(None, gt=0, description="prune: a parameter budget instead of intermediate_size; the "
+                               "FFN is cut (in steps of 8 neurons) until the student fits it.")
+    prune_samples: int = Field(256, gt=0, description="prune: training texts the teacher reads to score its parts.")
     shrink_from_teacher: bool = Field(
         True, description="config: start from the teacher's weights cut to the new sizes (first rows and "
         "columns, evenly spaced layers) instead of a random initialisation."
@@ -152,12 +160,28 @@ class StudentConfig(BaseModel):
         "vocabulary (embedding rows start from the teacher's rows of the same token, else the mean of its "
         "teacher pieces, with shrink_from_teacher)."
     )
+    vocabulary: Literal["teacher", "trim"] = Field(
+        "teacher", description="teacher: the teacher's whole vocabulary. trim: only the tokens the training text "
+        "uses (and the special tokens), with a tokenizer that reads every training text as the teacher does; a "
+        "held-out word with a token the training text never used is split into kept pieces or becomes the unknown "
+        "token. Encoders with a WordPiece tokenizer (BERT family); the embedding table is most of a small encoder."
+    )
+    vocabulary_min_count: int = Field(
+        1, ge=1, description="trim: keep a token only if the training text uses it at least this many times.")
+    vocabulary_max_unknown: float = Field(
+        0.02, ge=0, le=1, description="trim: refuse a trimmed vocabulary when more than this share of the held-out "
+        "tokens (special tokens not counted) fall outside it.")
 
     @model_validator(mode="after")
     def _pretrained_needs_model(self) -> "StudentConfig":
         if self.init == "pretrained" and not self.model:
             raise ValueError("init: pretrained needs `model`: the student's folder")
-        if self.tokenizer and self.init == "teacher_layers":
+        if self.init != "prune" and self.params is not None:
+            raise ValueError("student.params is the budget of init: prune; set init: prune or give sizes")
+        if self.init == "prune" and self.params is not None and self.intermediate_size is not None:
+            raise ValueError("student.params and student.intermediate_size both size the FFN of a pruned student; "
+                             "give one")
+        if self.tokenizer and self.init in ("teacher_layers", "prune"):
             raise ValueError("student.tokenizer gives the student another vocabulary, which the teacher's copied "
                              "embedding table cannot read; use init: config (or pretrained)")
         return self

@@ -172,12 +172,37 @@ def transplant_embeddings(student: nn.Module, teacher: nn.Module, teacher_tok, s
     return copied
 
 
-def build(recipe: "Recipe", task, teacher: nn.Module, tokenizers: tuple | None = None) -> tuple[nn.Module, dict]:
+def calibration_batches(task, run_dir: Path, n: int, batch_size: int = 32):
+    """The first ``n`` training texts as the teacher reads them, in padded batches (the prune scores)."""
+    import numpy as np
+
+    from kd_edge.runfiles import CacheReader
+
+    cache = CacheReader(run_dir)
+    ids = cache.teacher_ids("train")
+    pad = cache.meta.get("cross_tokenizer", {}).get("teacher_pad_id", cache.meta["pad_id"])
+    if cache.trimmed:
+        pad = int(cache.kept_ids()[pad])
+    count = min(n, len(ids))
+    for start in range(0, count, batch_size):
+        b = task.make_batch(ids, np.arange(start, min(start + batch_size, count)), pad)
+        yield b.tensors["input_ids"], b.tensors["attention_mask"]
+
+
+def build(recipe: "Recipe", task, teacher: nn.Module, tokenizers: tuple | None = None,
+          run_dir: Path | None = None) -> tuple[nn.Module, dict]:
     """The untrained student and notes on how it was made; ``tokenizers`` (teacher's, student's) when
-    the student has its own."""
+    the student has its own; ``run_dir`` holds the teacher cache (the texts a pruned student is scored on)."""
     s = recipe.student
     if s.init == "teacher_layers":
         return keep_layers(teacher, list(s.layers)), {"teacher_layers": list(s.layers)}
+    if s.init == "prune":
+        from kd_edge.distill import pruning
+
+        fam = pruning.family_of(teacher.config)
+        scores = pruning.measure(teacher, calibration_batches(task, run_dir, s.prune_samples), fam)
+        student, notes = pruning.prune(teacher, s, scores)
+        return student, {"pruned": notes}
     if s.init == "config":
         import torch
         import transformers
@@ -214,7 +239,7 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
     own = recipe.student.tokenizer
     own_dir = resolve_tokenizer_dir(own) if own else None
     student_tok = task.load_tokenizer(ModelSource(own_dir)) if own else None
-    student, origin = build(recipe, task, teacher, (tokenizer, student_tok) if own else None)
+    student, origin = build(recipe, task, teacher, (tokenizer, student_tok) if own else None, ctx.run_dir)
     others = [(f"teacher {i} ({cfg.model})", task.load_tokenizer(teacher_source(recipe, ctx.run_dir, i)))
               for i, cfg in enumerate(teacher_configs(recipe)) if i > 0]
     if own:  # the student reads its own tokens; the teachers must still read one vocabulary
@@ -225,6 +250,15 @@ def run(recipe: "Recipe", ctx: StageContext) -> None:
                               "trained with")
         tokenizer = student_tok
         origin["tokenizer"] = str(own_dir)
+    elif recipe.student.vocabulary == "trim":  # the teacher's table cut to the tokens the training text uses
+        from kd_edge.distill.vocabulary import trim_embeddings
+        from kd_edge.runfiles import CacheReader
+
+        check_tokenizers(tokenizer, others)
+        cache = CacheReader(ctx.run_dir)
+        tokenizer = task.load_tokenizer(ModelSource(cache.files.trimmed_tokenizer))
+        trim_embeddings(student, cache.kept_ids(), tokenizer.pad_token_id)
+        origin["vocabulary"] = cache.meta["vocabulary"]
     else:
         if recipe.student.init == "pretrained":
             tokenizer = task.load_tokenizer(ModelSource(resolve_model_dir(recipe.student.model, what="student.model")))
