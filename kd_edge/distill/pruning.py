@@ -206,7 +206,7 @@ def ffn_size_for(model, layers: int, target_params: int, fam: Family) -> int:
     if width < 8:
         raise ConfigError(f"student.params={target_params:,} is below what {layers} layers of the teacher need without "
                           f"their FFN ({int(fixed):,}); keep fewer layers or give a larger target")
-    if width > inter:
+    if width >= inter:
         raise ConfigError(f"student.params={target_params:,} is at least what {layers} whole teacher layers come to "
                           f"({int(fixed + layers * per_neuron * inter):,}); nothing to prune: lower the target or keep "
                           "more layers out")

@@ -7,10 +7,13 @@ order (special tokens always kept), so it is an ordinary tokenizer folder that a
 transformers install loads and saves again.
 
 What it does to text: a word whose pieces are all kept is tokenized exactly as the teacher tokenizes it
-(WordPiece takes the longest kept prefix at each step, and no longer one existed), so every training
-text reads the same tokens, renumbered. A word with a piece the training text never used is split into
-kept pieces instead, or becomes ``[UNK]`` when none fit. The share of held-out tokens outside the kept
-vocabulary is measured on the test split and bounded by ``student.vocabulary_max_unknown``.
+(WordPiece takes the longest kept prefix at each step, and no longer one existed), so with
+``vocabulary_min_count: 1`` every training text reads the same tokens, renumbered. A word with a piece
+that was not kept is split into kept pieces instead, or becomes ``[UNK]`` when none fit. On the training
+split the teachers read the student's tokens (as their own ids), so that their outputs line up with the
+student's position by position; on the held-out split they read their own, so the teachers' figures are
+theirs. The share of held-out tokens outside the kept vocabulary is measured on the test split and
+bounded by ``student.vocabulary_max_unknown``.
 
 (Mapping the removed tokens to ``[UNK]``'s id inside the tokenizer, several strings to one id, loads
 in `tokenizers` but does not survive saving it again: the vocabulary is written out by id, one string
