@@ -19,7 +19,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from kd_edge.cli import bench, distill, doctor, export, gate, init, list, report, run, tokenizer  # noqa: E402,F401  (registers commands)
+from kd_edge.cli import bench, distill, doctor, export, gate, init, list, report, run, sweep, tokenizer  # noqa: E402,F401  (registers commands)
 
 
 @app.callback()
