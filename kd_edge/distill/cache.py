@@ -319,17 +319,39 @@ def _shard_dir(path: Path):
     yield path
 
 
+@contextmanager
+def _shared_lock(target: Path | None):
+    """Hold the lock of one key's folder in a shared cache (a second run of the same key waits, then
+    reuses it), and remove what a killed writer of that key left behind."""
+    import fcntl
+
+    if target is None or distributed_rank()[0] > 0:
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        for leftover in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        yield
+
+
 def run(recipe: "Recipe", ctx: StageContext) -> None:
     """Write teacher_cache/ (or a pointer to the shared cache with this stage's key)."""
+    shared_root = recipe.teacher.cache_dir
+    target = Path(shared_root).expanduser().resolve() / ctx.key[:24] if shared_root else None
+    with _shared_lock(target):
+        _run(recipe, ctx, target)
+
+
+def _run(recipe: "Recipe", ctx: StageContext, target: Path | None) -> None:
     from kd_edge.tasks.kinds import CacheSpec
 
     task = TASKS.get(recipe.task)()
     primary = teacher_source(recipe, ctx.run_dir)
     tokenizer = task.load_tokenizer(primary)
     pad_id = _pad_id(tokenizer)
-    shared_root = recipe.teacher.cache_dir
     files = RunFiles(ctx.run_dir)
-    target = Path(shared_root).expanduser().resolve() / ctx.key[:24] if shared_root else None
     shared = CacheFiles(target) if target is not None else None
     if shared is not None and not ctx.fresh and shared.meta.is_file() and read_json(shared.meta).get("key") == ctx.key:
         meta = read_json(shared.meta)

@@ -86,6 +86,14 @@ def _copy_model(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _other_sweep(d: Path) -> Path:
+    folder = d / "old-sweep"
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({"recipe": "x.yaml", "overrides": [], "grid": {"seed": [1, 2]},
+                                                   "variants": []}))
+    return folder
+
+
 def _pickle_only(w: World, d: Path) -> Path:
     folder = _copy_model(w.teacher, d / "pickled")
     (folder / "model.safetensors").unlink()
@@ -278,6 +286,17 @@ CASES: list[Case] = [
                                                    student={"layers": 2, "vocabulary": "trim"},
                                                    distill={"losses": [{"name": "kl"}]})],
      "is for encoders in this version"),
+    ("sweep-unknown-grid-key", lambda w, d: ["sweep", w.recipe(d), "--grid", "student.widht=16,32", "--out", d / "sw"],
+     "student has no key 'widht'"),
+    ("sweep-grid-below-a-value", lambda w, d: ["sweep", w.recipe(d), "--grid", "seed.x=1,2", "--out", d / "sw"],
+     "'seed' is a value, not a section"),
+    ("sweep-without-grid", lambda w, d: ["sweep", w.recipe(d), "--out", d / "sw"], "needs at least one --grid"),
+    ("sweep-grid-without-values", lambda w, d: ["sweep", w.recipe(d), "--grid", "distill.lr", "--out", d / "sw"],
+     "has no values"),
+    ("sweep-bad-variant", lambda w, d: ["sweep", w.recipe(d), "--grid", "student.layers=2,9", "--out", d / "sw"],
+     "variant layers-9: student.layers=9 is more layers than the teacher has (4)"),
+    ("sweep-out-holds-another-grid", lambda w, d: ["sweep", w.recipe(d), "--grid", "distill.lr=1e-4,2e-4", "--out",
+                                                   _other_sweep(d)], "holds a sweep of another recipe or grid"),
     # -- a student with its own tokenizer, a curve-kept cache ---------------------------------------------------
     ("own-tokenizer-missing", lambda w, d: [R, w.recipe(d, model=w.llama, task="causal_lm", data={"source": str(w.data), "label_field": None},
                                                         student={"init": "config", "layers": 2, "tokenizer": str(d / "none")},
@@ -515,7 +534,7 @@ def test_the_table_covers_every_command_and_more_than_120_inputs(world, tmp_path
         folder.mkdir()
         commands.add(str(build(world, folder)[0]))
     assert {"run", "init", "export", "quantize", "bench", "report", "gate", "distill", "doctor", "list",
-            "tokenizer"} <= commands, commands
+            "tokenizer", "sweep"} <= commands, commands
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
