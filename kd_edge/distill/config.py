@@ -285,6 +285,20 @@ class OnPolicyConfig(BaseModel):
     temperature: float = Field(1.0, gt=0, description="The student's sampling temperature.")
 
 
+class QuantizationAwareConfig(BaseModel):
+    """Quantization-aware distillation: the last ``share`` of the steps train the student through fake-quantized
+    linears, as its quantized file will compute (distill/qat.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share: float = Field(0.25, gt=0, le=1, description="The last share of the training steps that see the "
+                         "quantized student.")
+    bits: Literal[8, 4] = Field(8, description="8: ONNX Runtime's dynamic int8 (weights per channel, activations "
+                                "per tensor); 4: 4-bit weights in blocks (onnx int4, GGUF Q4, GenAI int4), activations "
+                                "in float.")
+    block_size: int = Field(32, ge=8, description="bits 4: inputs per scale and zero point.")
+
+
 class DistillConfig(BaseModel):
     """The training loop."""
 
@@ -326,6 +340,10 @@ class DistillConfig(BaseModel):
     on_policy: OnPolicyConfig | None = Field(
         None, description="Causal LM: on-policy distillation (GKD); needs mode: live. Pair it with the jsd loss "
         "(beta) for GKD's generalised JSD.")
+    quantization_aware: QuantizationAwareConfig | None = Field(
+        None, description="Train the last part of the steps through fake-quantized linears (int8 as ONNX Runtime's "
+        "dynamic int8, or 4-bit weights), so that the quantized file keeps the fp32 student's quality; "
+        "e.g. {share: 0.25, bits: 8}.")
     baseline: bool | None = Field(
         None, description="Also train the same student without the teacher (the next-token loss only, on the same "
         "data, steps and seed) and report it beside the distilled one: what the teacher bought. Default: on for "

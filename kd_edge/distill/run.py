@@ -79,6 +79,12 @@ def train_student(recipe: "Recipe", ctx: StageContext, student_dir, train, name:
     trainer = Trainer(objective, train_idx, d, seed=recipe.seed, checkpoint_dir=train.checkpoints, key=ctx.key,
                       callbacks=callbacks, param_groups=objective.param_groups(d.lr, d.teacher_lr),
                       evaluate_fn=objective.evaluate_dev if d.eval_every else None)
+    if d.quantization_aware:  # the last share of the steps, known once the trainer has sized the run
+        from kd_edge.distill.qat import QuantizationAwareCallback
+
+        q = d.quantization_aware
+        start = trainer.max_steps - max(1, round(q.share * trainer.max_steps))
+        trainer.callbacks.append(QuantizationAwareCallback(model, start, q.bits, q.block_size))
     state = trainer.train(resume=not ctx.fresh)
     if not trainer.accelerator.is_main_process:
         return
