@@ -129,8 +129,9 @@ def resolve(recipe: Recipe) -> Recipe:
         shapes.append(shape_of(read_config(tdir) if not cfg.gguf_file else _gguf_config(tdir, cfg.gguf_file),
                                f"{what} config in {tdir}"))
     first = teacher_configs(recipe)[0]
+    first_dir = resolve_teacher(first)
     student_shape, student_layers = _student_shape(
-        recipe, shapes[0], read_config(resolve_teacher(first)) if not first.gguf_file else {})
+        recipe, shapes[0], read_config(first_dir) if not first.gguf_file else _gguf_config(first_dir, first.gguf_file))
     if recipe.student.tokenizer:
         resolve_tokenizer_dir(recipe.student.tokenizer)
     labelled = kind.labelled(recipe)

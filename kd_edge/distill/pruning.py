@@ -286,5 +286,6 @@ def prune(teacher, s, importance: Importance) -> tuple[object, dict]:
     c.hidden_size = width
     notes = {"layers": layer_pick, "layer_importance": [round(float(x), 5) for x in importance.layers],
              "intermediate_size": inter, "num_attention_heads": heads, "hidden_size": width,
-             "calibration_tokens": importance.tokens, "of_teacher_layers": n_teacher}
+             "calibration_tokens": importance.tokens, "of_teacher_layers": n_teacher,
+             "of_teacher_intermediate_size": teacher.config.intermediate_size}
     return student.eval(), notes
