@@ -82,7 +82,7 @@ def check_sizes(s, teacher: dict) -> None:
 
 
 def _layers(model):
-    from kd_edge.distill.students import find_layer_list
+    from kd_edge.distill.layers import find_layer_list
 
     parent, attr = find_layer_list(model, model.config.num_hidden_layers)
     return getattr(parent, attr)
@@ -219,7 +219,7 @@ def prune(teacher, s, importance: Importance) -> tuple[object, dict]:
     import torch
     from torch import nn
 
-    from kd_edge.distill.students import keep_layers
+    from kd_edge.distill.layers import keep_layers
 
     fam = family_of(teacher.config)
     n_teacher = teacher.config.num_hidden_layers
