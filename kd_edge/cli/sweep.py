@@ -35,7 +35,7 @@ def sweep_command(
 
     Examples:
 
-      kd-edge sweep --grid student.intermediate_size=384,512,768 --grid student.layers=1,2
+      kd-edge sweep --set student.init=prune --grid student.intermediate_size=384,512,768 --grid student.layers=1,2
 
       kd-edge sweep my-recipe.yaml --grid distill.lr=1e-4,5e-4 --set distill.epochs=1 --out runs/lr-sweep
 

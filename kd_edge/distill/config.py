@@ -176,6 +176,10 @@ class StudentConfig(BaseModel):
     def _pretrained_needs_model(self) -> "StudentConfig":
         if self.init == "pretrained" and not self.model:
             raise ValueError("init: pretrained needs `model`: the student's folder")
+        sizes = [k for k in ("hidden_size", "num_attention_heads", "intermediate_size") if getattr(self, k) is not None]
+        if sizes and self.init in ("teacher_layers", "pretrained"):
+            raise ValueError(f"student.{sizes[0]} sizes a student built with init: config or prune; init: {self.init} "
+                             "keeps the sizes it copies: set init: prune (or config), or remove it")
         if self.init != "prune" and self.params is not None:
             raise ValueError("student.params is the budget of init: prune; set init: prune or give sizes")
         if self.init == "prune" and self.params is not None and self.intermediate_size is not None:

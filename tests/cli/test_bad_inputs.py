@@ -271,6 +271,8 @@ CASES: list[Case] = [
      "its heads and width stay the teacher's"),
     ("prune-params-above-teacher", lambda w, d: [R, w.recipe(d, student={"init": "prune", "layers": 2, "params": 10 ** 9})],
      "nothing to prune"),
+    ("sizes-of-a-copied-student", lambda w, d: [R, w.recipe(d, student={"layers": 2, "intermediate_size": 16})],
+     "set init: prune (or config)"),
     ("prune-params-and-ffn", lambda w, d: [R, w.recipe(d, student={"init": "prune", "layers": 2, "params": 10 ** 4,
                                                                    "intermediate_size": 8})], "give one"),
     ("prune-heads-across-kv-groups", lambda w, d: [R, w.recipe(d, model=w.llama, task="causal_lm",
