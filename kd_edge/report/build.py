@@ -159,10 +159,22 @@ def build_report(run_dir: Path, recipe: dict) -> dict[str, Any]:
         "slices": evaluation.get("slices"),
         "teacher_cache": evaluation.get("teacher_cache"),
         "teacher_provenance": _provenance(files, recipe),
+        "student_build": _student_build(files),
         "samples": ({"threshold": evaluation.get("loop_threshold"), "prompts": evaluation["samples"]}
                     if evaluation.get("samples") is not None else None),
         "training": {"summary": read_json(summary) if summary.is_file() else None, "curve": curve},
     }
+
+
+def _student_build(files: RunFiles) -> dict | None:
+    """What the student stage recorded of how the student was made (pruned sizes, a trimmed vocabulary)."""
+    from kd_edge.runfiles import STUDENT_META
+
+    path = files.student / STUDENT_META
+    if not path.is_file():
+        return None
+    meta = read_json(path)
+    return {k: meta[k] for k in ("init", "teacher_layers", "pruned", "vocabulary", "params") if k in meta}
 
 
 def _provenance(files: RunFiles, recipe: dict) -> dict | None:

@@ -262,7 +262,25 @@ def _settings(report: dict) -> str:
             f"({machine}, {env.get('cpu_count')} cores{load}). Quality on {report['evaluation']['n_test']} held-out texts"
             + (f" ({report['evaluation'].get('n_test_labelled')} labelled)" if report['evaluation'].get('n_test_labelled') else "")
             + (f"; neighbours: top-{report['evaluation']['knn_k']}." if _kind(report).output_field == "pooled" else ".")
-            + sizes + _cache_line(report) + _provenance_line(report))
+            + sizes + _student_line(report) + _cache_line(report) + _provenance_line(report))
+
+
+def _student_line(report: dict) -> str:
+    """How a pruned student and a trimmed vocabulary were cut from the teacher."""
+    b = report.get("student_build") or {}
+    parts = []
+    p = b.get("pruned")
+    if p:
+        parts.append(f"pruned from the teacher: layers {p['layers']} of {p['of_teacher_layers']}, FFN {p['intermediate_size']:,}"
+                     + (f" of {p['of_teacher_intermediate_size']:,}" if p.get("of_teacher_intermediate_size") else "")
+                     + f" neurons, {p['num_attention_heads']} heads, width {p['hidden_size']}, scored on "
+                     f"{p['calibration_tokens']:,} training tokens")
+    v = b.get("vocabulary")
+    if v:
+        parts.append(f"vocabulary trimmed to {v['kept']:,} of {v['teacher_vocab_size']:,} tokens (used at least "
+                     f"{v['min_count']}× in the training text); {v['held_out_outside'] * 100:.1f} % of the held-out tokens "
+                     "fall outside it and are read as kept pieces or [UNK]")
+    return (" Student: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _provenance_line(report: dict) -> str:

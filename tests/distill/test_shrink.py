@@ -219,3 +219,15 @@ def test_a_parameter_budget_sizes_the_ffn(tiny_teacher):
     assert notes["intermediate_size"] == 40  # 64 - 20 = 44, down to a multiple of 8
     with pytest.raises(ConfigError, match="nothing to prune"):
         pruning.prune(teacher, _cfg(layers=2, params=full + 1), scores)
+
+
+def test_the_report_says_how_the_student_was_cut():
+    from kd_edge.report.render import _student_line
+
+    line = _student_line({"student_build": {
+        "pruned": {"layers": [2, 5], "of_teacher_layers": 6, "intermediate_size": 512, "of_teacher_intermediate_size": 1536,
+                   "num_attention_heads": 12, "hidden_size": 384, "calibration_tokens": 7327},
+        "vocabulary": {"kept": 9055, "teacher_vocab_size": 30522, "min_count": 2, "held_out_outside": 0.036}}})
+    assert "layers [2, 5] of 6, FFN 512 of 1,536 neurons" in line
+    assert "9,055 of 30,522 tokens" in line and "3.6 % of the held-out tokens" in line
+    assert _student_line({"student_build": {"init": "teacher_layers"}}) == ""
