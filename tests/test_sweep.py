@@ -64,7 +64,8 @@ def test_a_killed_sweep_resumes_and_reports(tmp_path, tiny_teacher, tiny_data):
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(
         tiny_teacher, tiny_data, student={"init": "prune", "layers": 2},
         export={"artifacts": [{"format": "onnx", "precision": "fp32"}], "int8_fallback": False},
-        bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32, "rounds": 1, "student_torch": False},
+        bench={"runs": 5, "warmup_runs": 1, "threads": 1, "seq_len": 32, "rounds": 1, "student_torch": False,
+               "teacher": False},  # six tiny teachers' PyTorch timings would be most of the test's minute
         gate={"budgets": [{"artifact": "student", "metric": "cosine_to_teacher", "min": 0.5}]})))
     out = tmp_path / "sweep"
     first = out / "intermediate_size-16_layers-1"
