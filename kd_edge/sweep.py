@@ -158,9 +158,10 @@ def collect(out: Path, state: dict) -> dict:
     from kd_edge.runfiles import RunFiles
 
     metric, higher, points, rows = None, True, [], []
-    for v in state["variants"]:
+    for number, v in enumerate(state["variants"], 1):
         path = RunFiles(out / v["name"]).report_json
-        entry = {"name": v["name"], "values": v["values"], "status": v["status"], "error": v.get("error")}
+        entry = {"name": v["name"], "tag": f"v{number}", "values": v["values"], "status": v["status"],
+                 "error": v.get("error")}
         if v["status"] == "done" and path.is_file():
             report = read_json(path)
             metric, higher = report["quality_metric"], report.get("higher_is_better", True)
@@ -169,9 +170,11 @@ def collect(out: Path, state: dict) -> dict:
             entry.update({"params": student.get("params"), "quality": student.get(metric),
                           "quality_ratio": student.get(f"{metric}_ratio"),
                           "gate_passed": gate.get("passed") if gate.get("n_budgets") else None,
+                          "gate_broken": [f"{c['artifact']}.{c['metric']} {_fmt(c['value'], 4)} (needs {c['bound']})"
+                                          for c in gate.get("checks", []) if c.get("passed") is False],
                           "files": []})
             for r in _deployed_rows(report):
-                f = {"variant": v["name"], "file": r["name"], "size_mb": r["file_size_mb"],
+                f = {"variant": v["name"], "tag": entry["tag"], "file": r["name"], "size_mb": r["file_size_mb"],
                      "latency_p50_ms": r.get("latency_p50_ms"), "speedup_p50": r.get("speedup_p50"),
                      "quality": r.get(metric), "quality_ratio": r.get(f"{metric}_ratio"),
                      "parity_passed": r.get("parity_passed"), "latency_reliable": r.get("latency_reliable"),
@@ -212,6 +215,11 @@ def _ratio(v: Any) -> str:
     return "—" if v is None else f"{v * 100:.1f} %"
 
 
+def _values(variant: dict) -> str:
+    """A variant's grid values, each key by its last part: ``intermediate_size=192, quantization_aware=—``."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(x)}" for k, x in variant["values"].items())
+
+
 def summary_lines(doc: dict) -> list[str]:
     """What the sweep found, in a few sentences (printed and at the top of the reports)."""
     lines = [f"{doc['n_done']} of {doc['n_variants']} variants done; "
@@ -236,14 +244,16 @@ def to_markdown(doc: dict) -> str:
     m = doc["quality_metric"]
     head = ["# kd-edge sweep", "", *summary_lines(doc), "",
             "Grid: " + "; ".join(f"`{k}` = {', '.join(_fmt(x) for x in vals)}" for k, vals in doc["grid"].items()), "",
-            "## Variants", "", f"| variant | status | params | student {m} | of teacher | gate |", "|---|---|---:|---:|---:|---|"]
+            "## Variants", "", f"| | values | status | params | student {m} | of teacher | gate | broken budgets |",
+            "|---|---|---|---:|---:|---:|---|---|"]
     for v in doc["variants"]:
-        head.append(f"| {v['name']} | {v['status']} | {_fmt(v.get('params'))} | {_fmt(v.get('quality'), 4)} | "
-                    f"{_ratio(v.get('quality_ratio'))} | {_fmt(v.get('gate_passed'))} |")
-    head += ["", "## Exported files", "", f"| variant | file | MB | p50 ms | speed-up | {m} | of teacher | parity | Pareto |",
+        head.append(f"| {v.get('tag', '')} | {_values(v)} | {v['status']} | {_fmt(v.get('params'))} | "
+                    f"{_fmt(v.get('quality'), 4)} | {_ratio(v.get('quality_ratio'))} | {_fmt(v.get('gate_passed'))} | "
+                    f"{'; '.join(v.get('gate_broken') or [])} |")
+    head += ["", "## Exported files", "", f"| | file | MB | p50 ms | speed-up | {m} | of teacher | parity | Pareto |",
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for p in sorted(doc["files"], key=lambda p: p["size_mb"]):
-        head.append(f"| {p['variant']} | {p['file']} | {p['size_mb']:.2f} | {p['latency_p50_ms']:.3g} | "
+        head.append(f"| {p.get('tag', p['variant'])} | {p['file']} | {p['size_mb']:.2f} | {p['latency_p50_ms']:.3g} | "
                     f"{_fmt(p['speedup_p50'])}× | {_fmt(p['quality'], 4)} | {_ratio(p['quality_ratio'])} | "
                     f"{_fmt(p['parity_passed'])} | {'yes' if p.get('pareto') else ''} |")
     return "\n".join(head) + "\n"
@@ -281,8 +291,9 @@ def _scatter(doc: dict, x_key: str, x_label: str) -> str:
              f"{html.escape(doc['quality_metric'].replace('_', ' '))}</text>",
              f"<text x='{pad - 4}' y='{sy(y1) + 4:.1f}' text-anchor='end'>{y1:.3g}</text>",
              f"<text x='{pad - 4}' y='{sy(y0) + 4:.1f}' text-anchor='end'>{y0:.3g}</text>",
-             f"<text x='{pad}' y='{height - pad + 16}' text-anchor='middle'>{x0:.3g}</text>",
-             f"<text x='{width - pad}' y='{height - pad + 16}' text-anchor='middle'>{x1:.3g}</text>"]
+             # the axis' own ends (a linear axis starts at 0; a log one a little below the smallest value)
+             f"<text x='{pad}' y='{height - pad + 16}' text-anchor='middle'>{10 ** a0 if log else a0:.3g}</text>",
+             f"<text x='{width - pad}' y='{height - pad + 16}' text-anchor='middle'>{10 ** a1 if log else a1:.3g}</text>"]
     best = doc["smallest_passing"]
     for p in sorted(pts, key=lambda p: p.get("pareto", False)):
         on = p.get("pareto")
@@ -292,9 +303,13 @@ def _scatter(doc: dict, x_key: str, x_label: str) -> str:
                             f"{doc['quality_metric']} {p['quality']:.4g}")
         parts.append(f"<circle cx='{sx(p[x_key]):.1f}' cy='{sy(p['quality']):.1f}' r='{7 if chosen else 5 if on else 3.5}' "
                      f"fill='{color}' stroke='{'#1d2330' if on else 'none'}'><title>{title}</title></circle>")
-        if on or chosen:
-            parts.append(f"<text x='{sx(p[x_key]) + 8:.1f}' y='{sy(p['quality']) - 6:.1f}' font-size='10'>"
-                         f"{html.escape(p['variant'] + ' ' + p['file'].removeprefix('student.'))}</text>")
+        if on or chosen:  # the variant's tag (the Variants table gives its values) and the file's kind
+            x = sx(p[x_key])
+            right = x > width * 0.6  # near the right edge the label goes to the left of its point
+            anchor = "end" if right else "start"
+            parts.append(f"<text x='{x - 8 if right else x + 8:.1f}' y='{sy(p['quality']) - 6:.1f}' font-size='10' "
+                         f"text-anchor='{anchor}'>"
+                         f"{html.escape(p.get('tag', p['variant']) + ' ' + p['file'].removeprefix('student.'))}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -313,10 +328,12 @@ def to_html(doc: dict) -> str:
     m = doc["quality_metric"] or "quality"
     best = doc["smallest_passing"]
     var_rows = "".join(
-        f"<tr><td>{e(v['name'])}</td><td class='l'>{e(v['status'])}</td><td>{e(_fmt(v.get('params')))}</td>"
+        f"<tr><td>{e(v.get('tag', ''))}</td><td class='l'>{e(_values(v))}<br><span class='muted'>{e(v['name'])}</span></td>"
+        f"<td class='l'>{e(v['status'])}</td><td>{e(_fmt(v.get('params')))}</td>"
         f"<td>{e(_fmt(v.get('quality'), 4))}</td><td>{e(_ratio(v.get('quality_ratio')))}</td>"
         f"<td class='{'pass' if v.get('gate_passed') else 'fail' if v.get('gate_passed') is False else ''}'>"
-        f"{e(_fmt(v.get('gate_passed')))}</td></tr>" for v in doc["variants"])
+        f"{e(_fmt(v.get('gate_passed')))}</td><td class='l'>{e('; '.join(v.get('gate_broken') or []) or v.get('error') or '')}"
+        f"</td></tr>" for v in doc["variants"])
 
     def cls(p):
         if best is not None and p["variant"] == best["variant"] and p["file"] == best["file"]:
@@ -324,7 +341,7 @@ def to_html(doc: dict) -> str:
         return "front" if p.get("pareto") else ""
 
     file_rows = "".join(
-        f"<tr class='{cls(p)}'><td>{e(p['variant'])}</td><td class='l'>{e(p['file'])}</td><td>{p['size_mb']:.2f}</td>"
+        f"<tr class='{cls(p)}'><td>{e(p.get('tag', p['variant']))}</td><td class='l'>{e(p['file'])}</td><td>{p['size_mb']:.2f}</td>"
         f"<td>{p['latency_p50_ms']:.3g}</td><td>{e(_fmt(p['speedup_p50']))}×</td><td>{e(_fmt(p['quality'], 4))}</td>"
         f"<td>{e(_ratio(p['quality_ratio']))}</td><td>{e(_fmt(p['parity_passed']))}</td>"
         f"<td class='l'>{'front' if p.get('pareto') else ''}{' · smallest passing' if cls(p) == 'best' else ''}</td></tr>"
@@ -340,10 +357,10 @@ def to_html(doc: dict) -> str:
 <p class="muted">Every exported file of every variant; green: on the Pareto front of size, latency and {e(m)}
 (no other file is at least as good in all three and better in one); orange: the smallest file of a variant whose gate passed.</p>
 <div class="charts"><div>{_scatter(doc, 'latency_p50_ms', 'latency p50, ms')}</div><div>{_scatter(doc, 'size_mb', 'file size, MB')}</div></div>
-<h2>Exported files</h2>
-<table><tr><th>variant</th><th class='l'>file</th><th>MB</th><th>p50 ms</th><th>speed-up</th><th>{e(m)}</th><th>of teacher</th><th>parity</th><th></th></tr>{file_rows}</table>
 <h2>Variants</h2>
-<table><tr><th>variant</th><th class='l'>status</th><th>params</th><th>student {e(m)}</th><th>of teacher</th><th>gate</th></tr>{var_rows}</table>
+<table><tr><th></th><th class='l'>values (run folder)</th><th class='l'>status</th><th>params</th><th>student {e(m)}</th><th>of teacher</th><th>gate</th><th class='l'>broken budgets</th></tr>{var_rows}</table>
+<h2>Exported files</h2>
+<table><tr><th></th><th class='l'>file</th><th>MB</th><th>p50 ms</th><th>speed-up</th><th>{e(m)}</th><th>of teacher</th><th>parity</th><th class='l'>Pareto</th></tr>{file_rows}</table>
 </body></html>
 """
 

@@ -42,7 +42,12 @@ def test_the_front_and_the_smallest_passing_file(tmp_path):
         rows += [{"name": f, "kind": "artifact", "file_size_mb": mb, "latency_p50_ms": ms, "probe_accuracy": q,
                   "parity_passed": True, "speedup_p50": 10 / ms} for f, mb, ms, q in files]
         (folder / "report.json").write_text(json.dumps({"quality_metric": "probe_accuracy", "higher_is_better": True,
-                                                        "rows": rows, "gate": {"n_budgets": 1, "passed": passed}}))
+                                                        "rows": rows, "gate": {"n_budgets": 1, "passed": passed,
+                                                                               "checks": [check(passed)]}}))
+
+    def check(passed):
+        return {"artifact": "i8", "metric": "file_size_mb", "value": 0.5 if passed else 1.0, "bound": "<= 0.75",
+                "passed": passed}
     report("a", [("f32", 4.0, 1.0, 0.88), ("i8", 1.0, 0.5, 0.87)], True)
     report("b", [("f32", 2.0, 0.6, 0.86), ("i8", 0.5, 0.3, 0.80)], False)  # b/f32 is dominated by a/i8
     state = {"recipe": "r.yaml", "overrides": [], "grid": {"x": [1, 2]},
@@ -52,6 +57,12 @@ def test_the_front_and_the_smallest_passing_file(tmp_path):
     front = {(p["variant"], p["file"]) for p in doc["files"] if p["pareto"]}
     assert front == {("a", "f32"), ("a", "i8"), ("b", "i8")}
     assert (doc["smallest_passing"]["variant"], doc["smallest_passing"]["file"]) == ("a", "i8")  # b's gate failed
+    # each variant is tagged v1, v2 ... in the charts and tables, and says which of its budgets broke
+    assert [v["tag"] for v in doc["variants"]] == ["v1", "v2"]
+    assert doc["variants"][0]["gate_broken"] == [] and doc["variants"][1]["gate_broken"] == [
+        "i8.file_size_mb 1 (needs <= 0.75)"]
+    from kd_edge.sweep import to_html, to_markdown
+    assert "| v2 | x=2 | done |" in to_markdown(doc) and "i8.file_size_mb 1 (needs &lt;= 0.75)" in to_html(doc)
 
 
 def _sweep(recipe: Path, out: Path, **kw) -> subprocess.Popen:
