@@ -215,9 +215,23 @@ def _ratio(v: Any) -> str:
     return "—" if v is None else f"{v * 100:.1f} %"
 
 
+def _busy(file: dict) -> str:
+    """`` *`` after a latency its run marked unreliable (a busy machine, rounds that disagree)."""
+    return " *" if file.get("latency_reliable") is False else ""
+
+
+BUSY_NOTE = ("* measured on a busy machine or with rounds that disagree (the variant's report.md says which); "
+             "time it again on a quiet one before trusting the speed-up.")
+
+
+def _value(v: Any) -> str:
+    """A grid value as the recipe spells it (true / false, not the verdict words ``_fmt`` gives a bool)."""
+    return str(v).lower() if isinstance(v, bool) else _fmt(v)
+
+
 def _values(variant: dict) -> str:
     """A variant's grid values, each key by its last part: ``intermediate_size=192, quantization_aware=—``."""
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(x)}" for k, x in variant["values"].items())
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_value(x)}" for k, x in variant["values"].items())
 
 
 def summary_lines(doc: dict) -> list[str]:
@@ -229,7 +243,8 @@ def summary_lines(doc: dict) -> list[str]:
     if best:
         lines.append(f"Smallest file that meets the gate: {best['variant']}/{best['file']}, {best['size_mb']:.2f} MB, "
                      f"p50 {best['latency_p50_ms']:.2f} ms ({_fmt(best['speedup_p50'])}× the teacher), "
-                     f"{doc['quality_metric']} {_fmt(best['quality'], 4)} ({_ratio(best['quality_ratio'])} of the teacher's).")
+                     f"{doc['quality_metric']} {_fmt(best['quality'], 4)} ({_ratio(best['quality_ratio'])} of the teacher's)"
+                     + ("; its timing is unreliable (*)." if _busy(best) else "."))
     elif any(v.get("gate_passed") is not None for v in doc["variants"]):
         lines.append("No variant meets the recipe's gate.")
     else:
@@ -243,7 +258,7 @@ def summary_lines(doc: dict) -> list[str]:
 def to_markdown(doc: dict) -> str:
     m = doc["quality_metric"]
     head = ["# kd-edge sweep", "", *summary_lines(doc), "",
-            "Grid: " + "; ".join(f"`{k}` = {', '.join(_fmt(x) for x in vals)}" for k, vals in doc["grid"].items()), "",
+            "Grid: " + "; ".join(f"`{k}` = {', '.join(_value(x) for x in vals)}" for k, vals in doc["grid"].items()), "",
             "## Variants", "", f"| | values | status | params | student {m} | of teacher | gate | broken budgets |",
             "|---|---|---|---:|---:|---:|---|---|"]
     for v in doc["variants"]:
@@ -253,9 +268,11 @@ def to_markdown(doc: dict) -> str:
     head += ["", "## Exported files", "", f"| | file | MB | p50 ms | speed-up | {m} | of teacher | parity | Pareto |",
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for p in sorted(doc["files"], key=lambda p: p["size_mb"]):
-        head.append(f"| {p.get('tag', p['variant'])} | {p['file']} | {p['size_mb']:.2f} | {p['latency_p50_ms']:.3g} | "
+        head.append(f"| {p.get('tag', p['variant'])} | {p['file']} | {p['size_mb']:.2f} | {p['latency_p50_ms']:.3g}{_busy(p)} | "
                     f"{_fmt(p['speedup_p50'])}× | {_fmt(p['quality'], 4)} | {_ratio(p['quality_ratio'])} | "
                     f"{_fmt(p['parity_passed'])} | {'yes' if p.get('pareto') else ''} |")
+    if any(_busy(p) for p in doc["files"]):
+        head += ["", BUSY_NOTE]
     return "\n".join(head) + "\n"
 
 
@@ -342,11 +359,11 @@ def to_html(doc: dict) -> str:
 
     file_rows = "".join(
         f"<tr class='{cls(p)}'><td>{e(p.get('tag', p['variant']))}</td><td class='l'>{e(p['file'])}</td><td>{p['size_mb']:.2f}</td>"
-        f"<td>{p['latency_p50_ms']:.3g}</td><td>{e(_fmt(p['speedup_p50']))}×</td><td>{e(_fmt(p['quality'], 4))}</td>"
+        f"<td>{p['latency_p50_ms']:.3g}{_busy(p)}</td><td>{e(_fmt(p['speedup_p50']))}×</td><td>{e(_fmt(p['quality'], 4))}</td>"
         f"<td>{e(_ratio(p['quality_ratio']))}</td><td>{e(_fmt(p['parity_passed']))}</td>"
         f"<td class='l'>{'front' if p.get('pareto') else ''}{' · smallest passing' if cls(p) == 'best' else ''}</td></tr>"
         for p in sorted(doc["files"], key=lambda p: p["size_mb"]))
-    grid = "; ".join(f"{k} = {', '.join(_fmt(x) for x in vals)}" for k, vals in doc["grid"].items())
+    grid = "; ".join(f"{k} = {', '.join(_value(x) for x in vals)}" for k, vals in doc["grid"].items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>kd-edge sweep — {e(str(doc['recipe']))}</title><style>{_CSS}</style></head><body>
@@ -361,6 +378,7 @@ def to_html(doc: dict) -> str:
 <table><tr><th></th><th class='l'>values (run folder)</th><th class='l'>status</th><th>params</th><th>student {e(m)}</th><th>of teacher</th><th>gate</th><th class='l'>broken budgets</th></tr>{var_rows}</table>
 <h2>Exported files</h2>
 <table><tr><th></th><th class='l'>file</th><th>MB</th><th>p50 ms</th><th>speed-up</th><th>{e(m)}</th><th>of teacher</th><th>parity</th><th class='l'>Pareto</th></tr>{file_rows}</table>
+{f"<p class='muted'>{e(BUSY_NOTE)}</p>" if any(_busy(p) for p in doc["files"]) else ""}
 </body></html>
 """
 

@@ -27,6 +27,8 @@ def test_grid_values_and_names():
     assert parse_axis("student.vocabulary=teacher,trim").values == ("teacher", "trim")
     names = [v["name"] for v in variants([Axis("student.layers", ([2, 5], 3)), Axis("distill.lr", (1e-4,))])]
     assert names == ["layers-2-5_lr-0.0001", "layers-3_lr-0.0001"]
+    from kd_edge.sweep import _values  # a grid value reads as the recipe spells it, not as a verdict
+    assert _values({"values": {"distill.freeze_embeddings": False, "x.y": None}}) == "freeze_embeddings=false, y=—"
     with pytest.raises(ConfigError, match="lists a value twice"):
         parse_axis("distill.lr=1e-4,1e-4")
     with pytest.raises(ConfigError, match="distill has no key 'learning_rate'; keys there: .*lr"):
@@ -62,6 +64,8 @@ def test_the_front_and_the_smallest_passing_file(tmp_path):
     assert doc["variants"][0]["gate_broken"] == [] and doc["variants"][1]["gate_broken"] == [
         "i8.file_size_mb 1 (needs <= 0.75)"]
     from kd_edge.sweep import to_html, to_markdown
+    doc["files"][0]["latency_reliable"] = False  # a file timed on a busy machine is starred, with the note
+    assert "| v1 | f32 | 4.00 | 1 * |" in to_markdown(doc) and "busy machine" in to_html(doc)
     assert "| v2 | x=2 | done |" in to_markdown(doc) and "i8.file_size_mb 1 (needs &lt;= 0.75)" in to_html(doc)
 
 
