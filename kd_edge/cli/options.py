@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 RecipeArg = Annotated[Optional[str], typer.Argument(
-    help="Recipe YAML file or bundled recipe name; default: the MiniLM-L6 -> 2-layer recipe.", show_default=False)]
+    help="Recipe YAML file or bundled recipe name; default: the MiniLM-L6 -> 1-layer recipe.", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `kd-edge run`.", show_default=False)]
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="Run folder; default runs/<recipe name>.", show_default=False)]

@@ -91,7 +91,7 @@ def run_command(recipe: RecipeArg = None, out: OutOpt = None, set_: SetOpt = Non
 
     Examples:
 
-      kd-edge run                                   # the bundled MiniLM-L6 -> 2-layer recipe
+      kd-edge run                                   # the bundled MiniLM-L6 -> 1-layer recipe
 
       kd-edge run my-recipe.yaml --out runs/try1
 
