@@ -170,11 +170,16 @@ def evaluate_budgets(report: dict, budgets: list[Budget], baseline: dict | None 
             "n_unreliable": sum(bool(c.get("unreliable")) for c in checks), "reliable_only": reliable_only}
 
 
+def check_row(check: dict) -> str:
+    """The row a verdict's check bounds, as budgets name it: ``student.int8.onnx`` or ``student@pi``."""
+    return check["artifact"] + (f"@{check['target']}" if check.get("target") else "")
+
+
 def verdict_table(verdict: dict) -> str:
     """The verdict as a plain-text table for the terminal."""
     lines = [f"{'row':<24} {'metric':<22} {'bound':<30} {'value':>12}  verdict"]
     for c in verdict["checks"]:
-        row = c["artifact"] + (f"@{c['target']}" if c.get("target") else "")
+        row = check_row(c)
         lines.append(f"{row:<24} {c['metric']:<22} {c['bound']:<30} {c['value']:>12.4g}  "
                      f"{'pass' if c['passed'] else 'FAIL'}{_doubt(c)}")
     lines.append(f"gate {'PASSED' if verdict['passed'] else 'FAILED'}: {verdict['n_passed']}/{verdict['n_budgets']} budgets hold"
@@ -202,7 +207,7 @@ def verdict_markdown(verdict: dict) -> str:
              f"({verdict['n_passed']}/{verdict['n_budgets']} budgets)", "",
              "| row | metric | bound | value | verdict |", "|---|---|---|---:|---|"]
     for c in verdict["checks"]:
-        row = c["artifact"] + (f"@{c['target']}" if c.get("target") else "")
+        row = check_row(c)
         lines.append(f"| {row} | {c['metric']} | {c['bound']} | {c['value']:.4g} | "
                      f"{'pass' if c['passed'] else '**FAIL**'}{_doubt(c)} |")
     note = _unreliable_note(verdict)
@@ -213,7 +218,7 @@ def verdict_junit(verdict: dict, name: str = "kd-edge gate") -> str:
     """The verdict as JUnit XML: one test case per budget, a failure for each broken one."""
     cases = []
     for c in verdict["checks"]:
-        row = c["artifact"] + (f"@{c['target']}" if c.get("target") else "")
+        row = check_row(c)
         case = f"  <testcase classname={quoteattr(row)} name={quoteattr(c['metric'] + ' ' + c['bound'])}>"
         if not c["passed"]:
             message = quoteattr(f"{c['value']:.6g} breaks {c['bound']}")

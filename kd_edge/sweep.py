@@ -155,6 +155,7 @@ def collect(out: Path, state: dict) -> dict:
     """The sweep report: every variant's figures, the Pareto front of its exported files and the smallest
     file of a variant that met its gate."""
     from kd_edge.artifacts import read_json
+    from kd_edge.gate import check_row
     from kd_edge.runfiles import RunFiles
 
     metric, higher, points, rows = None, True, [], []
@@ -170,7 +171,7 @@ def collect(out: Path, state: dict) -> dict:
             entry.update({"params": student.get("params"), "quality": student.get(metric),
                           "quality_ratio": student.get(f"{metric}_ratio"),
                           "gate_passed": gate.get("passed") if gate.get("n_budgets") else None,
-                          "gate_broken": [f"{c['artifact']}.{c['metric']} {_fmt(c['value'], 4)} (needs {c['bound']})"
+                          "gate_broken": [f"{check_row(c)}.{c['metric']} {_fmt(c['value'], 4)} (needs {c['bound']})"
                                           for c in gate.get("checks", []) if c.get("passed") is False],
                           "files": []})
             for r in _deployed_rows(report):
@@ -262,13 +263,13 @@ def to_markdown(doc: dict) -> str:
             "## Variants", "", f"| | values | status | params | student {m} | of teacher | gate | broken budgets |",
             "|---|---|---|---:|---:|---:|---|---|"]
     for v in doc["variants"]:
-        head.append(f"| {v.get('tag', '')} | {_values(v)} | {v['status']} | {_fmt(v.get('params'))} | "
+        head.append(f"| {v['tag']} | {_values(v)} | {v['status']} | {_fmt(v.get('params'))} | "
                     f"{_fmt(v.get('quality'), 4)} | {_ratio(v.get('quality_ratio'))} | {_fmt(v.get('gate_passed'))} | "
                     f"{'; '.join(v.get('gate_broken') or [])} |")
     head += ["", "## Exported files", "", f"| | file | MB | p50 ms | speed-up | {m} | of teacher | parity | Pareto |",
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for p in sorted(doc["files"], key=lambda p: p["size_mb"]):
-        head.append(f"| {p.get('tag', p['variant'])} | {p['file']} | {p['size_mb']:.2f} | {p['latency_p50_ms']:.3g}{_busy(p)} | "
+        head.append(f"| {p['tag']} | {p['file']} | {p['size_mb']:.2f} | {p['latency_p50_ms']:.3g}{_busy(p)} | "
                     f"{_fmt(p['speedup_p50'])}× | {_fmt(p['quality'], 4)} | {_ratio(p['quality_ratio'])} | "
                     f"{_fmt(p['parity_passed'])} | {'yes' if p.get('pareto') else ''} |")
     if any(_busy(p) for p in doc["files"]):
@@ -326,7 +327,7 @@ def _scatter(doc: dict, x_key: str, x_label: str) -> str:
             anchor = "end" if right else "start"
             parts.append(f"<text x='{x - 8 if right else x + 8:.1f}' y='{sy(p['quality']) - 6:.1f}' font-size='10' "
                          f"text-anchor='{anchor}'>"
-                         f"{html.escape(p.get('tag', p['variant']) + ' ' + p['file'].removeprefix('student.'))}</text>")
+                         f"{html.escape(p['tag'] + ' ' + p['file'].removeprefix('student.'))}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -345,7 +346,7 @@ def to_html(doc: dict) -> str:
     m = doc["quality_metric"] or "quality"
     best = doc["smallest_passing"]
     var_rows = "".join(
-        f"<tr><td>{e(v.get('tag', ''))}</td><td class='l'>{e(_values(v))}<br><span class='muted'>{e(v['name'])}</span></td>"
+        f"<tr><td>{e(v['tag'])}</td><td class='l'>{e(_values(v))}<br><span class='muted'>{e(v['name'])}</span></td>"
         f"<td class='l'>{e(v['status'])}</td><td>{e(_fmt(v.get('params')))}</td>"
         f"<td>{e(_fmt(v.get('quality'), 4))}</td><td>{e(_ratio(v.get('quality_ratio')))}</td>"
         f"<td class='{'pass' if v.get('gate_passed') else 'fail' if v.get('gate_passed') is False else ''}'>"
@@ -358,7 +359,7 @@ def to_html(doc: dict) -> str:
         return "front" if p.get("pareto") else ""
 
     file_rows = "".join(
-        f"<tr class='{cls(p)}'><td>{e(p.get('tag', p['variant']))}</td><td class='l'>{e(p['file'])}</td><td>{p['size_mb']:.2f}</td>"
+        f"<tr class='{cls(p)}'><td>{e(p['tag'])}</td><td class='l'>{e(p['file'])}</td><td>{p['size_mb']:.2f}</td>"
         f"<td>{p['latency_p50_ms']:.3g}{_busy(p)}</td><td>{e(_fmt(p['speedup_p50']))}×</td><td>{e(_fmt(p['quality'], 4))}</td>"
         f"<td>{e(_ratio(p['quality_ratio']))}</td><td>{e(_fmt(p['parity_passed']))}</td>"
         f"<td class='l'>{'front' if p.get('pareto') else ''}{' · smallest passing' if cls(p) == 'best' else ''}</td></tr>"
